@@ -1,0 +1,36 @@
+# cml-operator: one entry point per task. `make help` lists them.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP_VERSION := 26.0
+PYTEST_ARGS ?=
+
+.PHONY: help install control-plane test unit e2e cluster dev bench soak lock clean
+
+help:
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+# pip 23 backtracks for many minutes on this tree: upgrade pip first, install pinned.
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip==$(PIP_VERSION)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed ## create or reuse .venv with the operator and test dependencies
+
+control-plane: ## build etcd, kube-apiserver and kubectl once into ~/.cache/cml-operator (Go needed)
+	tests/cluster/build.sh >/dev/null
+
+test: install control-plane ## the whole suite: unit, cluster and end-to-end (what CI runs)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+unit: install ## unit tests only (no cluster)
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+lock: install ## rewrite constraints.txt from the current virtualenv
+	{ echo "# The whole dependency tree, pinned (pip install -c constraints.txt). Regenerate with 'make lock'."; \
+	  $(BIN)/python -m pip freeze --exclude-editable; } > constraints.txt
+
+clean: ## remove the virtualenv and caches inside the repository (not the built binaries)
+	rm -rf $(VENV) .pytest_cache .dev

@@ -1,0 +1,244 @@
+"""An HTTP proxy in front of moto_server that counts EC2 calls and injects EC2 errors.
+
+It answers injected faults in EC2's own XML error format, so botocore parses a
+real error response exactly as it would from AWS. Everything else is forwarded
+to the upstream (moto_server). Calls are counted by EC2 Action and outcome, from
+outside the operator, so benchmarks and tests do not trust the operator's counters.
+
+Control it over HTTP (tests run it as a separate process) or in process:
+
+    PUT    /__faults__   {"rules": [{"action": "RunInstances", "code": "InstanceLimitExceeded", "times": 2}]}
+    DELETE /__faults__   clear the rules
+    GET    /__stats__    {"calls": {"RunInstances": {"200": 3, "fault:InstanceLimitExceeded": 2}}, ...}
+    DELETE /__stats__    reset the counters
+
+Run: python -m tests.support.faultproxy --port 0 --upstream http://127.0.0.1:5000 --port-file f
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import random
+import sys
+import threading
+import time
+import urllib.parse
+import uuid
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+#: HTTP status EC2 uses for an error code; 400 for everything not listed.
+STATUS_BY_CODE = {
+    "AuthFailure": 401,
+    "UnauthorizedOperation": 403,
+    "AccessDenied": 403,
+    "RequestLimitExceeded": 503,
+    "Throttling": 400,
+    "InternalError": 500,
+    "InternalFailure": 500,
+    "ServiceUnavailable": 503,
+    "Unavailable": 503,
+}
+
+
+@dataclass
+class FaultRule:
+    """Answer matching calls with an EC2 error instead of forwarding them."""
+
+    code: str
+    action: str = "*"  # an EC2 Action name, or * for every call
+    message: str = ""
+    status: int | None = None  # defaults from STATUS_BY_CODE
+    times: int | None = None  # how many calls to fail; None = until cleared
+    probability: float = 1.0  # chance that a matching call fails
+    codes: list[str] = field(default_factory=list)  # if set, pick one at random per fault
+    delay: float = 0.0  # seconds to wait before answering (slow EC2)
+
+    def matches(self, action: str) -> bool:
+        return (self.action == "*" or self.action == action) and (self.times is None or self.times > 0)
+
+
+def ec2_error_xml(code: str, message: str, request_id: str) -> bytes:
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<Response><Errors><Error><Code>{escape(code)}</Code><Message>{escape(message)}</Message>"
+        f"</Error></Errors><RequestID>{request_id}</RequestID></Response>"
+    ).encode()
+
+
+class FaultState:
+    """Rules and counters shared by the handler threads."""
+
+    def __init__(self, seed: int | None = None) -> None:
+        self._lock = threading.Lock()
+        self.rules: list[FaultRule] = []
+        self.calls: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self._random = random.Random(seed)
+
+    def set_rules(self, rules: list[FaultRule]) -> None:
+        with self._lock:
+            self.rules = list(rules)
+
+    def pick_fault(self, action: str) -> FaultRule | None:
+        with self._lock:
+            for rule in self.rules:
+                if rule.matches(action) and self._random.random() < rule.probability:
+                    if rule.times is not None:
+                        rule.times -= 1
+                    if rule.codes:
+                        return FaultRule(**{**asdict(rule), "code": self._random.choice(rule.codes), "codes": []})
+                    return rule
+        return None
+
+    def count(self, action: str, outcome: str) -> None:
+        with self._lock:
+            self.calls[action][outcome] += 1
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return {
+                "calls": {action: dict(outcomes) for action, outcomes in self.calls.items()},
+                "rules": [asdict(rule) for rule in self.rules],
+            }
+
+    def reset_counts(self) -> None:
+        with self._lock:
+            self.calls.clear()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: FaultProxyServer
+
+    def log_message(self, format: str, *args: object) -> None:  # quiet
+        pass
+
+    def _body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _reply(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/__stats__"):
+            self._reply(200, json.dumps(self.server.state.snapshot()).encode())
+        else:
+            self._forward(b"")
+
+    def do_PUT(self) -> None:
+        if self.path.startswith("/__faults__"):
+            payload = json.loads(self._body() or b"{}")
+            self.server.state.set_rules([FaultRule(**rule) for rule in payload.get("rules", [])])
+            self._reply(200, b"{}")
+        else:
+            self._forward(self._body())
+
+    def do_DELETE(self) -> None:
+        if self.path.startswith("/__faults__"):
+            self.server.state.set_rules([])
+            self._reply(200, b"{}")
+        elif self.path.startswith("/__stats__"):
+            self.server.state.reset_counts()
+            self._reply(200, b"{}")
+        else:
+            self._forward(b"")
+
+    def do_POST(self) -> None:
+        body = self._body()
+        action = _action(body, self.path)
+        fault = self.server.state.pick_fault(action)
+        if fault is not None:
+            if fault.delay:
+                time.sleep(fault.delay)
+            status = fault.status or STATUS_BY_CODE.get(fault.code, 400)
+            message = fault.message or f"injected {fault.code} by the test fault proxy"
+            self.server.state.count(action, f"fault:{fault.code}")
+            self._reply(status, ec2_error_xml(fault.code, message, str(uuid.uuid4())), "text/xml;charset=UTF-8")
+            return
+        self._forward(body, action)
+
+    def _forward(self, body: bytes, action: str = "") -> None:
+        upstream = self.server.upstream
+        if upstream is None:
+            self.server.state.count(action or "?", "no-upstream")
+            self._reply(502, b"no upstream configured", "text/plain")
+            return
+        connection = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=60)
+        try:
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+            headers["Host"] = f"{upstream.hostname}:{upstream.port}"
+            connection.request(self.command, self.path, body=body, headers=headers)
+            response = connection.getresponse()
+            payload = response.read()
+        except OSError as exc:
+            self.server.state.count(action or "?", "upstream-error")
+            self._reply(502, str(exc).encode(), "text/plain")
+            return
+        finally:
+            connection.close()
+        self.server.state.count(action or self.command, str(response.status))
+        self.send_response(response.status)
+        for key, value in response.getheaders():
+            if key.lower() not in ("transfer-encoding", "connection", "content-length", "server", "date"):
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+
+def _action(body: bytes, path: str) -> str:
+    fields = urllib.parse.parse_qs(body.decode("utf-8", "replace")) if body else {}
+    if "Action" not in fields:
+        fields = urllib.parse.parse_qs(urllib.parse.urlsplit(path).query)
+    return (fields.get("Action") or ["?"])[0]
+
+
+class FaultProxyServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, port: int = 0, upstream: str | None = None, seed: int | None = None) -> None:
+        super().__init__(("127.0.0.1", port), _Handler)
+        self.state = FaultState(seed)
+        self.upstream = urllib.parse.urlsplit(upstream) if upstream else None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def start_in_thread(self) -> threading.Thread:
+        thread = threading.Thread(target=self.serve_forever, name="faultproxy", daemon=True)
+        thread.start()
+        return thread
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--upstream", required=True)
+    parser.add_argument("--port-file", type=Path, help="write the bound port here once listening")
+    parser.add_argument("--seed", type=int)
+    args = parser.parse_args(argv)
+    server = FaultProxyServer(args.port, args.upstream, args.seed)
+    if args.port_file:
+        args.port_file.write_text(str(server.server_address[1]))
+    print(f"faultproxy listening on {server.url} -> {args.upstream}", file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
