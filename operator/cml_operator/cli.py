@@ -1,19 +1,168 @@
-"""The ``cml-operator`` command line."""
+"""The ``cml-operator`` command line: ``cml-operator run [options]`` (also ``python -m cml_operator``).
+
+Every option can come from the environment as ``CML_<OPTION>`` (upper case,
+dashes as underscores; ``CML_NAMESPACE`` takes a comma-separated list); a flag
+given on the command line wins over the environment.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
 
 from . import __version__
+from .ec2.client import EC2ClientSettings
+from .fleet.observer import ObserverSettings
+from .fleet.ratelimit import RateLimitSettings
+from .settings import OperatorSettings
+
+_DEFAULTS = OperatorSettings()
+
+
+def _env(name: str, convert: Callable[[str], Any], default: Any) -> Any:
+    raw = os.environ.get(f"CML_{name}")
+    if raw is None or raw == "":
+        return default
+    try:
+        return convert(raw)
+    except ValueError as exc:
+        raise SystemExit(f"cml-operator: CML_{name}={raw!r} is not valid: {exc}") from exc
+
+
+def _flag(value: str) -> bool:
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cml-operator", description="Reconcile CMLWorker resources against Amazon EC2.")
+    parser = argparse.ArgumentParser(
+        prog="cml-operator", description="Reconcile CMLWorker resources (cml.dev/v1alpha1) against Amazon EC2.")
     parser.add_argument("--version", action="version", version=f"cml-operator {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run = commands.add_parser("run", help="run the operator", description=__doc__,
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d, o, r = _DEFAULTS, _DEFAULTS.observer, _DEFAULTS.rate_limits
+
+    scope = run.add_argument_group("what to watch")
+    scope.add_argument("--namespace", "-n", action="append", dest="namespaces", metavar="NS",
+                       default=None, help="watch this namespace (repeatable); env CML_NAMESPACE=a,b")
+    scope.add_argument("--all-namespaces", "-A", action="store_true",
+                       default=_env("ALL_NAMESPACES", _flag, False), help="watch every namespace (the default "
+                       "when no --namespace is given)")
+
+    timing = run.add_argument_group("timing (seconds)")
+    timing.add_argument("--resync-interval", type=float, default=_env("RESYNC_INTERVAL", float, o.resync_interval),
+                        help="every known instance is read from EC2 this often, in batched calls per region")
+    timing.add_argument("--poll-interval", type=float, default=_env("POLL_INTERVAL", float, d.poll_interval),
+                        help="each worker compares its spec with the latest observation this often (no EC2 call)")
+    timing.add_argument("--fast-interval", type=float, default=_env("FAST_INTERVAL", float, o.fast_interval),
+                        help="instances in transition are read this often")
+    timing.add_argument("--slow-recheck", type=float, default=_env("SLOW_RECHECK", float, d.slow_recheck),
+                        help="a worker stalled on quota or credentials is retried after this long")
+
+    ec2 = run.add_argument_group("EC2 traffic")
+    ec2.add_argument("--mutating-rate", type=float, default=_env("MUTATING_RATE", float, r.mutating_rate),
+                     help="mutating EC2 calls per second per region (token bucket refill)")
+    ec2.add_argument("--mutating-burst", type=int, default=_env("MUTATING_BURST", int, r.mutating_burst))
+    ec2.add_argument("--read-rate", type=float, default=_env("READ_RATE", float, r.read_rate),
+                     help="read EC2 calls per second per region")
+    ec2.add_argument("--read-burst", type=int, default=_env("READ_BURST", int, r.read_burst))
+    ec2.add_argument("--mutating-concurrency", type=int,
+                     default=_env("MUTATING_CONCURRENCY", int, r.mutating_concurrency),
+                     help="mutating EC2 calls in flight per region")
+    ec2.add_argument("--no-batching", dest="batching", action="store_false",
+                     default=_env("BATCHING", _flag, o.batching),
+                     help="read each instance with its own calls (benchmark baseline only)")
+    ec2.add_argument("--ec2-threads", type=int, default=_env("EC2_THREADS", int, d.ec2_threads),
+                     help="threads running blocking boto3 calls")
+
+    ops = run.add_argument_group("operations")
+    ops.add_argument("--metrics-port", type=int, default=_env("METRICS_PORT", int, d.metrics_port),
+                     help="Prometheus /metrics port; 0 disables")
+    ops.add_argument("--liveness-port", type=int, default=_env("LIVENESS_PORT", int, d.liveness_port),
+                     help="Kopf liveness endpoint /healthz port; 0 disables")
+    ops.add_argument("--log-format", choices=("text", "json"), default=_env("LOG_FORMAT", str, d.log_format))
+    ops.add_argument("--log-level", default=_env("LOG_LEVEL", str, d.log_level),
+                     choices=("DEBUG", "INFO", "WARNING", "ERROR"), type=str.upper)
+    peering = ops.add_mutually_exclusive_group()
+    peering.add_argument("--peering", metavar="NAME", default=_env("PEERING", str, d.peering),
+                         help="run several replicas, one active, coordinated through this Kopf peering object "
+                              "(needs deploy/peering/ applied)")
+    peering.add_argument("--standalone", action="store_true", help="one replica, no peering (the default)")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    build_parser().parse_args(argv)
+def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
+    namespaces = tuple(args.namespaces or ())
+    if not namespaces and not args.all_namespaces:
+        namespaces = tuple(n for n in _env("NAMESPACE", str, "").split(",") if n)
+    if args.all_namespaces:
+        namespaces = ()
+    return replace(
+        _DEFAULTS,
+        namespaces=namespaces,
+        poll_interval=args.poll_interval,
+        slow_recheck=args.slow_recheck,
+        metrics_port=args.metrics_port,
+        liveness_port=args.liveness_port,
+        log_format=args.log_format,
+        log_level=args.log_level,
+        peering=None if args.standalone else args.peering,
+        ec2_threads=args.ec2_threads,
+        ec2=EC2ClientSettings(),
+        rate_limits=RateLimitSettings(
+            mutating_rate=args.mutating_rate, mutating_burst=args.mutating_burst, read_rate=args.read_rate,
+            read_burst=args.read_burst, mutating_concurrency=args.mutating_concurrency),
+        observer=ObserverSettings(resync_interval=args.resync_interval, fast_interval=args.fast_interval,
+                                  batching=args.batching),
+    )
+
+
+def run(settings: OperatorSettings) -> int:
+    import logging
+
+    import kopf
+
+    from .handlers import register
+    from .logs import configure_logging
+    from .metrics import Metrics
+
+    configure_logging(settings.log_format, settings.log_level)
+    log = logging.getLogger("cml_operator")
+    metrics = Metrics()
+    if settings.metrics_port:
+        metrics.serve(settings.metrics_port)
+    registry = kopf.OperatorRegistry()
+    register(registry, settings, metrics)
+    scope = ", ".join(settings.namespaces) if settings.namespaces else "all namespaces"
+    log.info("cml-operator %s starting: watching %s, %s", __version__, scope,
+             f"peering {settings.peering!r}" if settings.peering else "standalone")
+    kopf.run(
+        registry=registry,
+        standalone=settings.peering is None,
+        peering_name=settings.peering,
+        clusterwide=not settings.namespaces,
+        namespaces=settings.namespaces,
+        liveness_endpoint=f"http://0.0.0.0:{settings.liveness_port}/healthz" if settings.liveness_port else None,
+    )
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command != "run":
+        parser.print_help()
+        return 0 if args.command is None and not argv else 2
+    return run(settings_from_args(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

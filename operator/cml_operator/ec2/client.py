@@ -270,6 +270,29 @@ class EC2Client:
         )
         return True
 
+    def modify_security_groups(self, region: str, instance_id: str, group_ids: Sequence[str]) -> bool:
+        """Replace the security groups of an instance (running or stopped).
+
+        Raises:
+            EC2InstanceNotFoundException: Instance not found.
+            EC2InvalidParameterException: A group does not exist or belongs to another VPC.
+            EC2AuthenticationException: Invalid credentials.
+        """
+        self._call(region, "ModifyInstanceAttribute", instance_id, InstanceId=instance_id, Groups=list(group_ids))
+        return True
+
+    def set_detailed_monitoring(self, region: str, instance_id: str, enabled: bool) -> bool:
+        """Switch CloudWatch detailed monitoring on or off.
+
+        Raises:
+            EC2InstanceNotFoundException: Instance not found.
+            EC2InstanceOperationException: The call failed.
+            EC2AuthenticationException: Invalid credentials.
+        """
+        operation = "MonitorInstances" if enabled else "UnmonitorInstances"
+        self._call(region, operation, instance_id, InstanceIds=[instance_id])
+        return True
+
     def describe_instance(self, region: str, instance_id: str) -> CMLWorkerInstanceDto:
         """One instance.
 
@@ -488,6 +511,21 @@ class EC2Client:
                 code="InvalidAMIID.NotFound", operation="DescribeImages", region=region,
             )
         return _image(images[0])
+
+    def describe_key_pair(self, region: str, key_name: str) -> str:
+        """The id of an EC2 key pair, by name.
+
+        Raises:
+            EC2InvalidParameterException: No key pair has this name.
+            EC2AuthenticationException: Invalid credentials.
+        """
+        pairs = self._call(region, "DescribeKeyPairs", KeyNames=[key_name]).get("KeyPairs") or []
+        if not pairs:
+            raise EC2InvalidParameterException(
+                f"DescribeKeyPairs failed [InvalidKeyPair.NotFound]: the key pair '{key_name}' does not exist",
+                code="InvalidKeyPair.NotFound", operation="DescribeKeyPairs", region=region,
+            )
+        return pairs[0].get("KeyPairId", "")
 
     def resolve_ami(self, region: str, name_or_pattern: str) -> ImageInfo:
         """The newest AMI whose name matches (EC2 filter syntax: ``*`` and ``?`` wildcards).

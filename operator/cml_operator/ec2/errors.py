@@ -135,6 +135,7 @@ _OPERATION_FAMILY: dict[str, type[IntegrationException]] = {
     **dict.fromkeys(
         (
             "StartInstances", "StopInstances", "TerminateInstances", "ModifyInstanceAttribute",
+            "MonitorInstances", "UnmonitorInstances",
             "start_instance", "stop_instance", "terminate_instance", "modify_instance_type",
         ),
         EC2InstanceOperationException,

@@ -45,6 +45,7 @@ class CMLWorkerInstanceDto:
     availability_zone: str | None = None
     launch_time: str | None = None
     iam_instance_profile_arn: str | None = None
+    monitoring: str | None = None  # enabled, disabled, pending, disabling
 
     @classmethod
     def from_api(cls, region: str, raw: dict[str, Any], ami_name: str | None = None) -> CMLWorkerInstanceDto:
@@ -68,6 +69,7 @@ class CMLWorkerInstanceDto:
             availability_zone=(raw.get("Placement") or {}).get("AvailabilityZone"),
             launch_time=launch.isoformat() if hasattr(launch, "isoformat") else launch,
             iam_instance_profile_arn=(raw.get("IamInstanceProfile") or {}).get("Arn"),
+            monitoring=(raw.get("Monitoring") or {}).get("State"),
         )
 
     def with_status_checks(self, checks: InstanceStatusChecks | None) -> CMLWorkerInstanceDto:

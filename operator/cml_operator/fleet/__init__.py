@@ -1,0 +1,1 @@
+"""Fleet-wide machinery shared by all workers: rate limits, batched reads, the region observers."""

@@ -1,0 +1,115 @@
+"""``EC2Gateway``: the operator's async door to EC2.
+
+Each method runs one ``EC2Client`` call in a worker thread (boto3 blocks; Kopf's
+event loop must not), after taking a token from the region's rate limiter, and
+for mutating calls inside the region's concurrency bound. Handlers and the
+observers use only this narrow interface, so tests can count and fake it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol, TypeVar
+
+from ..ec2.client import EC2Client, RootVolume
+from ..ec2.models import CMLWorkerInstanceDto, ImageInfo, InstanceStatusChecks
+from .ratelimit import EC2RateLimiter
+
+T = TypeVar("T")
+
+
+class EC2Api(Protocol):
+    """The calls the operator makes, async."""
+
+    async def describe_instances(self, region: str, ids: Sequence[str]) -> dict[str, CMLWorkerInstanceDto]: ...
+    async def status_checks(self, region: str, ids: Sequence[str]) -> dict[str, InstanceStatusChecks]: ...
+    async def find_by_tag_values(self, region: str, key: str,
+                                 values: Sequence[str]) -> dict[str, list[CMLWorkerInstanceDto]]: ...
+    async def describe_image(self, region: str, ami_id: str) -> ImageInfo: ...
+    async def resolve_ami(self, region: str, name_or_pattern: str) -> ImageInfo: ...
+    async def describe_key_pair(self, region: str, key_name: str) -> str: ...
+    async def create_instance(self, region: str, **params: Any) -> CMLWorkerInstanceDto: ...
+    async def start_instance(self, region: str, instance_id: str) -> bool: ...
+    async def stop_instance(self, region: str, instance_id: str) -> bool: ...
+    async def terminate_instance(self, region: str, instance_id: str) -> bool: ...
+    async def modify_instance_type(self, region: str, instance_id: str, instance_type: str) -> bool: ...
+    async def modify_security_groups(self, region: str, instance_id: str, group_ids: Sequence[str]) -> bool: ...
+    async def set_detailed_monitoring(self, region: str, instance_id: str, enabled: bool) -> bool: ...
+    async def add_tags(self, region: str, instance_id: str, tags: Mapping[str, str]) -> bool: ...
+    async def remove_tags(self, region: str, instance_id: str, keys: Iterable[str]) -> bool: ...
+
+
+class EC2Gateway:
+    def __init__(self, client: EC2Client, limiter: EC2RateLimiter, *, threads: int = 16) -> None:
+        self.client = client
+        self.limiter = limiter
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ec2")
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _in_thread(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(call, *args, **kwargs))
+
+    async def _read(self, region: str, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        await self.limiter.reading(region)
+        return await self._in_thread(call, region, *args, **kwargs)
+
+    async def _mutate(self, region: str, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        async with self.limiter.mutating(region):
+            return await self._in_thread(call, region, *args, **kwargs)
+
+    # reads
+    async def describe_instances(self, region: str, ids: Sequence[str]) -> dict[str, CMLWorkerInstanceDto]:
+        return await self._read(region, self.client.describe_instances, list(ids))
+
+    async def status_checks(self, region: str, ids: Sequence[str]) -> dict[str, InstanceStatusChecks]:
+        return await self._read(region, self.client.get_instance_status_checks_batch, list(ids))
+
+    async def find_by_tag_values(self, region: str, key: str,
+                                 values: Sequence[str]) -> dict[str, list[CMLWorkerInstanceDto]]:
+        return await self._read(region, self.client.find_instances_by_tag_values, key, list(values))
+
+    async def describe_image(self, region: str, ami_id: str) -> ImageInfo:
+        return await self._read(region, self.client.describe_image, ami_id)
+
+    async def resolve_ami(self, region: str, name_or_pattern: str) -> ImageInfo:
+        return await self._read(region, self.client.resolve_ami, name_or_pattern)
+
+    async def describe_key_pair(self, region: str, key_name: str) -> str:
+        return await self._read(region, self.client.describe_key_pair, key_name)
+
+    # writes
+    async def create_instance(self, region: str, **params: Any) -> CMLWorkerInstanceDto:
+        return await self._mutate(region, self.client.create_instance, **params)
+
+    async def start_instance(self, region: str, instance_id: str) -> bool:
+        return await self._mutate(region, self.client.start_instance, instance_id)
+
+    async def stop_instance(self, region: str, instance_id: str) -> bool:
+        return await self._mutate(region, self.client.stop_instance, instance_id)
+
+    async def terminate_instance(self, region: str, instance_id: str) -> bool:
+        return await self._mutate(region, self.client.terminate_instance, instance_id)
+
+    async def modify_instance_type(self, region: str, instance_id: str, instance_type: str) -> bool:
+        return await self._mutate(region, self.client.modify_instance_type, instance_id, instance_type)
+
+    async def modify_security_groups(self, region: str, instance_id: str, group_ids: Sequence[str]) -> bool:
+        return await self._mutate(region, self.client.modify_security_groups, instance_id, list(group_ids))
+
+    async def set_detailed_monitoring(self, region: str, instance_id: str, enabled: bool) -> bool:
+        return await self._mutate(region, self.client.set_detailed_monitoring, instance_id, enabled)
+
+    async def add_tags(self, region: str, instance_id: str, tags: Mapping[str, str]) -> bool:
+        return await self._mutate(region, self.client.add_tags, instance_id, dict(tags))
+
+    async def remove_tags(self, region: str, instance_id: str, keys: Iterable[str]) -> bool:
+        return await self._mutate(region, self.client.remove_tags, instance_id, list(keys))
+
+
+__all__ = ["EC2Api", "EC2Gateway", "RootVolume"]

@@ -1,0 +1,132 @@
+"""Thin Kopf handlers: run one pass, patch the status once, post events, raise Kopf's errors.
+
+Create, resume and spec updates read EC2 afresh (batched); the per-worker timer
+reads the region observer's cache, so a quiet fleet costs no EC2 call per worker.
+Temporary errors become ``kopf.TemporaryError(delay=...)``, permanent ones
+``kopf.PermanentError`` (the timer leaves a stalled worker alone until its spec
+changes, or until the slow recheck for quota and credentials). Deletion never
+raises a permanent error: the finalizer stays until the instance is gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from .metrics import Metrics
+from .passes import PassResult, deletion_pass, reconcile_pass
+from .reconcile.conditions import build_conditions
+from .reconcile.status import status_patch
+from .reconcile.worker import WorkerRef
+from .runtime import Runtime, build_runtime
+from .settings import OperatorSettings
+
+GROUP, VERSION, PLURAL = "cml.dev", "v1alpha1", "cmlworkers"
+FINALIZER = "cml.dev/finalizer"
+#: Kubernetes caps event messages; keep ours readable and under it.
+EVENT_MESSAGE_LIMIT = 1000
+
+logger = logging.getLogger(__name__)
+
+
+def register(registry: kopf.OperatorRegistry, config: OperatorSettings, metrics: Metrics | None = None) -> None:
+    """Register every handler on ``registry`` with the intervals from ``config``."""
+    resource = (GROUP, VERSION, PLURAL)
+
+    @kopf.on.startup(registry=registry)
+    async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+        settings.persistence.finalizer = FINALIZER
+        # Kopf's bookkeeping lives in status, so it rides on the status patches we make anyway.
+        settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
+        settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(
+            field="status.kopf.lastHandledConfiguration")
+        settings.posting.level = logging.INFO
+        settings.watching.server_timeout = 300  # re-list now and then even if the API server stays quiet
+        memo.runtime = build_runtime(config, metrics)
+
+    @kopf.on.cleanup(registry=registry)
+    async def close(memo: kopf.Memo, **_: Any) -> None:
+        runtime: Runtime | None = getattr(memo, "runtime", None)
+        if runtime is not None:
+            await runtime.close()
+
+    @kopf.on.resume(*resource, registry=registry)
+    @kopf.on.create(*resource, registry=registry)
+    @kopf.on.update(*resource, field="spec", registry=registry)
+    async def reconcile(body: kopf.Body, patch: kopf.Patch, retry: int, memo: kopf.Memo, reason: Any,
+                        **_: Any) -> None:
+        await _reconcile(memo.runtime, body, patch, retry, trigger=str(reason), timer=False)
+
+    def first_poll(**_: Any) -> float:
+        # Spread the timers so a thousand workers do not all wake in the same tick.
+        return config.poll_interval * (0.5 + random.random())
+
+    @kopf.timer(*resource, interval=config.poll_interval, initial_delay=first_poll, registry=registry)
+    async def poll(body: kopf.Body, patch: kopf.Patch, retry: int, memo: kopf.Memo, **_: Any) -> None:
+        await _reconcile(memo.runtime, body, patch, retry, trigger="timer", timer=True)
+
+    @kopf.on.delete(*resource, registry=registry)
+    async def delete(body: kopf.Body, patch: kopf.Patch, retry: int, memo: kopf.Memo, **_: Any) -> None:
+        runtime: Runtime = memo.runtime
+        ref = _ref(body)
+        memory = runtime.memory(ref.uid)
+        async with memory.lock:
+            with runtime.metrics.reconcile_duration.labels("delete").time():
+                result = await deletion_pass(runtime, ref, body.get("spec"), body.get("status"), retry=retry)
+        _post(body, result)
+        if result.release:
+            return
+        rendered = dict(result.status)
+        rendered["conditions"] = build_conditions(
+            (body.get("status") or {}).get("conditions"), result.health, ref.generation)
+        _patch_status(body, patch, rendered)
+        delay = result.decision.delay if result.decision and result.decision.delay else 5.0
+        raise kopf.TemporaryError(result.health.message, delay=delay)
+
+
+async def _reconcile(runtime: Runtime, body: kopf.Body, patch: kopf.Patch, retry: int, *, trigger: str,
+                     timer: bool) -> None:
+    ref = _ref(body)
+    memory = runtime.memory(ref.uid)
+    if timer and not memory.due(ref.generation, runtime.clock()):
+        return  # waiting out a retry delay, or stalled until the spec changes
+    if timer:
+        observer_settings = runtime.settings.observer
+        max_age = (observer_settings.fast_interval if memory.hot else observer_settings.resync_interval) * 1.5
+    else:
+        max_age = 0.0  # a change or a restart: look at EC2 now (batched with the others)
+    async with memory.lock:
+        with runtime.metrics.reconcile_duration.labels(trigger).time():
+            result = await reconcile_pass(runtime, ref, body.get("spec"), body.get("status"),
+                                          max_age=max_age, retry=retry)
+    _patch_status(body, patch, result.status)
+    _post(body, result)
+    decision = result.decision
+    if decision is None:
+        return
+    if decision.temporary:
+        raise kopf.TemporaryError(result.health.message, delay=decision.delay or 1.0)
+    if not timer:
+        raise kopf.PermanentError(result.health.message)
+
+
+def _ref(body: kopf.Body) -> WorkerRef:
+    meta = body.get("metadata") or {}
+    return WorkerRef(uid=meta["uid"], namespace=meta.get("namespace", ""), name=meta["name"],
+                     generation=int(meta.get("generation") or 1))
+
+
+def _patch_status(body: kopf.Body, patch: kopf.Patch, rendered: Mapping[str, Any]) -> None:
+    changes = status_patch(body.get("status"), rendered)
+    if changes:
+        patch.setdefault("status", {}).update(changes)
+
+
+def _post(body: kopf.Body, result: PassResult) -> None:
+    for note in result.notes:
+        message = note.message if len(note.message) <= EVENT_MESSAGE_LIMIT else note.message[:EVENT_MESSAGE_LIMIT - 1] + "…"
+        kopf.event(body, type=note.type, reason=note.reason, message=message)

@@ -1,0 +1,393 @@
+"""One reconcile pass: observe EC2, decide (pure), act, and render the status. No Kopf here.
+
+``reconcile_pass`` serves create, update, resume and the timer alike (level-based:
+it always starts from what EC2 shows), ``deletion_pass`` the finalizer. Both
+return a ``PassResult``; the Kopf handlers patch the status, post the notes as
+events and turn an error decision into ``kopf.TemporaryError``/``PermanentError``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .ec2.client import RootVolume
+from .ec2.exceptions import EC2InstanceNotFoundException, IntegrationException
+from .ec2.models import CMLWorkerInstanceDto
+from .fleet.observer import RegionObserver
+from .reconcile import reasons
+from .reconcile.conditions import Health, HealthState, health_of
+from .reconcile.policy import Decision, Kind, classify
+from .reconcile.spec import SpecError, WorkerSpec, parse_spec
+from .reconcile.status import PassOutcome, render_status
+from .reconcile.worker import (
+    OWNERSHIP_TAGS,
+    Action,
+    Launch,
+    ModifySecurityGroups,
+    ModifyType,
+    Note,
+    Observation,
+    Plan,
+    RemoveOwnershipTags,
+    SetMonitoring,
+    Start,
+    Stop,
+    SyncTags,
+    Terminate,
+    WorkerRef,
+    WorkerStatus,
+    decide,
+    decide_deletion,
+)
+from .runtime import Runtime, WorkerMemory
+
+logger = logging.getLogger(__name__)
+
+#: Actions after which the instance's state is read again at once (batched).
+_STATE_CHANGING = (Start, Stop, ModifyType, Terminate)
+
+
+@dataclass(frozen=True)
+class PassResult:
+    status: dict[str, Any]
+    health: Health
+    notes: tuple[Note, ...] = ()
+    decision: Decision | None = None  # set when an error ended the pass
+    error: Exception | None = None
+    poll_soon: bool = False
+    release: bool = False  # deletion only: the finalizer may go
+
+
+class _Failed(Exception):
+    """Carries an error together with what the pass had learned before it."""
+
+    def __init__(self, error: Exception, observation: Observation | None) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.observation = observation
+
+
+# ---------------------------------------------------------------- live workers
+
+
+async def reconcile_pass(
+    runtime: Runtime, ref: WorkerRef, raw_spec: Mapping[str, Any] | None, raw_status: Mapping[str, Any] | None,
+    *, max_age: float, retry: int = 0,
+) -> PassResult:
+    """Bring one worker a step closer to its spec; ``max_age``: how stale an observation may be."""
+    status = WorkerStatus.from_dict(raw_status)
+    memory = runtime.memory(ref.uid)
+    try:
+        spec: WorkerSpec | SpecError = parse_spec(raw_spec)
+    except SpecError as error:
+        spec = error
+    if isinstance(spec, SpecError):
+        plan = decide(ref, spec, status, None)
+        return _result(runtime, ref, raw_status, status, plan, None, None, spec_keys=status.managed_tag_keys)
+
+    observer = runtime.observers(spec.region)
+    observation: Observation | None = None
+    notes: list[Note] = []
+    try:
+        observation = await _observe(observer, ref, spec, status, memory, max_age)
+        plan = decide(ref, spec, status, observation)
+        notes.extend(plan.notes)
+        observation, image_id, created = await _act(runtime, observer, ref, spec, status, memory, plan, observation)
+        if created is not None:
+            notes.append(Note("Normal", reasons.EVENT_CREATED,
+                              f"Launched instance {created.aws_instance_id} ({created.instance_type}, "
+                              f"{created.ami_id}) in {created.availability_zone or spec.region}"))
+        plan = _follow_up(ref, spec, status, plan, observation)
+    except _Failed as failed:
+        return _failure(runtime, ref, raw_status, status, spec, failed.error, failed.observation or observation,
+                        notes, retry, memory)
+
+    memory.hot = plan.poll_soon
+    memory.clear()
+    previous = health_of(status.conditions)
+    if plan.health.state is HealthState.READY and (previous is None or previous.state is not HealthState.READY):
+        notes.append(Note("Normal", reasons.EVENT_READY, plan.health.message))
+    if plan.health.state is HealthState.STALLED:
+        memory.block(ref.generation, None, runtime.clock())
+    return _result(runtime, ref, raw_status, status, plan, observation, image_id,
+                   spec_keys=tuple(sorted(spec.tags)), notes=tuple(notes))
+
+
+async def _observe(
+    observer: RegionObserver, ref: WorkerRef, spec: WorkerSpec, status: WorkerStatus, memory: WorkerMemory,
+    max_age: float,
+) -> Observation | None:
+    """The tracked instance; or, when there is none alive, one carrying this worker's uid tag."""
+    instance_id = memory.launched_instance_id or status.instance_id or spec.instance_id
+    try:
+        observation = await observer.observe(instance_id, max_age=max_age, hot=memory.hot) if instance_id else None
+        alive = observation is not None and observation.instance is not None and observation.state not in (
+            "shutting-down", "terminated")
+        if alive or spec.instance_id:
+            return observation
+        # Before anything is launched, look for an instance an earlier (crashed) pass launched.
+        found = await observer.find_by_uid(ref.uid)
+    except IntegrationException as error:
+        raise _Failed(error, None) from error
+    if not found:
+        return observation
+    chosen = min(found, key=lambda dto: (dto.launch_time or "", dto.aws_instance_id))
+    return await _read_now(observer, chosen.aws_instance_id, observation)
+
+
+async def _read_now(observer: RegionObserver, instance_id: str, fallback: Observation | None) -> Observation:
+    try:
+        return await observer.observe(instance_id, max_age=0, hot=True)
+    except IntegrationException as error:
+        raise _Failed(error, fallback) from error
+
+
+async def _act(
+    runtime: Runtime, observer: RegionObserver, ref: WorkerRef, spec: WorkerSpec, status: WorkerStatus,
+    memory: WorkerMemory, plan: Plan, observation: Observation | None,
+) -> tuple[Observation | None, str | None, CMLWorkerInstanceDto | None]:
+    """Carry out the plan's actions in order; return the freshest observation, the image id, a new instance."""
+    image_id = status.ami_id
+    created: CMLWorkerInstanceDto | None = None
+    instance_id = plan.instance_id
+    for action in plan.actions:
+        try:
+            if isinstance(action, Launch):
+                created, image_id = await _launch(runtime, spec, status, action)
+                memory.launched_instance_id = instance_id = created.aws_instance_id
+                observation = Observation(instance_id, created, None)
+                continue
+            assert instance_id is not None, f"{action} needs an instance"
+            await _apply(runtime, spec.region, instance_id, action)
+        except IntegrationException as error:
+            if isinstance(error, EC2InstanceNotFoundException) and instance_id and not spec.instance_id:
+                observer.forget(instance_id)  # next pass sees it gone and replaces it
+            raise _Failed(error, observation) from error
+        if isinstance(action, _STATE_CHANGING):
+            observation = await _read_now(observer, instance_id, observation)
+    return observation, image_id, created
+
+
+async def _launch(runtime: Runtime, spec: WorkerSpec, status: WorkerStatus,
+                  action: Launch) -> tuple[CMLWorkerInstanceDto, str]:
+    ec2, region = runtime.ec2, spec.region
+    # The image is checked first: EC2 would refuse an unknown AMI anyway, and the
+    # root device name is needed for rootVolume. A replacement keeps the image it had.
+    if status.ami_id:
+        image = await ec2.describe_image(region, status.ami_id)
+    elif spec.ami_id:
+        image = await ec2.describe_image(region, spec.ami_id)
+    else:
+        assert spec.ami_name is not None
+        image = await ec2.resolve_ami(region, spec.ami_name)
+    if spec.key_name:
+        await ec2.describe_key_pair(region, spec.key_name)
+    root = spec.root_volume
+    created = await ec2.create_instance(
+        region,
+        ami_id=image.image_id,
+        ami_name=image.name,
+        instance_type=spec.instance_type,
+        subnet_id=spec.subnet_id,
+        security_group_ids=list(spec.security_group_ids),
+        client_token=action.client_token,
+        tags=action.tags,
+        key_name=spec.key_name,
+        iam_instance_profile=spec.iam_instance_profile,
+        user_data=spec.user_data,
+        root_volume=RootVolume(root.size_gib, root.volume_type) if root else None,
+        root_device_name=image.root_device_name,
+        detailed_monitoring=spec.detailed_monitoring,
+    )
+    return created, image.image_id
+
+
+async def _apply(runtime: Runtime, region: str, instance_id: str, action: Action) -> None:
+    ec2 = runtime.ec2
+    if isinstance(action, Start):
+        await ec2.start_instance(region, instance_id)
+    elif isinstance(action, Stop):
+        await ec2.stop_instance(region, instance_id)
+    elif isinstance(action, ModifyType):
+        await ec2.modify_instance_type(region, instance_id, action.instance_type)
+    elif isinstance(action, ModifySecurityGroups):
+        await ec2.modify_security_groups(region, instance_id, action.group_ids)
+    elif isinstance(action, SetMonitoring):
+        await ec2.set_detailed_monitoring(region, instance_id, action.enabled)
+    elif isinstance(action, SyncTags):
+        if action.add:
+            await ec2.add_tags(region, instance_id, action.add)
+        if action.remove:
+            await ec2.remove_tags(region, instance_id, action.remove)
+    elif isinstance(action, Terminate):
+        await ec2.terminate_instance(region, instance_id)
+    elif isinstance(action, RemoveOwnershipTags):
+        await ec2.remove_tags(region, instance_id, OWNERSHIP_TAGS)
+    else:  # pragma: no cover - every action type is handled above
+        raise AssertionError(f"unknown action {action!r}")
+
+
+def _follow_up(ref: WorkerRef, spec: WorkerSpec, status: WorkerStatus, plan: Plan,
+               observation: Observation | None) -> Plan:
+    """Re-decide on the fresh observation; if nothing is left to do, that is the worker's health now."""
+    if not plan.actions or observation is None or observation.instance is None:
+        return plan
+    applied = replace(status, instance_id=observation.instance_id, managed_tag_keys=tuple(sorted(spec.tags)),
+                      creation_attempt=plan.creation_attempt)
+    after = decide(ref, spec, applied, observation)
+    if after.actions or after.instance_id != plan.instance_id and plan.instance_id is not None:
+        return plan
+    return replace(plan, health=after.health, poll_soon=after.poll_soon, instance_id=observation.instance_id)
+
+
+def _result(
+    runtime: Runtime, ref: WorkerRef, raw_status: Mapping[str, Any] | None, status: WorkerStatus, plan: Plan,
+    observation: Observation | None, image_id: str | None, *, spec_keys: tuple[str, ...],
+    notes: tuple[Note, ...] = (),
+) -> PassResult:
+    instance = observation.instance if observation else None
+    instance_id = plan.instance_id or (observation.instance_id if observation and instance else None)
+    outcome = PassOutcome(
+        health=plan.health, instance_id=instance_id, instance=instance,
+        checks=observation.checks if observation else None,
+        ami_id=image_id or status.ami_id or (instance.ami_id if instance else None),
+        creation_attempt=plan.creation_attempt, adopted=plan.adopted, managed_tag_keys=spec_keys,
+    )
+    rendered = render_status(raw_status, outcome, ref.generation)
+    runtime.metrics.set_phase(ref.uid, rendered["phase"])
+    return PassResult(rendered, plan.health, notes or plan.notes, poll_soon=plan.poll_soon)
+
+
+def _failure(
+    runtime: Runtime, ref: WorkerRef, raw_status: Mapping[str, Any] | None, status: WorkerStatus,
+    spec: WorkerSpec, error: Exception, observation: Observation | None, notes: list[Note], retry: int,
+    memory: WorkerMemory,
+) -> PassResult:
+    integration = _as_integration(error)
+    decision = classify(integration, retry=retry, slow_recheck_seconds=runtime.settings.slow_recheck)
+    if isinstance(integration, EC2InstanceNotFoundException) and not spec.instance_id:
+        # Our own instance vanished mid-pass: the next pass launches a replacement.
+        decision = Decision(Kind.TEMPORARY, reasons.PROVISIONING, 1.0)
+    health = (Health.reconciling(decision.reason, str(integration)) if decision.temporary
+              else Health.stalled(decision.reason, str(integration)))
+    runtime.metrics.exceptions.labels(type(integration).__name__, decision.kind.value).inc()
+    if decision.temporary:
+        runtime.metrics.retries.labels(decision.reason).inc()
+        memory.defer(decision.delay or 0.0, runtime.clock())
+    else:
+        memory.block(ref.generation, decision.delay, runtime.clock())
+    memory.hot = True
+    instance_id = memory.launched_instance_id or status.instance_id or spec.instance_id
+    plan = Plan((), health, instance_id=instance_id, adopted=status.adopted or bool(spec.instance_id),
+                creation_attempt=status.creation_attempt)
+    warning = Note("Warning", decision.reason, str(integration))
+    result = _result(runtime, ref, raw_status, status, plan, observation, None,
+                     spec_keys=status.managed_tag_keys, notes=(*notes, warning))
+    return replace(result, decision=decision, error=integration)
+
+
+def _as_integration(error: Exception) -> IntegrationException:
+    if isinstance(error, IntegrationException):
+        return error
+    logger.error("unexpected error in a reconcile pass", exc_info=error)
+    return IntegrationException(f"internal error: {type(error).__name__}: {error}", code=type(error).__name__)
+
+
+# ---------------------------------------------------------------- deletion
+
+
+async def deletion_pass(
+    runtime: Runtime, ref: WorkerRef, raw_spec: Mapping[str, Any] | None, raw_status: Mapping[str, Any] | None,
+    *, retry: int = 0,
+) -> PassResult:
+    """Terminate (Delete) or untag (Retain) every live instance of the worker; release when done."""
+    status = WorkerStatus.from_dict(raw_status)
+    memory = runtime.memory(ref.uid)
+    raw_spec = raw_spec or {}
+    policy = raw_spec.get("deletionPolicy") or "Delete"
+    region = _region(raw_spec)
+    tracked = memory.launched_instance_id or status.instance_id or raw_spec.get("instanceId")
+    if region is None:
+        if tracked is None:
+            message = "The worker never had an instance"
+            return PassResult(raw_status and dict(raw_status) or {}, Health.reconciling(reasons.DELETING, message),
+                              (Note("Normal", reasons.EVENT_RELEASED, message),), release=True)
+        error = IntegrationException(f"cannot delete instance {tracked}: spec.region is not a valid region; "
+                                     "terminate it by hand, then remove the finalizer", code="InvalidRegion")
+        return _deletion_failure(runtime, ref, raw_status, error, retry)
+
+    observer = runtime.observers(region)
+    try:
+        observations = await _deletion_targets(observer, ref, tracked, adopted=bool(raw_spec.get("instanceId")))
+        notes: list[Note] = []
+        release = True
+        for observation in observations:
+            plan = decide_deletion(policy, status, observation)
+            notes.extend(plan.notes)
+            if not plan.release or plan.actions:
+                release = await _delete_one(runtime, observer, region, observation, plan.actions) and release
+    except IntegrationException as error:
+        return _deletion_failure(runtime, ref, raw_status, error, retry)
+    if release:
+        for observation in observations:
+            if observation.instance_id:
+                observer.forget(observation.instance_id)
+        runtime.forget(ref.uid)
+    message = "; ".join(n.message for n in notes) or "Deleting"
+    health = Health.reconciling(reasons.DELETING, message)
+    status_now = dict(raw_status or {})
+    status_now.update({"phase": "Terminating"})
+    return PassResult(status_now, health, tuple(notes), poll_soon=not release, release=release)
+
+
+async def _deletion_targets(observer: RegionObserver, ref: WorkerRef, tracked: str | None,
+                            adopted: bool) -> list[Observation]:
+    """The tracked instance and every live instance tagged with the worker's uid (no leaks after crashes)."""
+    observations: dict[str, Observation] = {}
+    if tracked:
+        observations[tracked] = await observer.observe(tracked, max_age=0)
+    if not adopted:
+        for dto in await observer.find_by_uid(ref.uid):
+            if dto.aws_instance_id not in observations:
+                observations[dto.aws_instance_id] = Observation(dto.aws_instance_id, dto, None)
+    return list(observations.values()) or [Observation(None, None, None)]
+
+
+async def _delete_one(runtime: Runtime, observer: RegionObserver, region: str, observation: Observation,
+                      actions: tuple[Action, ...]) -> bool:
+    """Run the deletion actions for one instance; True when it no longer holds the finalizer."""
+    instance_id = observation.instance_id
+    assert instance_id is not None
+    for action in actions:
+        try:
+            await _apply(runtime, region, instance_id, action)
+        except EC2InstanceNotFoundException:
+            return True  # already gone: deletion succeeded
+        if isinstance(action, RemoveOwnershipTags):
+            return True
+    after = await observer.observe(instance_id, max_age=0)
+    return after.instance is None or after.state in ("shutting-down", "terminated")
+
+
+def _deletion_failure(runtime: Runtime, ref: WorkerRef, raw_status: Mapping[str, Any] | None,
+                      error: IntegrationException, retry: int) -> PassResult:
+    decision = classify(error, retry=retry, slow_recheck_seconds=runtime.settings.slow_recheck)
+    # Deletion never gives up: a permanent error keeps the finalizer and retries on the slow interval.
+    delay = decision.delay if decision.delay is not None else runtime.settings.slow_recheck
+    decision = Decision(Kind.TEMPORARY, decision.reason, delay)
+    runtime.metrics.exceptions.labels(type(error).__name__, "temporary").inc()
+    runtime.metrics.retries.labels(decision.reason).inc()
+    health = Health.reconciling(decision.reason, f"Deleting: {error}")
+    warning = Note("Warning", decision.reason, f"Deletion blocked: {error}")
+    return PassResult(dict(raw_status or {}), health, (warning,), decision=decision, error=error, poll_soon=True)
+
+
+def _region(raw_spec: Mapping[str, Any]) -> str | None:
+    try:
+        return parse_spec(raw_spec).region
+    except SpecError:
+        region = raw_spec.get("region")
+        return region if isinstance(region, str) and region and "/" not in region else None

@@ -1,0 +1,114 @@
+"""Exception -> temporary or permanent, delay, condition reason: the only place that decides.
+
+``POLICY`` is read top to bottom; the first row whose class (and, where given,
+retryability or AWS code) matches decides. Handlers hold no if-chains on codes:
+they ask ``classify`` and raise ``kopf.TemporaryError`` / ``kopf.PermanentError``.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from dataclasses import dataclass
+
+from ..ec2.exceptions import (
+    EC2AuthenticationException,
+    EC2InstanceCreationException,
+    EC2InstanceNotFoundException,
+    EC2InstanceOperationException,
+    EC2InvalidParameterException,
+    EC2QuotaExceededException,
+    EC2StatusCheckException,
+    EC2TagOperationException,
+    IntegrationException,
+)
+from . import reasons
+
+
+class Kind(enum.Enum):
+    TEMPORARY = "temporary"  # clears by itself: retry with the delay
+    PERMANENT = "permanent"  # needs a change outside the operator: Stalled
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff: ``base * 2**retry`` capped, with up to ``jitter`` of it added at random."""
+
+    base: float
+    cap: float
+    jitter: float = 0.2
+
+    def delay(self, retry: int, rng: random.Random | None = None) -> float:
+        raw = min(self.cap, self.base * (2 ** max(0, min(retry, 30))))
+        return raw + raw * self.jitter * (rng or random).random()
+
+
+@dataclass(frozen=True)
+class Rule:
+    exception: type[IntegrationException]
+    kind: Kind
+    reason: str
+    backoff: Backoff | None = None  # temporary: when to retry
+    slow_recheck: bool = False  # permanent: retry on the slow interval anyway (cure lies outside the spec)
+    retryable: bool | None = None  # match only exceptions with this retryability
+    codes: frozenset[str] | None = None  # match only these AWS codes
+
+
+@dataclass(frozen=True)
+class Decision:
+    kind: Kind
+    reason: str
+    delay: float | None  # seconds until the next attempt; None = only when the spec changes
+
+    @property
+    def temporary(self) -> bool:
+        return self.kind is Kind.TEMPORARY
+
+
+CAPACITY_CODES = frozenset({"InsufficientInstanceCapacity", "InsufficientHostCapacity", "InsufficientCapacity"})
+
+POLICY: tuple[Rule, ...] = (
+    Rule(EC2InvalidParameterException, Kind.PERMANENT, reasons.INVALID_PARAMETER),
+    Rule(EC2QuotaExceededException, Kind.TEMPORARY, reasons.INSUFFICIENT_CAPACITY,
+         Backoff(base=60, cap=900), codes=CAPACITY_CODES),
+    Rule(EC2QuotaExceededException, Kind.TEMPORARY, reasons.THROTTLED, Backoff(base=5, cap=300, jitter=1.0),
+         retryable=True),
+    Rule(EC2QuotaExceededException, Kind.PERMANENT, reasons.QUOTA_EXCEEDED, slow_recheck=True),
+    # The client already refreshed credentials once before raising this.
+    Rule(EC2AuthenticationException, Kind.PERMANENT, reasons.AUTHENTICATION_FAILED, slow_recheck=True),
+    # Callers that know better (deletion: success; a launched instance: recreate) decide first.
+    Rule(EC2InstanceNotFoundException, Kind.PERMANENT, reasons.INSTANCE_NOT_FOUND),
+    Rule(EC2InstanceCreationException, Kind.TEMPORARY, reasons.INSTANCE_CREATION_FAILED, Backoff(base=15, cap=600)),
+    Rule(EC2InstanceOperationException, Kind.TEMPORARY, reasons.INSTANCE_OPERATION_FAILED, Backoff(base=10, cap=120)),
+    Rule(EC2TagOperationException, Kind.PERMANENT, reasons.TAG_OPERATION_FAILED, retryable=False),
+    Rule(EC2TagOperationException, Kind.TEMPORARY, reasons.TAG_OPERATION_FAILED, Backoff(base=10, cap=300)),
+    Rule(EC2StatusCheckException, Kind.TEMPORARY, reasons.STATUS_CHECKS_PENDING, Backoff(base=15, cap=60)),
+    Rule(IntegrationException, Kind.TEMPORARY, reasons.INTEGRATION_ERROR, Backoff(base=10, cap=300)),
+)
+
+
+def rule_for(error: IntegrationException) -> Rule:
+    for rule in POLICY:
+        if not isinstance(error, rule.exception):
+            continue
+        if rule.retryable is not None and error.retryable is not rule.retryable:
+            continue
+        if rule.codes is not None and error.code not in rule.codes:
+            continue
+        return rule
+    raise AssertionError(f"POLICY has no row for {error!r}")  # IntegrationException is the last row
+
+
+def classify(
+    error: IntegrationException,
+    *,
+    retry: int = 0,
+    slow_recheck_seconds: float = 600.0,
+    rng: random.Random | None = None,
+) -> Decision:
+    """What to do about ``error`` on the ``retry``-th consecutive failure (0 = first)."""
+    rule = rule_for(error)
+    if rule.kind is Kind.TEMPORARY:
+        assert rule.backoff is not None
+        return Decision(rule.kind, rule.reason, rule.backoff.delay(retry, rng))
+    return Decision(rule.kind, rule.reason, slow_recheck_seconds if rule.slow_recheck else None)

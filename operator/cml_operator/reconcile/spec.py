@@ -1,0 +1,160 @@
+"""``CMLWorker.spec`` as a typed value, checked again defensively.
+
+The CRD schema rejects bad input at ``kubectl apply``; this parser exists because
+an operator must never crash on an object that slipped past an older or edited
+CRD. Whatever it refuses becomes ``Stalled/InvalidParameter`` naming the field.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..ec2.tags import tag_problems
+
+DEFAULT_INSTANCE_TYPE = "m5zn.metal"
+MAX_USER_TAGS = 40
+RESERVED_TAG_PREFIX = "cml.dev/"
+_PATTERNS = {
+    "region": re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-[0-9]+$"),
+    "instanceType": re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9-]+$"),
+    "amiId": re.compile(r"^ami-([0-9a-f]{8}|[0-9a-f]{17})$"),
+    "subnetId": re.compile(r"^subnet-([0-9a-f]{8}|[0-9a-f]{17})$"),
+    "securityGroupIds": re.compile(r"^sg-([0-9a-f]{8}|[0-9a-f]{17})$"),
+    "instanceId": re.compile(r"^i-([0-9a-f]{8}|[0-9a-f]{17})$"),
+}
+ROOT_VOLUME_TYPES = ("gp3", "gp2", "io1", "io2")
+DESIRED_STATES = ("Running", "Stopped")
+DELETION_POLICIES = ("Delete", "Retain")
+
+
+class SpecError(ValueError):
+    """The spec cannot be acted on; ``field`` is its path, e.g. ``spec.amiId``."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+@dataclass(frozen=True)
+class RootVolumeSpec:
+    size_gib: int
+    volume_type: str = "gp3"
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    region: str
+    subnet_id: str
+    instance_type: str = DEFAULT_INSTANCE_TYPE
+    ami_id: str | None = None
+    ami_name: str | None = None
+    security_group_ids: tuple[str, ...] = ()
+    key_name: str | None = None
+    iam_instance_profile: str | None = None
+    root_volume: RootVolumeSpec | None = None
+    user_data: str | None = None
+    detailed_monitoring: bool = True
+    tags: dict[str, str] = field(default_factory=dict)
+    desired_state: str = "Running"
+    deletion_policy: str = "Delete"
+    instance_id: str | None = None
+
+    @property
+    def wants_running(self) -> bool:
+        return self.desired_state == "Running"
+
+
+def parse_spec(raw: Mapping[str, Any] | None) -> WorkerSpec:
+    """Build a ``WorkerSpec`` or raise ``SpecError`` naming the first bad field."""
+    raw = dict(raw or {})
+    region = _string(raw, "region", required=True)
+    subnet_id = _string(raw, "subnetId", required=True)
+    ami_id = _string(raw, "amiId")
+    ami_name = _string(raw, "amiName")
+    if (ami_id is None) == (ami_name is None):
+        raise SpecError("spec.amiId", "exactly one of spec.amiId and spec.amiName must be set")
+    groups = raw.get("securityGroupIds") or []
+    if not isinstance(groups, list) or len(groups) > 5:
+        raise SpecError("spec.securityGroupIds", "must be a list of at most 5 security group ids")
+    for group in groups:
+        _check_pattern("securityGroupIds", group)
+    user_data = _string(raw, "userData")
+    if user_data is not None and len(user_data) > 16 * 1024:
+        raise SpecError("spec.userData", "must be at most 16 KiB")
+    desired_state = _string(raw, "desiredState") or "Running"
+    if desired_state not in DESIRED_STATES:
+        raise SpecError("spec.desiredState", f"must be one of {', '.join(DESIRED_STATES)}")
+    deletion_policy = _string(raw, "deletionPolicy") or "Delete"
+    if deletion_policy not in DELETION_POLICIES:
+        raise SpecError("spec.deletionPolicy", f"must be one of {', '.join(DELETION_POLICIES)}")
+    monitoring = raw.get("detailedMonitoring", True)
+    if not isinstance(monitoring, bool):
+        raise SpecError("spec.detailedMonitoring", "must be true or false")
+    return WorkerSpec(
+        region=region,
+        subnet_id=subnet_id,
+        instance_type=_string(raw, "instanceType") or DEFAULT_INSTANCE_TYPE,
+        ami_id=ami_id,
+        ami_name=ami_name,
+        security_group_ids=tuple(groups),
+        key_name=_string(raw, "keyName"),
+        iam_instance_profile=_string(raw, "iamInstanceProfile"),
+        root_volume=_root_volume(raw.get("rootVolume")),
+        user_data=user_data,
+        detailed_monitoring=monitoring,
+        tags=_tags(raw.get("tags")),
+        desired_state=desired_state,
+        deletion_policy=deletion_policy,
+        instance_id=_string(raw, "instanceId"),
+    )
+
+
+def _string(raw: Mapping[str, Any], key: str, *, required: bool = False) -> str | None:
+    value = raw.get(key)
+    if value is None or value == "":
+        if required:
+            raise SpecError(f"spec.{key}", "is required")
+        return None
+    if not isinstance(value, str):
+        raise SpecError(f"spec.{key}", "must be a string")
+    if key in _PATTERNS:
+        _check_pattern(key, value)
+    return value
+
+
+def _check_pattern(key: str, value: Any) -> None:
+    if not isinstance(value, str) or not _PATTERNS[key].match(value):
+        raise SpecError(f"spec.{key}", f"{value!r} does not match {_PATTERNS[key].pattern}")
+
+
+def _root_volume(raw: Any) -> RootVolumeSpec | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise SpecError("spec.rootVolume", "must be an object")
+    size = raw.get("sizeGiB")
+    if not isinstance(size, int) or isinstance(size, bool) or not 8 <= size <= 16384:
+        raise SpecError("spec.rootVolume.sizeGiB", "must be an integer from 8 to 16384")
+    volume_type = raw.get("type") or "gp3"
+    if volume_type not in ROOT_VOLUME_TYPES:
+        raise SpecError("spec.rootVolume.type", f"must be one of {', '.join(ROOT_VOLUME_TYPES)}")
+    return RootVolumeSpec(size, volume_type)
+
+
+def _tags(raw: Any) -> dict[str, str]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise SpecError("spec.tags", "must be a map of strings")
+    if len(raw) > MAX_USER_TAGS:
+        raise SpecError("spec.tags", f"at most {MAX_USER_TAGS} tags (the operator adds its own)")
+    for key in raw:
+        if isinstance(key, str) and key.startswith(RESERVED_TAG_PREFIX):
+            raise SpecError(f"spec.tags[{key}]", f"keys starting with {RESERVED_TAG_PREFIX!r} are reserved")
+    problems = tag_problems(raw)
+    if problems:
+        raise SpecError("spec.tags", problems[0])
+    return dict(raw)

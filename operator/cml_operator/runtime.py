@@ -1,0 +1,100 @@
+"""The operator's shared, explicitly owned state: EC2 access, observers, metrics, per-worker memory.
+
+One ``Runtime`` is built at start-up and handed to Kopf handlers through ``memo``.
+Per-worker memory is in-process only; everything that must survive a restart
+lives on the object (status) or on the instance (tags).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass, field
+
+from .ec2.client import EC2Client
+from .fleet.gateway import EC2Api, EC2Gateway
+from .fleet.observer import Observers
+from .fleet.ratelimit import EC2RateLimiter
+from .metrics import Metrics
+from .settings import OperatorSettings
+
+#: AWS codes that mean "slow down"; the rate limiter halves its pace on them.
+THROTTLING_CODES = frozenset({"RequestLimitExceeded", "Throttling", "ThrottlingException", "RequestThrottled",
+                              "TooManyRequestsException"})
+
+
+@dataclass
+class WorkerMemory:
+    """What this process remembers about one worker between passes."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: The instance this process launched last; trusted before a possibly stale status.
+    launched_instance_id: str | None = None
+    #: Monotonic time before which the timer leaves the worker alone (retry delay, slow recheck).
+    next_attempt: float = 0.0
+    #: The generation a permanent error blocked; the timer waits for the spec to change.
+    blocked_generation: int | None = None
+    #: In transition: read EC2 often.
+    hot: bool = True
+
+    def block(self, generation: int, delay: float | None, clock: float) -> None:
+        self.blocked_generation = generation
+        self.next_attempt = clock + delay if delay is not None else math.inf
+
+    def defer(self, delay: float, clock: float) -> None:
+        self.next_attempt = clock + delay
+
+    def clear(self) -> None:
+        self.next_attempt = 0.0
+        self.blocked_generation = None
+
+    def due(self, generation: int, clock: float) -> bool:
+        if self.blocked_generation is not None and self.blocked_generation != generation:
+            return True  # the spec changed since it was blocked
+        return clock >= self.next_attempt
+
+
+@dataclass
+class Runtime:
+    settings: OperatorSettings
+    ec2: EC2Api
+    observers: Observers
+    metrics: Metrics
+    workers: dict[str, WorkerMemory] = field(default_factory=dict)
+
+    def memory(self, uid: str) -> WorkerMemory:
+        memory = self.workers.get(uid)
+        if memory is None:
+            memory = self.workers[uid] = WorkerMemory()
+        return memory
+
+    def forget(self, uid: str) -> None:
+        self.workers.pop(uid, None)
+        self.metrics.set_phase(uid, None)
+
+    @staticmethod
+    def clock() -> float:
+        return time.monotonic()
+
+    async def close(self) -> None:
+        await self.observers.stop()
+        if isinstance(self.ec2, EC2Gateway):
+            self.ec2.close()
+
+
+def build_runtime(settings: OperatorSettings, metrics: Metrics | None = None) -> Runtime:
+    """Wire the real EC2 client, rate limiter, gateway and observers."""
+    metrics = metrics or Metrics()
+    limiter = EC2RateLimiter(settings.rate_limits)
+
+    def on_call(operation: str, region: str, outcome: str) -> None:
+        metrics.ec2_call(operation, region, outcome)
+        if outcome in THROTTLING_CODES:
+            limiter.throttled(region, operation)
+
+    client = EC2Client(settings.ec2, call_observer=on_call)
+    gateway = EC2Gateway(client, limiter, threads=settings.ec2_threads)
+    observers = Observers(gateway, settings.observer,
+                          on_batch=lambda region, kind, size: metrics.batch_size.labels(kind).observe(size))
+    return Runtime(settings=settings, ec2=gateway, observers=observers, metrics=metrics)

@@ -1,0 +1,40 @@
+"""All operator settings in one typed tree; defaults and units here, values from CLI flags or env.
+
+Every flag of ``cml-operator run`` has an environment variable twin named
+``CML_<FLAG>`` (``--resync-interval`` -> ``CML_RESYNC_INTERVAL``); flags win.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .ec2.client import EC2ClientSettings
+from .fleet.observer import ObserverSettings
+from .fleet.ratelimit import RateLimitSettings
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    #: Namespaces to watch; empty means all namespaces (cluster-wide).
+    namespaces: tuple[str, ...] = ()
+    #: Seconds between per-worker checks of the observed state (reads the observers' cache, no EC2 call).
+    poll_interval: float = 10.0
+    #: Seconds a permanent error that may cure itself outside the spec (quota, credentials) waits before a retry.
+    slow_recheck: float = 600.0
+    #: Port of the Prometheus /metrics endpoint; 0 disables it.
+    metrics_port: int = 8080
+    #: Port of Kopf's liveness endpoint (/healthz); 0 disables it.
+    liveness_port: int = 8081
+    log_format: str = "text"  # text | json
+    log_level: str = "INFO"
+    #: Kopf peering object name for several replicas (one active); None = standalone (one replica).
+    peering: str | None = None
+    #: Threads running blocking boto3 calls.
+    ec2_threads: int = 16
+    ec2: EC2ClientSettings = field(default_factory=EC2ClientSettings)
+    rate_limits: RateLimitSettings = field(default_factory=RateLimitSettings)
+    observer: ObserverSettings = field(default_factory=ObserverSettings)
+
+    @property
+    def resync_interval(self) -> float:
+        return self.observer.resync_interval
