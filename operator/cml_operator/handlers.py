@@ -37,7 +37,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings, metrics:
     """Register every handler on ``registry`` with the intervals from ``config``."""
     resource = (GROUP, VERSION, PLURAL)
 
-    @kopf.on.startup(registry=registry)
+    @kopf.on.startup(id="configure", registry=registry)
     async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         settings.persistence.finalizer = FINALIZER
         # Kopf's bookkeeping lives in status, so it rides on the status patches we make anyway.
@@ -48,15 +48,20 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings, metrics:
         settings.watching.server_timeout = 300  # re-list now and then even if the API server stays quiet
         memo.runtime = build_runtime(config, metrics)
 
-    @kopf.on.cleanup(registry=registry)
+    @kopf.on.login(id="login", registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # In a pod: the ServiceAccount token; elsewhere: KUBECONFIG / ~/.kube/config.
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+    @kopf.on.cleanup(id="close", registry=registry)
     async def close(memo: kopf.Memo, **_: Any) -> None:
         runtime: Runtime | None = getattr(memo, "runtime", None)
         if runtime is not None:
             await runtime.close()
 
-    @kopf.on.resume(*resource, registry=registry)
-    @kopf.on.create(*resource, registry=registry)
-    @kopf.on.update(*resource, field="spec", registry=registry)
+    @kopf.on.resume(*resource, id="reconcile", registry=registry)
+    @kopf.on.create(*resource, id="reconcile", registry=registry)
+    @kopf.on.update(*resource, field="spec", id="reconcile", registry=registry)
     async def reconcile(body: kopf.Body, patch: kopf.Patch, retry: int, memo: kopf.Memo, reason: Any,
                         **_: Any) -> None:
         await _reconcile(memo.runtime, body, patch, retry, trigger=str(reason), timer=False)
@@ -65,11 +70,11 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings, metrics:
         # Spread the timers so a thousand workers do not all wake in the same tick.
         return config.poll_interval * (0.5 + random.random())
 
-    @kopf.timer(*resource, interval=config.poll_interval, initial_delay=first_poll, registry=registry)
+    @kopf.timer(*resource, interval=config.poll_interval, initial_delay=first_poll, id="poll", registry=registry)
     async def poll(body: kopf.Body, patch: kopf.Patch, retry: int, memo: kopf.Memo, **_: Any) -> None:
         await _reconcile(memo.runtime, body, patch, retry, trigger="timer", timer=True)
 
-    @kopf.on.delete(*resource, registry=registry)
+    @kopf.on.delete(*resource, id="delete", registry=registry)
     async def delete(body: kopf.Body, patch: kopf.Patch, retry: int, memo: kopf.Memo, **_: Any) -> None:
         runtime: Runtime = memo.runtime
         ref = _ref(body)
