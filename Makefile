@@ -34,3 +34,6 @@ lock: install ## rewrite constraints.txt from the current virtualenv
 
 clean: ## remove the virtualenv and caches inside the repository (not the built binaries)
 	rm -rf $(VENV) .pytest_cache .dev
+
+cluster: install control-plane ## run etcd + kube-apiserver standalone with crds/ applied; kubeconfig in .dev/kubeconfig (Ctrl-C stops; CLUSTER_ARGS=--no-rbac)
+	$(BIN)/python -m tests.cluster $(CLUSTER_ARGS)

@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="instances in transition are read this often")
     timing.add_argument("--slow-recheck", type=float, default=_env("SLOW_RECHECK", float, d.slow_recheck),
                         help="a worker stalled on quota or credentials is retried after this long")
+    timing.add_argument("--max-retry-delay", type=float, default=_env("MAX_RETRY_DELAY", float, d.max_retry_delay),
+                        help="cap every temporary-error retry delay (default: the policy's own caps)")
 
     ec2 = run.add_argument_group("EC2 traffic")
     ec2.add_argument("--mutating-rate", type=float, default=_env("MUTATING_RATE", float, r.mutating_rate),
@@ -110,6 +112,7 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
         namespaces=namespaces,
         poll_interval=args.poll_interval,
         slow_recheck=args.slow_recheck,
+        max_retry_delay=args.max_retry_delay,
         metrics_port=args.metrics_port,
         liveness_port=args.liveness_port,
         log_format=args.log_format,

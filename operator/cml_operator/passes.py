@@ -267,7 +267,7 @@ def _failure(
     memory: WorkerMemory,
 ) -> PassResult:
     integration = _as_integration(error)
-    decision = classify(integration, retry=retry, slow_recheck_seconds=runtime.settings.slow_recheck)
+    decision = _capped(runtime, classify(integration, retry=retry, slow_recheck_seconds=runtime.settings.slow_recheck))
     if isinstance(integration, EC2InstanceNotFoundException) and not spec.instance_id:
         # Our own instance vanished mid-pass: the next pass launches a replacement.
         decision = Decision(Kind.TEMPORARY, reasons.PROVISIONING, 1.0)
@@ -287,6 +287,13 @@ def _failure(
     result = _result(runtime, ref, raw_status, status, plan, observation, None,
                      spec_keys=status.managed_tag_keys, notes=(*notes, warning))
     return replace(result, decision=decision, error=integration)
+
+
+def _capped(runtime: Runtime, decision: Decision) -> Decision:
+    cap = runtime.settings.max_retry_delay
+    if cap is None or decision.delay is None or not decision.temporary or decision.delay <= cap:
+        return decision
+    return replace(decision, delay=cap)
 
 
 def _as_integration(error: Exception) -> IntegrationException:
@@ -377,7 +384,7 @@ def _deletion_failure(runtime: Runtime, ref: WorkerRef, raw_status: Mapping[str,
     decision = classify(error, retry=retry, slow_recheck_seconds=runtime.settings.slow_recheck)
     # Deletion never gives up: a permanent error keeps the finalizer and retries on the slow interval.
     delay = decision.delay if decision.delay is not None else runtime.settings.slow_recheck
-    decision = Decision(Kind.TEMPORARY, decision.reason, delay)
+    decision = _capped(runtime, Decision(Kind.TEMPORARY, decision.reason, delay))
     runtime.metrics.exceptions.labels(type(error).__name__, "temporary").inc()
     runtime.metrics.retries.labels(decision.reason).inc()
     health = Health.reconciling(decision.reason, f"Deleting: {error}")

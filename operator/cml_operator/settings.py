@@ -21,6 +21,8 @@ class OperatorSettings:
     poll_interval: float = 10.0
     #: Seconds a permanent error that may cure itself outside the spec (quota, credentials) waits before a retry.
     slow_recheck: float = 600.0
+    #: Upper bound for any temporary-error retry delay (None: the policy's own caps, up to 15 minutes).
+    max_retry_delay: float | None = None
     #: Port of the Prometheus /metrics endpoint; 0 disables it.
     metrics_port: int = 8080
     #: Port of Kopf's liveness endpoint (/healthz); 0 disables it.

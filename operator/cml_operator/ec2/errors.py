@@ -178,7 +178,7 @@ def parse_aws_error(
     if isinstance(error, _NETWORK_ERRORS):
         name = type(error).__name__
         return IntegrationException(
-            _message(operation, name, f"network failure talking to EC2: {error}", instance_id),
+            _message(operation, name, f"network failure talking to EC2: {_shorten(str(error))}", instance_id),
             code=name, retryable=True, **context,
         )
     if isinstance(error, BotoCoreError):
@@ -217,6 +217,12 @@ def _from_client_error(
     return IntegrationException(
         f"AWS error [{code}] in {operation}: {aws_message}".rstrip(": "), retryable=True, **context
     )
+
+
+def _shorten(text: str, limit: int = 300) -> str:
+    """One line, bounded: a garbled body (an HTML error page) must not flood conditions and events."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 _ACCESS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b")

@@ -182,8 +182,12 @@ class DeletionPlan:
 
 
 def desired_tags(ref: WorkerRef, spec: WorkerSpec) -> dict[str, str]:
-    """The user's tags plus the operator's own; ``Name`` defaults to namespace/name."""
-    tags = {"Name": ref.key}
+    """The user's tags plus the operator's own.
+
+    ``Name`` defaults to namespace/name on instances the operator launches; an
+    adopted instance keeps its own name unless ``spec.tags`` sets one.
+    """
+    tags = {} if spec.instance_id else {"Name": ref.key}
     tags.update(spec.tags)
     tags.update({TAG_UID: ref.uid, TAG_WORKER: ref.key, TAG_MANAGED_BY: MANAGED_BY})
     return tags

@@ -1,0 +1,109 @@
+"""Suite-wide fixtures: the real control plane, moto_server, a namespace per test.
+
+The session's control plane has RBAC on. The admin kubeconfig (`kubeconfig`,
+`control_plane.kubectl`) is in system:masters, so it may do anything; to test
+permissions act as a ServiceAccount (`control_plane.service_account_kubeconfig`).
+Every *.yaml in crds/ is applied once, and its CRDs are Established, before the
+first test that uses the cluster.
+
+No controller-manager runs: deleted namespaces stay Terminating and
+ownerReferences do not cascade.
+
+Without Go and without cached binaries the cluster tests are skipped, unless CI
+or REQUIRE_CLUSTER is set (non-empty, not 0/false): then they fail instead.
+Tests that use a cluster fixture get the `cluster` marker automatically.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import config
+from kubernetes.client import ApiClient
+
+from tests.cluster.controlplane import ControlPlane, ControlPlaneConfig, ControlPlaneUnavailable, find_binaries
+from tests.support.motoserver import MotoServer
+
+REPO = Path(__file__).resolve().parent.parent
+CRDS_DIR = REPO / "crds"
+#: Fixtures that need the control plane; a test using one is marked `cluster`.
+CLUSTER_FIXTURES = frozenset({"control_plane_bin_dir", "control_plane", "kubeconfig", "namespace", "api_client"})
+
+
+def cluster_required() -> bool:
+    """True when a missing control plane must fail the run rather than skip tests."""
+    values = (os.environ.get(var, "").strip().lower() for var in ("CI", "REQUIRE_CLUSTER"))
+    return any(value not in ("", "0", "false", "no") for value in values)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if CLUSTER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.cluster)
+
+
+@pytest.fixture(scope="session")
+def control_plane_bin_dir() -> Path:
+    """Where etcd, kube-apiserver and kubectl are (built by build.sh if needed).
+
+    Skips the test if they are missing and cannot be built, or fails it when
+    CI/REQUIRE_CLUSTER say the cluster is required. Tests that run their own
+    ControlPlane pass it as ControlPlaneConfig(bin_dir=...).
+    """
+    try:
+        return find_binaries()
+    except ControlPlaneUnavailable as exc:
+        if cluster_required():
+            pytest.fail(f"control plane required (CI/REQUIRE_CLUSTER set) but unavailable: {exc}", pytrace=False)
+        pytest.skip(f"no control plane: {exc}")
+
+
+@pytest.fixture(scope="session")
+def control_plane(control_plane_bin_dir: Path) -> Iterator[ControlPlane]:
+    """etcd + kube-apiserver (RBAC on) for the whole session, with crds/ installed."""
+    with ControlPlane(ControlPlaneConfig(bin_dir=control_plane_bin_dir)) as plane:
+        plane.install_crds(CRDS_DIR)
+        yield plane
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(control_plane: ControlPlane) -> Path:
+    """Path of the admin (system:masters) kubeconfig."""
+    return control_plane.kubeconfig_path
+
+
+@pytest.fixture(scope="session")
+def api_client(control_plane: ControlPlane) -> Iterator[ApiClient]:
+    """A kubernetes.client.ApiClient for the admin."""
+    client = config.new_client_from_config(config_file=str(control_plane.kubeconfig_path))
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace for one test; deleted afterwards without waiting (it stays Terminating)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"t-{slug}-{uuid.uuid4().hex[:6]}"
+    control_plane.kubectl("create", "namespace", name)
+    yield name
+    control_plane.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    """One moto_server process for the session (state shared; see `moto`)."""
+    with MotoServer() as server:
+        yield server
+
+
+@pytest.fixture
+def moto(moto_server: MotoServer) -> MotoServer:
+    """The session's moto_server, reset to empty before the test."""
+    moto_server.reset()
+    return moto_server

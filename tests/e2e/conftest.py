@@ -1,0 +1,180 @@
+"""End-to-end fixtures: the real API server, moto_server behind the fault proxy, the operator as a process.
+
+Each test gets a fresh namespace and its own operator process watching only that
+namespace, so tests cannot see each other's workers. moto is reset per test.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+import yaml
+
+from tests.cluster.controlplane import ControlPlane
+from tests.support.motoserver import MotoServer
+from tests.support.processes import FAKE_AWS_ENV, FaultProxyProcess, OperatorProcess, wait_for
+
+REGION = "us-east-1"
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
+@pytest.fixture(scope="session")
+def ec2_proxy(moto_server: MotoServer) -> Iterator[FaultProxyProcess]:
+    proxy = FaultProxyProcess(moto_server.url).start()
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture
+def proxy(ec2_proxy: FaultProxyProcess, moto: MotoServer) -> Iterator[FaultProxyProcess]:
+    """The fault proxy with no faults and zeroed counters (moto itself reset too)."""
+    ec2_proxy.clear_faults()
+    ec2_proxy.reset_counts()
+    yield ec2_proxy
+    ec2_proxy.clear_faults()
+
+
+@pytest.fixture
+def aws(moto: MotoServer) -> Any:
+    """A boto3 EC2 client straight to moto: the ground truth, bypassing the proxy's counters."""
+    return boto3.client("ec2", region_name=REGION, endpoint_url=moto.url,
+                        aws_access_key_id=FAKE_AWS_ENV["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=FAKE_AWS_ENV["AWS_SECRET_ACCESS_KEY"])
+
+
+@pytest.fixture
+def network(aws: Any) -> dict[str, str]:
+    subnet = aws.describe_subnets()["Subnets"][0]
+    group = aws.create_security_group(GroupName="cml-e2e", Description="e2e", VpcId=subnet["VpcId"])["GroupId"]
+    image = aws.describe_images(Owners=["amazon"])["Images"][0]
+    return {"subnet": subnet["SubnetId"], "sg": group, "ami": image["ImageId"], "ami_name": image["Name"]}
+
+
+class Kube:
+    """kubectl against the test's namespace, with JSON results."""
+
+    def __init__(self, plane: ControlPlane, namespace: str) -> None:
+        self.plane = plane
+        self.namespace = namespace
+
+    def run(self, *args: str, input: str | None = None, check: bool = True):
+        return self.plane.kubectl(*args, "-n", self.namespace, input=input, check=check)
+
+    def apply(self, manifest: dict | str, check: bool = True):
+        text = manifest if isinstance(manifest, str) else yaml.safe_dump(manifest)
+        return self.run("apply", "-f", "-", input=text, check=check)
+
+    def get(self, name: str) -> dict:
+        return json.loads(self.run("get", "cmlworker", name, "-o", "json").stdout)
+
+    def exists(self, name: str) -> bool:
+        return self.run("get", "cmlworker", name, "--ignore-not-found", "-o", "name", check=False).stdout.strip() != ""
+
+    def patch_spec(self, name: str, spec: dict) -> None:
+        self.run("patch", "cmlworker", name, "--type=merge", "-p", json.dumps({"spec": spec}))
+
+    def condition(self, name: str, kind: str) -> dict | None:
+        for item in self.get(name).get("status", {}).get("conditions", []):
+            if item["type"] == kind:
+                return item
+        return None
+
+    def wait_condition(self, name: str, kind: str, reason: str | None = None, status: str = "True",
+                       timeout: float = 60) -> dict:
+        def matches() -> dict | None:
+            item = self.condition(name, kind)
+            if item and item["status"] == status and (reason is None or item["reason"] == reason):
+                return item
+            return None
+
+        try:
+            return wait_for(matches, timeout, what=f"{name} {kind}={status} reason={reason}")
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}; status now: {json.dumps(self.get(name).get('status'), indent=1)}") from exc
+
+    def events(self, name: str) -> list[dict]:
+        items = json.loads(self.run("get", "events", "--field-selector",
+                                    f"involvedObject.name={name}", "-o", "json").stdout)["items"]
+        return sorted(items, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+
+    def event_reasons(self, name: str, type_: str | None = None) -> list[str]:
+        return [e["reason"] for e in self.events(name) if type_ is None or e["type"] == type_]
+
+    def delete(self, name: str, wait: bool = True, timeout: str = "60s"):
+        return self.run("delete", "cmlworker", name, f"--wait={str(wait).lower()}", f"--timeout={timeout}")
+
+
+@pytest.fixture
+def kube(control_plane: ControlPlane, namespace: str) -> Kube:
+    return Kube(control_plane, namespace)
+
+
+@pytest.fixture
+def operator_factory(control_plane: ControlPlane, proxy: FaultProxyProcess, namespace: str,
+                     request: pytest.FixtureRequest, tmp_path) -> Iterator[Any]:
+    """Start operators watching the test's namespace; all are stopped (and dumped on failure) afterwards."""
+    started: list[OperatorProcess] = []
+
+    def start(*extra_args: str, fast: bool = True, env: dict[str, str] | None = None,
+              wait: bool = True) -> OperatorProcess:
+        args = (*OperatorProcess.FAST_ARGS, *extra_args) if fast else extra_args
+        process = OperatorProcess(control_plane.kubeconfig_path, proxy.url, namespaces=[namespace], args=args,
+                                  env=env or {}, log_path=tmp_path / f"operator-{len(started)}.log")
+        started.append(process)
+        return process.start(wait=wait)
+
+    yield start
+    kube = Kube(control_plane, namespace)
+    alive = [p for p in started if p.running]
+    if alive:
+        # Let the operator release its finalizers so nothing is left behind in moto or the API server.
+        proxy.clear_faults()
+        kube.run("delete", "cmlworker", "--all", "--wait=true", "--timeout=30s", check=False)
+    for process in started:
+        process.stop()
+    failed = any(getattr(getattr(request.node, f"report_{when}", None), "failed", False)
+                 for when in ("setup", "call"))
+    if failed:
+        for index, process in enumerate(started):
+            print(f"\n----- operator {index} log (tail) -----\n{process.logs()[-6000:]}")
+
+
+@pytest.fixture
+def operator(operator_factory: Any) -> OperatorProcess:
+    """One operator with the fast test intervals."""
+    return operator_factory()
+
+
+def worker_manifest(name: str, network: dict[str, str], **spec: Any) -> dict:
+    body = {"region": REGION, "amiId": network["ami"], "subnetId": network["subnet"],
+            "securityGroupIds": [network["sg"]], "instanceType": "m5.large"}
+    body.update(spec)
+    body = {k: v for k, v in body.items() if v is not None}
+    return {"apiVersion": "cml.dev/v1alpha1", "kind": "CMLWorker", "metadata": {"name": name}, "spec": body}
+
+
+def instances_of(aws: Any, uid: str, include_gone: bool = False) -> list[dict]:
+    """Instances carrying the worker's uid tag, as moto sees them."""
+    reservations = aws.describe_instances(Filters=[{"Name": "tag:cml.dev/worker-uid", "Values": [uid]}])
+    found = [i for r in reservations["Reservations"] for i in r["Instances"]]
+    return found if include_gone else [i for i in found if i["State"]["Name"] not in ("shutting-down", "terminated")]
+
+
+def tags_of(aws: Any, instance_id: str) -> dict[str, str]:
+    raw = aws.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    return {t["Key"]: t["Value"] for t in raw.get("Tags", [])}
+
+
+def state_of(aws: Any, instance_id: str) -> str:
+    raw = aws.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    return raw["State"]["Name"]

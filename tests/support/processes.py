@@ -1,0 +1,190 @@
+"""The operator and the fault proxy as real processes, for end-to-end tests and benchmarks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.support.faultproxy import FaultRule
+
+REPO = Path(__file__).resolve().parents[2]
+#: Dummy credentials moto accepts; never real ones.
+FAKE_AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.2, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - keep polling, report the last one
+            last_error = exc
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}"
+                       + (f" (last error: {last_error!r})" if last_error else ""))
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _stop(process: subprocess.Popen, timeout: float = 15.0, sig: int = signal.SIGTERM) -> None:
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        return
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(5)
+
+
+@dataclass
+class FaultProxyProcess:
+    """``python -m tests.support.faultproxy`` in front of ``upstream``, driven over HTTP."""
+
+    upstream: str
+    process: subprocess.Popen | None = field(default=None, init=False)
+    port: int = field(default=0, init=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> FaultProxyProcess:
+        port_file = Path(tempfile.mkstemp(prefix="faultproxy-port-")[1])
+        port_file.write_text("")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.faultproxy", "--upstream", self.upstream, "--port-file",
+             str(port_file)],
+            cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_for(lambda: port_file.read_text().strip(), 20, what="the fault proxy to listen")
+        self.port = int(port_file.read_text())
+        port_file.unlink()
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            _stop(self.process)
+
+    def _request(self, method: str, path: str, payload: Any = None) -> Any:
+        data = json.dumps(payload).encode() if payload is not None else None
+        request = urllib.request.Request(self.url + path, data=data, method=method)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read() or b"{}")
+
+    def set_faults(self, *rules: FaultRule) -> None:
+        self._request("PUT", "/__faults__", {"rules": [asdict(rule) for rule in rules]})
+
+    def clear_faults(self) -> None:
+        self._request("DELETE", "/__faults__")
+
+    def calls(self) -> dict[str, dict[str, int]]:
+        return self._request("GET", "/__stats__")["calls"]
+
+    def count(self, action: str, outcome: str | None = None) -> int:
+        outcomes = self.calls().get(action, {})
+        return sum(outcomes.values()) if outcome is None else outcomes.get(outcome, 0)
+
+    def reset_counts(self) -> None:
+        self._request("DELETE", "/__stats__")
+
+
+@dataclass
+class OperatorProcess:
+    """``python -m cml_operator run`` against a kubeconfig and an EC2 endpoint."""
+
+    kubeconfig: Path
+    ec2_endpoint: str
+    namespaces: Sequence[str] = ()
+    args: Sequence[str] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    log_path: Path | None = None
+    process: subprocess.Popen | None = field(default=None, init=False)
+    metrics_port: int = field(default=0, init=False)
+    liveness_port: int = field(default=0, init=False)
+
+    #: Short intervals so tests see convergence in seconds.
+    FAST_ARGS = ("--poll-interval", "1", "--fast-interval", "0.5", "--resync-interval", "3",
+                 "--slow-recheck", "4", "--max-retry-delay", "2")
+
+    def command(self) -> list[str]:
+        command = [sys.executable, "-m", "cml_operator", "run", "--metrics-port", str(self.metrics_port),
+                   "--liveness-port", str(self.liveness_port)]
+        for namespace in self.namespaces:
+            command += ["--namespace", namespace]
+        return command + list(self.args)
+
+    def start(self, wait: bool = True) -> OperatorProcess:
+        self.metrics_port, self.liveness_port = free_port(), free_port()
+        if self.log_path is None:
+            self.log_path = Path(tempfile.mkstemp(prefix="cml-operator-", suffix=".log")[1])
+        env = {key: value for key, value in os.environ.items() if not key.startswith(("AWS_", "CML_"))}
+        env.update(FAKE_AWS_ENV)
+        env.update({"KUBECONFIG": str(self.kubeconfig), "AWS_ENDPOINT_URL_EC2": self.ec2_endpoint,
+                    "PYTHONUNBUFFERED": "1"})
+        env.update(self.env)
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(self.command(), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        log.close()
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        def alive_and_healthy() -> bool:
+            if self.process is None or self.process.poll() is not None:
+                raise RuntimeError(f"operator exited early:\n{self.logs()[-3000:]}")
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=2) as response:
+                return response.status == 200
+
+        wait_for(alive_and_healthy, timeout, what="the operator's /healthz")
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+            return response.read().decode()
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, no finalizer work, like a node dying."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            _stop(self.process, timeout=20)
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
