@@ -40,6 +40,14 @@ def async_test(fn):
     return wrapper
 
 
+async def eventually(condition, timeout: float = 1.0) -> None:
+    """Wait (polling every 5 ms) until ``condition()`` holds; fail after ``timeout`` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition never held"
+        await asyncio.sleep(0.005)
+
+
 class FakeClock:
     def __init__(self, now: float = 100.0) -> None:
         self.now = now
@@ -314,7 +322,7 @@ async def test_find_by_uid_asks_one_tag_query_for_all_uids_and_drops_gone_instan
     assert [dto.aws_instance_id for dto in a] == ["i-a1"]
     assert [dto.aws_instance_id for dto in b] == ["i-b1"]
     assert c == [] and d == []
-    assert [call for call in ec2.calls] == [
+    assert ec2.calls == [
         ("find_by_tag_values", REGION, (TAG_UID, ["uid-a", "uid-b", "uid-c", "uid-d"]))]
 
 
@@ -375,11 +383,10 @@ async def test_the_fast_tick_refreshes_only_hot_ids():
     obs = await primed(ec2, clock, hot=["i-hot"], cold=["i-cold"])
 
     obs.start()
-    await asyncio.sleep(0.09)  # about four fast ticks
+    await eventually(lambda: len(ec2.ids("describe_instances")) >= 3)  # three fast ticks
     await obs.stop()
 
     describe = ec2.ids("describe_instances")
-    assert len(describe) >= 2
     assert all(call == ["i-hot"] for call in describe)
     assert ec2.ids("status_checks") == []  # i-hot is pending
 
@@ -393,11 +400,10 @@ async def test_a_fast_pass_updates_the_cache():
     ec2.instances["i-hot"] = instance("i-hot", "running")
     clock.advance(0.001)  # the pass is newer than the primed entry
     obs.start()
-    await asyncio.sleep(0.05)
+    await eventually(lambda: obs.cached("i-hot").state == "running")
     await obs.stop()
 
-    assert obs.cached("i-hot").state == "running"
-    assert obs.cached("i-hot").checks is not None
+    assert obs.cached("i-hot").checks == InstanceStatusChecks("i-hot", system="ok", instance="ok")
 
 
 @async_test
@@ -435,12 +441,13 @@ async def test_the_resync_tick_refreshes_every_known_id():
     obs = await primed(ec2, clock, hot=["i-hot"], cold=["i-cold", "i-other"], resync_interval=10.0)
 
     obs.start()
-    await asyncio.sleep(0.05)
+    await eventually(lambda: len(ec2.ids("describe_instances")) >= 2)
     assert all(call == ["i-hot"] for call in ec2.ids("describe_instances"))
 
     ec2.calls.clear()
     clock.advance(10.0)  # time for a resync (i-hot has cooled down by now)
-    await asyncio.sleep(0.05)
+    await eventually(lambda: ec2.ids("describe_instances"))
+    await asyncio.sleep(0.05)  # a few more fast ticks: nothing hot, no resync due
     await obs.stop()
 
     assert ec2.ids("describe_instances") == [["i-hot", "i-cold", "i-other"]]  # once: next resync is 10 s away
@@ -454,17 +461,25 @@ async def test_the_loop_with_real_time_runs_fast_and_full_passes():
     obs = RegionObserver(REGION, ec2, ObserverSettings(fast_interval=0.02, resync_interval=0.1,
                                                         batch=BatchSettings(idle=0.005, max_wait=0.05)))
     await obs.refresh(["i-hot", "i-cold"])
-    await obs.observe("i-hot", max_age=60, hot=True)  # hot for 3 fast intervals
     await obs.observe("i-cold", max_age=60)
     ec2.calls.clear()
 
+    def both_passes_seen() -> bool:
+        describe = [sorted(call) for call in ec2.ids("describe_instances")]
+        return ["i-hot"] in describe and ["i-cold", "i-hot"] in describe
+
+    async def keep_hot() -> None:
+        while True:  # a worker waiting for i-hot: a cache hit, no call, keeps it hot
+            await obs.observe("i-hot", max_age=60, hot=True)
+            await asyncio.sleep(0.01)
+
+    worker = asyncio.create_task(keep_hot())
     obs.start()
-    await asyncio.sleep(0.25)
+    await eventually(both_passes_seen)  # a fast pass and a full pass (the first due after 0.1 s)
+    worker.cancel()
     await obs.stop()
 
     describe = ec2.ids("describe_instances")
-    assert ["i-hot"] in describe  # a fast pass
-    assert ["i-hot", "i-cold"] in describe  # a full pass
     assert ["i-cold"] not in describe  # cold ids only ride along full passes
 
 
@@ -480,7 +495,7 @@ async def test_forget_removes_an_id_from_every_pass():
     await asyncio.sleep(0.05)  # fast ticks: i-drop is no longer hot
     assert ec2.calls == []
     clock.advance(10.0)
-    await asyncio.sleep(0.05)
+    await eventually(lambda: ec2.calls)
     await obs.stop()
 
     assert ec2.ids("describe_instances") == [["i-keep"]]
@@ -498,7 +513,7 @@ async def test_ids_nobody_asked_about_for_forget_after_are_dropped_at_resync():
     obs.start()  # the loop counts resync_interval from here
     await asyncio.sleep(0.03)
     clock.advance(10)  # time for a resync; i-old last asked 105 s ago, i-recent 10 s ago
-    await asyncio.sleep(0.05)
+    await eventually(lambda: ec2.calls)
     await obs.stop()
 
     assert ec2.ids("describe_instances") == [["i-recent"]]
@@ -516,11 +531,11 @@ async def test_a_failed_pass_does_not_stop_the_loop():
     clock.advance(0.001)
 
     obs.start()
-    await asyncio.sleep(0.1)
+    await eventually(lambda: obs.cached("i-hot").state == "running")
     await obs.stop()
 
-    assert len(ec2.ids("describe_instances")) >= 3  # two failed passes, then more
-    assert obs.cached("i-hot").state == "running"
+    assert len(ec2.ids("describe_instances")) >= 3  # two failed passes, then a good one
+    assert ec2.failures == []
 
 
 @async_test
