@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 
 .PHONY: help install control-plane test unit e2e cluster dev bench soak lock clean
 
-help:
+help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
 # pip 23 backtracks for many minutes on this tree: upgrade pip first, install pinned.
@@ -16,6 +16,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --upgrade pip==$(PIP_VERSION)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $@
+
+dev: install control-plane ## everything local: control plane, moto EC2, the operator and a sample worker (Ctrl-C stops)
+	$(BIN)/python -m tests.devenv $(DEV_ARGS)
 
 install: $(VENV)/.installed ## create or reuse .venv with the operator and test dependencies
 

@@ -337,9 +337,6 @@ async def test_the_batch_size_hook_hears_every_batch():
     assert sizes == [3, 3, 1, 1]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "batcher.py Batcher._run calls on_batch(len(keys)) outside its try block: if the hook raises, "
-    "the _run task dies and no future of the batch is ever resolved, so every waiter hangs forever"))
 @async_test
 async def test_a_failing_batch_size_hook_does_not_leave_waiters_hanging():
     def broken_hook(size: int) -> None:

@@ -173,10 +173,6 @@ def test_the_rate_climbs_back_from_the_floor_given_time():
     assert b.rate == pytest.approx(2.0)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ratelimit.py TokenBucket.__init__ sets _recovery_per_second = rate / recovery_seconds, so one "
-    "halving (rate/2) is undone in recovery_seconds/2, not in recovery_seconds as RateLimitSettings "
-    "('time to climb back from a halving') and the module docstring say"))
 def test_climbing_back_from_one_halving_takes_recovery_seconds():
     b, clock = bucket(rate=2.0, recovery_seconds=60.0)
     b.penalize()

@@ -92,9 +92,9 @@ class Batcher(Generic[K, V]):
 
     async def _run(self, batch: dict[K, asyncio.Future[V]]) -> None:
         keys = list(batch)
-        if self._on_batch is not None:
-            self._on_batch(len(keys))
         try:
+            if self._on_batch is not None:
+                self._on_batch(len(keys))
             results = await self._execute(keys)
         except BaseException as exc:  # noqa: BLE001 - every waiter must hear about it
             for future in batch.values():

@@ -37,7 +37,8 @@ class TokenBucket:
         self._burst = float(burst)
         self._tokens = float(burst)
         self._floor = rate * min_rate_fraction
-        self._recovery_per_second = rate / max(recovery_seconds, 1e-9)
+        # From a halving (rate/2) back to rate in recovery_seconds.
+        self._recovery_per_second = rate / (2 * max(recovery_seconds, 1e-9))
         self._rate = rate
         self._clock = clock
         self._updated = clock()

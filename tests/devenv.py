@@ -1,0 +1,118 @@
+"""``make dev``: the whole thing on one machine, for a newcomer, in one command.
+
+Starts the local control plane (etcd + kube-apiserver), moto_server as EC2,
+applies crds/, runs the operator, applies deploy/samples/cmlworker.yaml (its
+subnet, security group and AMI replaced by ones that exist in moto), waits for
+Ready, shows the worker and its events, then keeps running until Ctrl-C.
+
+While it runs, a second shell can use it:
+
+    source .dev/env        # KUBECONFIG, AWS_ENDPOINT_URL_EC2, AWS_DEFAULT_REGION, dummy credentials
+    kubectl get cmlw -o wide
+    aws ec2 describe-instances    # or boto3: both read AWS_ENDPOINT_URL_EC2
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+import boto3
+import yaml
+
+from tests.cluster.__main__ import wait_for_signal
+from tests.cluster.controlplane import ControlPlane, ControlPlaneConfig
+from tests.support.motoserver import MotoServer
+from tests.support.processes import FAKE_AWS_ENV, OperatorProcess
+
+REPO = Path(__file__).resolve().parents[1]
+DEV = REPO / ".dev"
+SAMPLE = REPO / "deploy" / "samples" / "cmlworker.yaml"
+
+
+def _say(text: str) -> None:
+    print(f"==> {text}", flush=True)
+
+
+def _sample_for_moto(moto_url: str) -> str:
+    """The sample manifest with ids that exist in this moto."""
+    ec2 = boto3.client("ec2", region_name="us-east-1", endpoint_url=moto_url,
+                       aws_access_key_id=FAKE_AWS_ENV["AWS_ACCESS_KEY_ID"],
+                       aws_secret_access_key=FAKE_AWS_ENV["AWS_SECRET_ACCESS_KEY"])
+    subnet = ec2.describe_subnets()["Subnets"][0]
+    group = ec2.create_security_group(GroupName="cml-dev", Description="make dev", VpcId=subnet["VpcId"])
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]
+    manifest = yaml.safe_load(SAMPLE.read_text())
+    manifest["spec"].update(subnetId=subnet["SubnetId"], securityGroupIds=[group["GroupId"]], amiId=image["ImageId"])
+    return yaml.safe_dump(manifest, sort_keys=False)
+
+
+def _write_env(kubeconfig: Path, moto_url: str, kubectl_dir: Path) -> Path:
+    values = {"KUBECONFIG": str(kubeconfig), "AWS_ENDPOINT_URL_EC2": moto_url, **FAKE_AWS_ENV,
+              "PATH": f"{kubectl_dir}:$PATH"}
+    lines = [f"export {key}={shlex.quote(value) if key != 'PATH' else value}" for key, value in values.items()]
+    path = DEV / "env"
+    path.write_text("# source .dev/env  (written by make dev; dummy credentials for moto)\n" + "\n".join(lines) + "\n")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="make dev", description=__doc__.splitlines()[0])
+    parser.add_argument("--timeout", type=float, default=120, help="seconds to wait for the sample to be Ready")
+    parser.add_argument("--exit-when-ready", action="store_true", help="stop everything once the sample is Ready")
+    args = parser.parse_args(argv)
+    DEV.mkdir(exist_ok=True)
+    kubeconfig = DEV / "kubeconfig"
+
+    _say("starting the control plane (etcd + kube-apiserver)")
+    with ControlPlane(ControlPlaneConfig()) as plane, MotoServer() as moto:
+        plane.install_crds(REPO / "crds")
+        kubeconfig.write_bytes(plane.kubeconfig_path.read_bytes())
+        kubeconfig.chmod(0o600)
+        env_file = _write_env(kubeconfig, moto.url, plane.kubectl_path.parent)
+        _say(f"control plane ready in {plane.startup_seconds:.1f}s; moto_server (EC2) at {moto.url}")
+
+        operator = OperatorProcess(kubeconfig, moto.url, log_path=DEV / "operator.log",
+                                   args=("--poll-interval", "2", "--fast-interval", "1"))
+        operator.metrics_port = 0
+        _say("starting the operator (log: .dev/operator.log)")
+        operator.start()
+        try:
+            _say(f"applying {SAMPLE.relative_to(REPO)} (ids filled in from moto)")
+            print(plane.kubectl("apply", "-f", "-", input=_sample_for_moto(moto.url)).stdout, end="")
+            _say("waiting for Ready")
+            waited = plane.kubectl("wait", "--for=condition=Ready", "cmlworker/cml-worker-1", "-n", "default",
+                                   f"--timeout={int(args.timeout)}s", check=False)
+            print(waited.stdout or waited.stderr, end="")
+            print(plane.kubectl("get", "cmlw", "-n", "default", "-o", "wide").stdout)
+            print(plane.kubectl("get", "events", "-n", "default", "--field-selector",
+                                "involvedObject.name=cml-worker-1").stdout)
+            if waited.returncode != 0:
+                print(operator.logs()[-4000:], file=sys.stderr)
+                return 1
+            print(f"""The operator is running. In another shell:
+
+    source {env_file.relative_to(REPO)}
+    kubectl get cmlw -o wide
+    kubectl describe cmlw cml-worker-1
+    kubectl patch cmlw cml-worker-1 --type=merge -p '{{"spec":{{"desiredState":"Stopped"}}}}'
+    kubectl delete cmlw cml-worker-1
+    tail -f .dev/operator.log
+    curl -s localhost:{operator.metrics_port}/metrics | grep ^cml_
+
+Press Ctrl-C here to stop everything.""", flush=True)
+            if not args.exit_when_ready:
+                wait_for_signal()
+        finally:
+            _say("stopping")
+            plane.kubectl("delete", "cmlworker", "--all", "-A", "--timeout=20s", check=False)
+            operator.stop()
+            for path in (kubeconfig, DEV / "env"):
+                path.unlink(missing_ok=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
