@@ -9,6 +9,8 @@ Control it over HTTP (tests run it as a separate process) or in process:
 
     PUT    /__faults__   {"rules": [{"action": "RunInstances", "code": "InstanceLimitExceeded", "times": 2}]}
     DELETE /__faults__   clear the rules
+    PUT    /__kills__    {"rules": [{"action": "RunInstances", "pid": 1234, "when": "after_response"}]}
+                         SIGKILL a process around a forwarded call (crash-safety tests)
     GET    /__stats__    {"calls": {"RunInstances": {"200": 3, "fault:InstanceLimitExceeded": 2}}, ...}
     DELETE /__stats__    reset the counters
 
@@ -20,7 +22,9 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import random
+import signal
 import sys
 import threading
 import time
@@ -63,6 +67,17 @@ class FaultRule:
         return (self.action == "*" or self.action == action) and (self.times is None or self.times > 0)
 
 
+@dataclass
+class KillRule:
+    """SIGKILL ``pid`` when a matching call is forwarded: "before_response" (EC2 acted, the caller
+    never hears back) or "after_response" (the caller got the answer, nothing after it ran)."""
+
+    pid: int
+    action: str = "RunInstances"
+    when: str = "after_response"
+    times: int = 1
+
+
 def ec2_error_xml(code: str, message: str, request_id: str) -> bytes:
     return (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
@@ -77,6 +92,7 @@ class FaultState:
     def __init__(self, seed: int | None = None) -> None:
         self._lock = threading.Lock()
         self.rules: list[FaultRule] = []
+        self.kills: list[KillRule] = []
         self.calls: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self._random = random.Random(seed)
 
@@ -95,6 +111,18 @@ class FaultState:
                     return rule
         return None
 
+    def set_kills(self, kills: list[KillRule]) -> None:
+        with self._lock:
+            self.kills = list(kills)
+
+    def pick_kill(self, action: str) -> KillRule | None:
+        with self._lock:
+            for kill in self.kills:
+                if kill.action == action and kill.times > 0:
+                    kill.times -= 1
+                    return kill
+        return None
+
     def count(self, action: str, outcome: str) -> None:
         with self._lock:
             self.calls[action][outcome] += 1
@@ -104,6 +132,7 @@ class FaultState:
             return {
                 "calls": {action: dict(outcomes) for action, outcomes in self.calls.items()},
                 "rules": [asdict(rule) for rule in self.rules],
+                "kills": [asdict(kill) for kill in self.kills],
             }
 
     def reset_counts(self) -> None:
@@ -140,12 +169,17 @@ class _Handler(BaseHTTPRequestHandler):
             payload = json.loads(self._body() or b"{}")
             self.server.state.set_rules([FaultRule(**rule) for rule in payload.get("rules", [])])
             self._reply(200, b"{}")
+        elif self.path.startswith("/__kills__"):
+            payload = json.loads(self._body() or b"{}")
+            self.server.state.set_kills([KillRule(**rule) for rule in payload.get("rules", [])])
+            self._reply(200, b"{}")
         else:
             self._forward(self._body())
 
     def do_DELETE(self) -> None:
         if self.path.startswith("/__faults__"):
             self.server.state.set_rules([])
+            self.server.state.set_kills([])
             self._reply(200, b"{}")
         elif self.path.startswith("/__stats__"):
             self.server.state.reset_counts()
@@ -187,13 +221,28 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             connection.close()
         self.server.state.count(action or self.command, str(response.status))
+        kill = self.server.state.pick_kill(action) if action and response.status < 300 else None
+        if kill is not None and kill.when == "before_response":
+            _kill(kill.pid)
         self.send_response(response.status)
         for key, value in response.getheaders():
             if key.lower() not in ("transfer-encoding", "connection", "content-length", "server", "date"):
                 self.send_header(key, value)
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
-        self.wfile.write(payload)
+        try:
+            self.wfile.write(payload)
+            self.wfile.flush()
+        finally:
+            if kill is not None and kill.when == "after_response":
+                _kill(kill.pid)
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def _action(body: bytes, path: str) -> str:

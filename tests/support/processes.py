@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support.faultproxy import FaultRule
+from tests.support.faultproxy import FaultRule, KillRule
 
 REPO = Path(__file__).resolve().parents[2]
 #: Dummy credentials moto accepts; never real ones.
@@ -103,6 +103,9 @@ class FaultProxyProcess:
     def set_faults(self, *rules: FaultRule) -> None:
         self._request("PUT", "/__faults__", {"rules": [asdict(rule) for rule in rules]})
 
+    def set_kills(self, *rules: KillRule) -> None:
+        self._request("PUT", "/__kills__", {"rules": [asdict(rule) for rule in rules]})
+
     def clear_faults(self) -> None:
         self._request("DELETE", "/__faults__")
 
@@ -184,6 +187,15 @@ class OperatorProcess:
     def stop(self) -> None:
         if self.process is not None:
             _stop(self.process, timeout=20)
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def wait_exit(self, timeout: float = 30) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout)
 
     @property
     def running(self) -> bool:
