@@ -173,18 +173,19 @@ async def _act(
 
 async def _launch(runtime: Runtime, spec: WorkerSpec, status: WorkerStatus,
                   action: Launch) -> tuple[CMLWorkerInstanceDto, str]:
-    ec2, region = runtime.ec2, spec.region
+    ec2, lookups, region = runtime.ec2, runtime.lookups, spec.region
+    assert lookups is not None
     # The image is checked first: EC2 would refuse an unknown AMI anyway, and the
     # root device name is needed for rootVolume. A replacement keeps the image it had.
     if status.ami_id:
-        image = await ec2.describe_image(region, status.ami_id)
+        image = await lookups.image(region, status.ami_id)
     elif spec.ami_id:
-        image = await ec2.describe_image(region, spec.ami_id)
+        image = await lookups.image(region, spec.ami_id)
     else:
         assert spec.ami_name is not None
-        image = await ec2.resolve_ami(region, spec.ami_name)
+        image = await lookups.image_by_name(region, spec.ami_name)
     if spec.key_name:
-        await ec2.describe_key_pair(region, spec.key_name)
+        await lookups.key_pair(region, spec.key_name)
     root = spec.root_volume
     created = await ec2.create_instance(
         region,

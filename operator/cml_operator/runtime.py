@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from .ec2.client import EC2Client
 from .fleet.gateway import EC2Api, EC2Gateway
+from .fleet.lookups import SharedLookups
 from .fleet.observer import Observers
 from .fleet.ratelimit import EC2RateLimiter
 from .metrics import Metrics
@@ -61,7 +62,12 @@ class Runtime:
     ec2: EC2Api
     observers: Observers
     metrics: Metrics
+    lookups: SharedLookups | None = None
     workers: dict[str, WorkerMemory] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.lookups is None:
+            self.lookups = SharedLookups(self.ec2)
 
     def memory(self, uid: str) -> WorkerMemory:
         memory = self.workers.get(uid)

@@ -378,6 +378,7 @@ def test_a_value_ec2_does_not_know_stalls_invalid_parameter_and_creates_nothing(
     kube.apply(worker_manifest("wrong", network, **spec))
 
     stalled = kube.wait_condition("wrong", "Stalled", reason="InvalidParameter")
+    print("\nSTALLED", stalled["message"], dict(proxy.calls()))
     for word in words:
         assert word in stalled["message"], stalled
     assert kube.condition("wrong", "Ready")["status"] == "False"

@@ -1,0 +1,60 @@
+"""Cached, de-duplicated reads of things many workers share: images and key pairs.
+
+A thousand workers created from one manifest template would otherwise ask
+DescribeImages a thousand times for the same AMI. Concurrent askers share one
+in-flight call ("single flight"); answers are kept for ``ttl`` seconds (an AMI id
+never changes meaning; a name pattern may start matching a newer image, hence the
+TTL). Failures are not cached: the next attempt asks EC2 again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any
+
+from ..ec2.models import ImageInfo
+from .gateway import EC2Api
+
+
+class SingleFlightCache:
+    def __init__(self, ttl: float = 300.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._ttl = ttl
+        self._clock = clock
+        self._values: dict[Hashable, tuple[float, Any]] = {}
+        self._inflight: dict[Hashable, asyncio.Future[Any]] = {}
+
+    async def get(self, key: Hashable, load: Callable[[], Awaitable[Any]]) -> Any:
+        cached = self._values.get(key)
+        if cached is not None and self._clock() - cached[0] <= self._ttl:
+            return cached[1]
+        future = self._inflight.get(key)
+        if future is None:
+            future = asyncio.ensure_future(load())
+            self._inflight[key] = future
+            future.add_done_callback(lambda done: self._settle(key, done))
+        return await asyncio.shield(future)
+
+    def _settle(self, key: Hashable, done: asyncio.Future[Any]) -> None:
+        self._inflight.pop(key, None)
+        if not done.cancelled() and done.exception() is None:
+            self._values[key] = (self._clock(), done.result())
+
+
+class SharedLookups:
+    """Images and key pairs, per region, through one cache."""
+
+    def __init__(self, ec2: EC2Api, ttl: float = 300.0) -> None:
+        self._ec2 = ec2
+        self._cache = SingleFlightCache(ttl)
+
+    async def image(self, region: str, ami_id: str) -> ImageInfo:
+        return await self._cache.get(("image", region, ami_id), lambda: self._ec2.describe_image(region, ami_id))
+
+    async def image_by_name(self, region: str, pattern: str) -> ImageInfo:
+        return await self._cache.get(("image-name", region, pattern), lambda: self._ec2.resolve_ami(region, pattern))
+
+    async def key_pair(self, region: str, key_name: str) -> str:
+        return await self._cache.get(("key", region, key_name),
+                                     lambda: self._ec2.describe_key_pair(region, key_name))
