@@ -42,8 +42,9 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings, metrics:
         settings.persistence.finalizer = FINALIZER
         # Kopf's bookkeeping lives in status, so it rides on the status patches we make anyway.
         settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
+        # userData is immutable and may hold secrets: keep it out of the stored diff base (in status).
         settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(
-            field="status.kopf.lastHandledConfiguration")
+            field="status.kopf.lastHandledConfiguration", ignored_fields=["spec.userData"])
         settings.posting.level = logging.INFO
         settings.watching.server_timeout = 300  # re-list now and then even if the API server stays quiet
         memo.runtime = build_runtime(config, metrics)

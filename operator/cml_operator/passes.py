@@ -78,7 +78,7 @@ async def reconcile_pass(
     *, max_age: float, retry: int = 0,
 ) -> PassResult:
     """Bring one worker a step closer to its spec; ``max_age``: how stale an observation may be."""
-    status = WorkerStatus.from_dict(raw_status)
+    status = _trust_memory(WorkerStatus.from_dict(raw_status), runtime.memory(ref.uid))
     memory = runtime.memory(ref.uid)
     try:
         spec: WorkerSpec | SpecError = parse_spec(raw_spec)
@@ -114,6 +114,14 @@ async def reconcile_pass(
         memory.block(ref.generation, None, runtime.clock())
     return _result(runtime, ref, raw_status, status, plan, observation, image_id,
                    spec_keys=tuple(sorted(spec.tags)), notes=tuple(notes))
+
+
+def _trust_memory(status: WorkerStatus, memory: WorkerMemory) -> WorkerStatus:
+    """A body may lag behind this process's own last patch: what it launched is the truth."""
+    launched = memory.launched_instance_id
+    if launched is None or status.instance_id == launched:
+        return status
+    return replace(status, instance_id=launched, creation_attempt=max(status.creation_attempt, memory.launched_attempt))
 
 
 async def _observe(
@@ -158,6 +166,7 @@ async def _act(
             if isinstance(action, Launch):
                 created, image_id = await _launch(runtime, spec, status, action)
                 memory.launched_instance_id = instance_id = created.aws_instance_id
+                memory.launched_attempt = plan.creation_attempt
                 observation = Observation(instance_id, created, None)
                 continue
             assert instance_id is not None, f"{action} needs an instance"

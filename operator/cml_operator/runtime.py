@@ -32,6 +32,7 @@ class WorkerMemory:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     #: The instance this process launched last; trusted before a possibly stale status.
     launched_instance_id: str | None = None
+    launched_attempt: int = 0
     #: Monotonic time before which the timer leaves the worker alone (retry delay, slow recheck).
     next_attempt: float = 0.0
     #: The generation a permanent error blocked; the timer waits for the spec to change.

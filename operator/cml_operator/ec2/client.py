@@ -70,7 +70,8 @@ class EC2ClientSettings:
         return Config(
             connect_timeout=self.connect_timeout,
             read_timeout=self.read_timeout,
-            retries={"mode": self.retry_mode, "max_attempts": self.max_attempts},
+            # total_max_attempts counts the first try; botocore's max_attempts would count retries only.
+            retries={"mode": self.retry_mode, "total_max_attempts": self.max_attempts},
             max_pool_connections=self.max_pool_connections,
             user_agent_extra="cml-operator",
         )
