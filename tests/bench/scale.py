@@ -54,6 +54,7 @@ class RunResult:
     k8s_writes: dict[str, int]
     writes_per_worker: float
     rss_mb: float
+    steady_calls: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
 
@@ -150,6 +151,7 @@ def run_workload(plane: ControlPlane, moto: MotoServer, proxy: FaultProxyProcess
             n=n, batching=batching, ready_s=ready_s,
             ec2_calls_to_ready={a: sum(o.values()) for a, o in sorted(to_ready.items())},
             reads_per_resync=reads / args.cycles, k8s_writes=writes, writes_per_worker=per_worker, rss_mb=rss,
+            steady_calls={a: sum(o.values()) for a, o in sorted(steady.items())},
             notes=[f"create requests took {applied_s:.1f}s"],
         )
     finally:

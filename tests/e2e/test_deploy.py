@@ -168,7 +168,7 @@ def test_the_operator_runs_on_the_deployed_rbac_alone(control_plane, sa_kubeconf
     operator = run_operator(sa_kubeconfig, proxy.url, tmp_path / "operator.log")
     try:
         kube.apply(worker_manifest("deployed-1", network, tags={"team": "netops"}))
-        waited = kube.run("wait", "--for=condition=Ready", "cmlworker/deployed-1", "--timeout=60s", check=False)
+        waited = kube.run("wait", "--for=condition=Ready", "cmlworker/deployed-1", "--timeout=45s", check=False)
         assert "condition met" in waited.stdout, f"{waited.stderr}\n{operator.logs()[-4000:]}"
 
         worker = kube.get("deployed-1")

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
 from ..ec2.client import EC2Client, RootVolume
+from ..ec2.exceptions import IntegrationException
 from ..ec2.models import CMLWorkerInstanceDto, ImageInfo, InstanceStatusChecks
 from .ratelimit import EC2RateLimiter
 
@@ -47,11 +48,15 @@ class EC2Gateway:
         self.client = client
         self.limiter = limiter
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ec2")
+        self._closed = False
 
     def close(self) -> None:
+        self._closed = True
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _in_thread(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if self._closed:  # a handler still running while the operator stops
+            raise IntegrationException("the operator is shutting down", code="ShuttingDown")
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(call, *args, **kwargs))
 
