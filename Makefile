@@ -31,6 +31,14 @@ test: install control-plane ## the whole suite: unit, cluster and end-to-end (wh
 unit: install ## unit tests only (no cluster)
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
+bench: install control-plane ## scale benchmark: N=100,500,1000 workers, batched vs unbatched (BENCH_ARGS=--sizes 100)
+	$(BIN)/python -m tests.bench.scale $(BENCH_ARGS)
+
+soak: install control-plane ## long failure soaks: 200 random SIGKILLs, a 2-minute 30% EC2 fault soak with 30 workers
+	CML_KILL_POINTS=200 CML_SOAK_SECONDS=120 CML_SOAK_WORKERS=30 $(BIN)/python -m pytest \
+	  tests/e2e/test_crash_safety.py::test_random_kills_while_creating_never_duplicate \
+	  tests/e2e/test_resilience.py::test_fault_soak_converges_without_duplicates_within_3x_calls -s $(PYTEST_ARGS)
+
 lock: install ## rewrite constraints.txt from the current virtualenv
 	{ echo "# The whole dependency tree, pinned (pip install -c constraints.txt). Regenerate with 'make lock'."; \
 	  $(BIN)/python -m pip freeze --exclude-editable; } > constraints.txt

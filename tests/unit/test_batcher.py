@@ -8,7 +8,6 @@ tens of milliseconds, so every test runs well under a second.
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from collections.abc import Callable, Mapping
 
@@ -16,17 +15,11 @@ import pytest
 
 from cml_operator.fleet.batcher import Batcher, BatchSettings
 
+from .asyncrun import async_test
+
 pytestmark = pytest.mark.timeout(10)
 
 
-def async_test(fn):
-    """Run an async test body in a fresh event loop; a hang fails after 3 s instead of blocking."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        return asyncio.run(asyncio.wait_for(fn(*args, **kwargs), timeout=3))
-
-    return wrapper
 
 
 class RecordingExecutor:

@@ -14,7 +14,6 @@ tiny sleeps; every test stays well under a second.
 from __future__ import annotations
 
 import asyncio
-import functools
 import math
 
 import pytest
@@ -25,19 +24,13 @@ from cml_operator.fleet.batcher import BatchSettings
 from cml_operator.fleet.observer import Observers, ObserverSettings, RegionObserver
 from cml_operator.reconcile.worker import TAG_UID, Observation
 
+from .asyncrun import async_test
+
 pytestmark = pytest.mark.timeout(10)
 
 REGION = "us-east-1"
 
 
-def async_test(fn):
-    """Run an async test body in a fresh event loop; a hang fails after 3 s instead of blocking."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        return asyncio.run(asyncio.wait_for(fn(*args, **kwargs), timeout=3))
-
-    return wrapper
 
 
 async def eventually(condition, timeout: float = 1.0) -> None:

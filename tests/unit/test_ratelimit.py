@@ -7,7 +7,6 @@ concurrency bound and ``acquire`` use real time, for a few tens of milliseconds.
 from __future__ import annotations
 
 import asyncio
-import functools
 import threading
 import time
 
@@ -15,17 +14,11 @@ import pytest
 
 from cml_operator.fleet.ratelimit import EC2RateLimiter, RateLimitSettings, TokenBucket, kind_of
 
+from .asyncrun import async_test
+
 pytestmark = pytest.mark.timeout(10)
 
 
-def async_test(fn):
-    """Run an async test body in a fresh event loop; a hang fails after 3 s instead of blocking."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        return asyncio.run(asyncio.wait_for(fn(*args, **kwargs), timeout=3))
-
-    return wrapper
 
 
 class FakeClock:
