@@ -15,9 +15,10 @@ ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 # --------------------------------------------------------------------------- builder
 FROM ${PYTHON_IMAGE} AS builder
 
+# pip compiles the installed modules to bytecode here, so the read-only runtime
+# image starts without compiling (and PYTHONDONTWRITEBYTECODE there writes none).
 ENV PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PYTHONDONTWRITEBYTECODE=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /src
 # pip 26 resolves this tree at once (older pips backtrack for minutes; see the Makefile).

@@ -168,6 +168,7 @@ async def _act(
                 memory.launched_instance_id = instance_id = created.aws_instance_id
                 memory.launched_attempt = plan.creation_attempt
                 observation = Observation(instance_id, created, None)
+                observer.seed(created)
                 continue
             assert instance_id is not None, f"{action} needs an instance"
             await _apply(runtime, spec.region, instance_id, action)

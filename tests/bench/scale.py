@@ -118,7 +118,7 @@ def run_workload(plane: ControlPlane, moto: MotoServer, proxy: FaultProxyProcess
         "--resync-interval", str(args.resync), "--poll-interval", str(args.poll), "--fast-interval", "5",
         "--mutating-rate", str(args.mutating_rate), "--mutating-burst", str(args.mutating_burst),
         "--mutating-concurrency", "16", "--read-rate", str(args.read_rate), "--read-burst", str(int(args.read_rate)),
-        "--log-level", "WARNING",
+        "--log-level", args.log_level,
     ] + ([] if batching else ["--no-batching"])
     log = REPO / ".dev" / f"bench-operator-{namespace}.log"
     log.parent.mkdir(exist_ok=True)
@@ -171,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--read-rate", type=float, default=1000.0,
                         help="operator --read-rate, high so the unbatched baseline is not capped by it")
     parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--modes", default="batched,unbatched", help="which of the two workloads to run")
+    parser.add_argument("--log-level", default="WARNING", help="operator --log-level (logs in .dev/)")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
 
@@ -183,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         api = k8s.CustomObjectsApi(k8s_config.new_client_from_config(config_file=str(plane.kubeconfig_path)))
         try:
             for n in sizes:
-                for batching in (True, False):
+                for batching in [mode == "batched" for mode in args.modes.split(",")]:
                     result = run_workload(plane, moto, proxy, api, n, batching, args)
                     results.append(result)
                     print(json.dumps({k: v for k, v in result.__dict__.items()}), flush=True)
@@ -197,12 +199,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r.n} | {mode} | {r.ready_s:.1f} | {r.reads_per_resync:.1f} | {r.writes_per_worker:.2f} | "
               f"{r.rss_mb:.0f} |")
     print()
-    for n in sizes:
+    for n in sizes if args.modes == "batched,unbatched" else []:
         batched = next(r for r in results if r.n == n and r.batching)
         unbatched = next(r for r in results if r.n == n and not r.batching)
         ratio = unbatched.reads_per_resync / batched.reads_per_resync if batched.reads_per_resync else float("inf")
         print(f"n={n}: unbatched/batched reads per resync = {ratio:.1f}x")
-    for n in sizes:
+    for n in sizes if args.modes == "batched,unbatched" else []:
         batched = next(r for r in results if r.n == n and r.batching)
         unbatched = next(r for r in results if r.n == n and not r.batching)
         print(f"SUMMARY n={n} ready_s={batched.ready_s:.1f} ec2_reads_per_resync={batched.reads_per_resync:.1f} "

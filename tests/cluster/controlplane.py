@@ -118,7 +118,7 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
-def _parent_death_signal() -> Callable[[], None] | None:
+def parent_death_signal() -> Callable[[], None] | None:
     """A preexec_fn making the child get SIGKILL when its parent dies (Linux only).
 
     The kernel tracks the parent *thread*, so this is only used from the main
@@ -164,7 +164,7 @@ class ManagedProcess:
                 stderr=subprocess.STDOUT,
                 env=self.env,
                 start_new_session=True,  # own session and process group: pgid == pid
-                preexec_fn=_parent_death_signal(),
+                preexec_fn=parent_death_signal(),
             )
 
     @property

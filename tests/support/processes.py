@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.cluster.controlplane import parent_death_signal
 from tests.support.faultproxy import FaultRule, KillRule
 
 REPO = Path(__file__).resolve().parents[2]
@@ -84,7 +86,9 @@ class FaultProxyProcess:
             [sys.executable, "-m", "tests.support.faultproxy", "--upstream", self.upstream, "--port-file",
              str(port_file)],
             cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            preexec_fn=parent_death_signal(),
         )
+        atexit.register(self.stop)
         wait_for(lambda: port_file.read_text().strip(), 20, what="the fault proxy to listen")
         self.port = int(port_file.read_text())
         port_file.unlink()
@@ -156,8 +160,9 @@ class OperatorProcess:
         env.update(self.env)
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(self.command(), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+                                        start_new_session=True, preexec_fn=parent_death_signal())
         log.close()
+        atexit.register(self.kill)  # never outlive the test run, even when it is killed
         if wait:
             self.wait_ready()
         return self

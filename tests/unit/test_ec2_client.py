@@ -271,3 +271,21 @@ def test_tag_call_failure_raises_tag_exception(proxied_client):
     with pytest.raises(EC2TagOperationException) as caught:
         client.add_tags(REGION, instance_id, {"a": "b"})
     assert caught.value.retryable is False
+
+
+def test_describe_instances_follows_next_token_when_ec2_pages_an_id_list(proxied_client):
+    """moto pages DescribeInstances at 100 reservations even for an id list; nothing may go missing."""
+    import boto3
+
+    client, proxy = proxied_client
+    raw = boto3.client("ec2", region_name=REGION, endpoint_url=client._endpoint_url)
+    subnet = raw.describe_subnets()["Subnets"][0]["SubnetId"]
+    image = raw.describe_images()["Images"][0]["ImageId"]
+    ids = [raw.run_instances(ImageId=image, MinCount=1, MaxCount=1, SubnetId=subnet)["Instances"][0]["InstanceId"]
+           for _ in range(150)]  # one reservation each
+
+    found = client.describe_instances(REGION, ids)
+
+    assert set(found) == set(ids)
+    assert proxy.state.snapshot()["calls"]["DescribeInstances"]["200"] >= 2  # really paged
+    assert set(client.get_instance_status_checks_batch(REGION, ids)) == set(ids)

@@ -13,6 +13,7 @@ Every failure leaves this module as an ``IntegrationException`` subclass built b
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -38,6 +39,7 @@ from .models import CMLWorkerInstanceDto, ImageInfo, InstanceStatusChecks
 from .tags import validate_tags
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 #: EC2's own ceilings for one request.
 DESCRIBE_INSTANCES_MAX_IDS = 500
@@ -326,7 +328,7 @@ class EC2Client:
         for chunk in _chunks(_unique(instance_ids), DESCRIBE_INSTANCES_MAX_IDS):
             response = self._call_dropping_unknown(
                 region, "DescribeInstances", chunk,
-                lambda ids: self._call(region, "DescribeInstances", InstanceIds=ids),
+                lambda ids: self._call_all_pages(region, "DescribeInstances", InstanceIds=ids),
             )
             for reservation in response.get("Reservations", []):
                 for raw in reservation.get("Instances", []):
@@ -404,7 +406,7 @@ class EC2Client:
         for chunk in _chunks(_unique(instance_ids), DESCRIBE_STATUS_MAX_IDS):
             response = self._call_dropping_unknown(
                 region, "DescribeInstanceStatus", chunk,
-                lambda ids: self._call(region, "DescribeInstanceStatus", InstanceIds=ids),
+                lambda ids: self._call_all_pages(region, "DescribeInstanceStatus", InstanceIds=ids),
             )
             for item in response.get("InstanceStatuses", []):
                 result[item["InstanceId"]] = InstanceStatusChecks(
@@ -414,6 +416,23 @@ class EC2Client:
                     instance_state=(item.get("InstanceState") or {}).get("Name", "running"),
                 )
         return result
+
+    def _call_all_pages(self, region: str, operation: str, **params: Any) -> dict:
+        """One logical call: follow NextToken and concatenate the list fields of every page.
+
+        EC2 may page even calls that name their ids (moto pages DescribeInstances at 100
+        reservations); stopping at the first page would report the rest as gone.
+        """
+        merged: dict[str, Any] = {}
+        token: str | None = None
+        while True:
+            response = self._call(region, operation, **({**params, "NextToken": token} if token else params))
+            for key, value in response.items():
+                if isinstance(value, list):
+                    merged.setdefault(key, []).extend(value)
+            token = response.get("NextToken")
+            if not token:
+                return merged
 
     def _call_dropping_unknown(
         self, region: str, operation: str, ids: list[str], call: Callable[[list[str]], dict]
@@ -433,6 +452,8 @@ class EC2Client:
                 response = call(batch)
             except EC2InstanceNotFoundException as exc:
                 named = set(_NOT_FOUND_IDS.findall(exc.message)) & set(batch)
+                logger.info("%s: %d of %d ids unknown to EC2 (%s); asking again without them",
+                            operation, len(named), len(batch), exc.message)
                 if named:
                     pending.append([i for i in batch if i not in named])
                 elif len(batch) > 1:

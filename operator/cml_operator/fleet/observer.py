@@ -166,12 +166,24 @@ class RegionObserver:
             checks = await self._checks.get(instance_id)
         return self._store(instance_id, instance, checks, now)
 
+    def seed(self, instance: CMLWorkerInstanceDto) -> None:
+        """Remember an instance a worker just launched: hot, so the next fast pass reads it with the others."""
+        now = self._clock()
+        instance_id = instance.aws_instance_id
+        self._wanted[instance_id] = now
+        self._hot[instance_id] = now + 3 * self.settings.fast_interval
+        self._store(instance_id, instance, None, now)
+
     def _store(self, instance_id: str, instance: CMLWorkerInstanceDto | None,
                checks: InstanceStatusChecks | None, at: float) -> Observation:
         observation = Observation(instance_id, instance, checks)
         entry = self._cache.get(instance_id)
-        if entry is None or entry.observed_at <= at:
-            self._cache[instance_id] = _Entry(observation, at)
+        if entry is not None and entry.observed_at > at:
+            return observation  # a newer read (or a launch) already answered; keep it
+        if instance is None and entry is not None and entry.observation.instance is not None:
+            logger.warning("region %s: EC2 no longer reports instance %s (last seen %s)", self.region,
+                           instance_id, entry.observation.state)
+        self._cache[instance_id] = _Entry(observation, at)
         return observation
 
     async def _describe(self, ids: list[str]) -> dict[str, object]:
