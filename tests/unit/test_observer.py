@@ -14,6 +14,7 @@ tiny sleeps; every test stays well under a second.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 import math
 
 import pytest
@@ -22,7 +23,7 @@ from cml_operator.ec2.exceptions import EC2QuotaExceededException
 from cml_operator.ec2.models import CMLWorkerInstanceDto, InstanceStatusChecks
 from cml_operator.fleet.batcher import BatchSettings
 from cml_operator.fleet.observer import Observers, ObserverSettings, RegionObserver
-from cml_operator.reconcile.worker import TAG_UID, Observation
+from cml_operator.reconcile.worker import MANAGED_BY, TAG_MANAGED_BY, TAG_UID, Observation
 
 from .asyncrun import async_test
 
@@ -596,3 +597,35 @@ async def test_batch_sizes_are_reported_by_region_and_kind():
     await observers.stop()
 
     assert heard == [("us-east-1", "describe", 3), ("us-east-1", "status", 2), ("us-east-1", "uid", 1)]
+
+
+def managed(instance_id: str, state: str = "running") -> CMLWorkerInstanceDto:
+    dto = instance(instance_id, state)
+    return replace(dto, tags={**dto.tags, TAG_MANAGED_BY: MANAGED_BY})
+
+
+@async_test
+async def test_a_full_pass_reads_managed_instances_by_tag_not_by_id():
+    ids = [f"i-{n:04d}" for n in range(1000)]
+    ec2 = FakeEC2(*(managed(i) for i in ids), managed("i-someone-elses"))
+    obs = observer(ec2)
+
+    await obs.refresh(ids, full=True)
+
+    assert ec2.ids("find_by_tag_values") == [[MANAGED_BY]]
+    assert ec2.ids("describe_instances") == []  # every tracked id answered by the tag query
+    assert obs.cached("i-0999").instance.instance_state == "running"
+    assert obs.cached("i-someone-elses") is None  # not tracked here: not cached
+
+
+@async_test
+async def test_a_full_pass_confirms_by_id_what_the_tag_query_missed():
+    retagged = instance("i-retagged")  # someone removed the managed-by tag
+    ec2 = FakeEC2(managed("i-1"), retagged)
+    obs = observer(ec2)
+
+    await obs.refresh(["i-1", "i-retagged", "i-gone"], full=True)
+
+    assert ec2.ids("describe_instances") == [["i-retagged", "i-gone"]]
+    assert obs.cached("i-retagged").instance is not None  # found by id: not presumed gone
+    assert obs.cached("i-gone").instance is None

@@ -4,8 +4,9 @@ Per-object timers fire at scattered moments, so batching their reads over a shor
 window would batch little. Instead the observer owns the reads:
 
 * every ``resync_interval`` it describes every instance a worker asked about
-  recently (DescribeInstances by 500 ids, DescribeInstanceStatus by 100), so the
-  calls per resync grow with regions, not with workers;
+  recently (DescribeInstances filtered by the operator's managed-by tag, 1000 a
+  page; DescribeInstanceStatus by 100 ids), so the calls per resync grow with
+  regions and fleet size / 100, not with workers times two;
 * every ``fast_interval`` it refreshes the "hot" instances, those in transition
   whose workers want news soon;
 * a worker that needs something the cache cannot answer (a new id, a read right
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 
 from ..ec2.exceptions import IntegrationException
 from ..ec2.models import CMLWorkerInstanceDto, InstanceStatusChecks
-from ..reconcile.worker import GONE_STATES, TAG_UID, Observation
+from ..reconcile.worker import GONE_STATES, MANAGED_BY, TAG_MANAGED_BY, TAG_UID, Observation
 from .batcher import Batcher, BatchSettings
 from .gateway import EC2Api
 
@@ -125,7 +126,7 @@ class RegionObserver:
             try:
                 if now - last_full >= self.settings.resync_interval:
                     last_full = now
-                    await self.refresh(self._known_ids(now))
+                    await self.refresh(self._known_ids(now), full=True)
                 else:
                     await self.refresh([i for i, until in self._hot.items() if until >= now])
             except IntegrationException as exc:
@@ -140,19 +141,37 @@ class RegionObserver:
                 self.forget(instance_id)
         return list(self._wanted)
 
-    async def refresh(self, instance_ids: Sequence[str]) -> None:
-        """Describe ``instance_ids`` (and the status of the running ones) in as few calls as allowed."""
+    async def refresh(self, instance_ids: Sequence[str], *, full: bool = False) -> None:
+        """Describe ``instance_ids`` (and the status of the running ones) in as few calls as allowed.
+
+        A ``full`` pass first asks for every instance tagged as managed by the operator,
+        1000 a page (DescribeInstances takes at most 500 ids a call, and some endpoints page
+        id lists at 100), then reads by id only the tracked ids that answer missed, so an
+        instance whose tags were changed outside is confirmed, not presumed gone.
+        """
         if not instance_ids:
             return
         if not self.settings.batching:
             await asyncio.gather(*(self._read_one(i) for i in instance_ids), return_exceptions=True)
             return
         now = self._clock()
-        instances = await self._ec2.describe_instances(self.region, list(instance_ids))
+        if full:
+            instances = await self._managed_instances(instance_ids)
+        else:
+            instances = await self._ec2.describe_instances(self.region, list(instance_ids))
         running = [i for i, dto in instances.items() if dto.instance_state == "running"]
         checks = await self._ec2.status_checks(self.region, running) if running else {}
         for instance_id in instance_ids:
             self._store(instance_id, instances.get(instance_id), checks.get(instance_id), now)
+
+    async def _managed_instances(self, instance_ids: Sequence[str]) -> dict[str, CMLWorkerInstanceDto]:
+        wanted = set(instance_ids)
+        tagged = await self._ec2.find_by_tag_values(self.region, TAG_MANAGED_BY, [MANAGED_BY])
+        found = {dto.aws_instance_id: dto for dto in tagged.get(MANAGED_BY, []) if dto.aws_instance_id in wanted}
+        missed = [i for i in instance_ids if i not in found]
+        if missed:
+            found.update(await self._ec2.describe_instances(self.region, missed))
+        return found
 
     # ------------------------------------------------------------ batch executors
 
