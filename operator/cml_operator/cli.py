@@ -95,9 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
                      choices=("DEBUG", "INFO", "WARNING", "ERROR"), type=str.upper)
     peering = ops.add_mutually_exclusive_group()
     peering.add_argument("--peering", metavar="NAME", default=_env("PEERING", str, d.peering),
-                         help="run several replicas, one active, coordinated through this Kopf peering object "
-                              "(needs deploy/peering/ applied)")
-    peering.add_argument("--standalone", action="store_true", help="one replica, no peering (the default)")
+                         help="coordinate with other instances of the operator through this Kopf peering object "
+                              "(needs deploy/peering/): the highest --priority works, the others pause; equal "
+                              "priorities all pause. Keep one replica; use it so a debug instance can take over")
+    peering.add_argument("--standalone", action="store_true", help="no peering, one replica (the default)")
+    ops.add_argument("--priority", type=int, default=_env("PRIORITY", int, d.priority),
+                     help="this instance's peering priority (with --peering)")
     return parser
 
 
@@ -118,6 +121,7 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
         log_format=args.log_format,
         log_level=args.log_level,
         peering=None if args.standalone else args.peering,
+        priority=args.priority,
         ec2_threads=args.ec2_threads,
         ec2=EC2ClientSettings(),
         rate_limits=RateLimitSettings(
@@ -151,6 +155,7 @@ def run(settings: OperatorSettings) -> int:
         registry=registry,
         standalone=settings.peering is None,
         peering_name=settings.peering,
+        priority=settings.priority,
         clusterwide=not settings.namespaces,
         namespaces=settings.namespaces,
         liveness_endpoint=f"http://0.0.0.0:{settings.liveness_port}/healthz" if settings.liveness_port else None,

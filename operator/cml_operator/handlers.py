@@ -22,11 +22,13 @@ from .passes import PassResult, deletion_pass, reconcile_pass
 from .reconcile.conditions import build_conditions
 from .reconcile.status import status_patch
 from .reconcile.worker import WorkerRef
-from .runtime import Runtime, build_runtime
+from .runtime import Runtime, WorkerMemory, build_runtime
 from .settings import OperatorSettings
 
 GROUP, VERSION, PLURAL = "cml.dev", "v1alpha1", "cmlworkers"
 FINALIZER = "cml.dev/finalizer"
+#: How long a body may lag behind our own status write before we write again (a lost patch heals).
+STALE_BODY_GRACE = 30.0
 #: Kubernetes caps event messages; keep ours readable and under it.
 EVENT_MESSAGE_LIMIT = 1000
 
@@ -89,7 +91,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings, metrics:
         rendered = dict(result.status)
         rendered["conditions"] = build_conditions(
             (body.get("status") or {}).get("conditions"), result.health, ref.generation)
-        _patch_status(body, patch, rendered)
+        _patch_status(body, patch, rendered, memory)
         delay = result.decision.delay if result.decision and result.decision.delay else 5.0
         raise kopf.TemporaryError(result.health.message, delay=delay)
 
@@ -109,7 +111,7 @@ async def _reconcile(runtime: Runtime, body: kopf.Body, patch: kopf.Patch, retry
         with runtime.metrics.reconcile_duration.labels(trigger).time():
             result = await reconcile_pass(runtime, ref, body.get("spec"), body.get("status"),
                                           max_age=max_age, retry=retry)
-    _patch_status(body, patch, result.status)
+    _patch_status(body, patch, result.status, memory)
     _post(body, result)
     decision = result.decision
     if decision is None:
@@ -126,10 +128,15 @@ def _ref(body: kopf.Body) -> WorkerRef:
                      generation=int(meta.get("generation") or 1))
 
 
-def _patch_status(body: kopf.Body, patch: kopf.Patch, rendered: Mapping[str, Any]) -> None:
+def _patch_status(body: kopf.Body, patch: kopf.Patch, rendered: Mapping[str, Any], memory: WorkerMemory) -> None:
     changes = status_patch(body.get("status"), rendered)
-    if changes:
-        patch.setdefault("status", {}).update(changes)
+    if not changes:
+        return
+    now = Runtime.clock()
+    if memory.last_status == rendered and now - memory.last_status_at < STALE_BODY_GRACE:
+        return  # we just wrote exactly this; the body in hand predates that write
+    patch.setdefault("status", {}).update(changes)
+    memory.last_status, memory.last_status_at = dict(rendered), now
 
 
 def _post(body: kopf.Body, result: PassResult) -> None:

@@ -39,6 +39,9 @@ class WorkerMemory:
     blocked_generation: int | None = None
     #: In transition: read EC2 often.
     hot: bool = True
+    #: The status this process last wrote: a timer's body can predate it, and must not rewrite it.
+    last_status: dict | None = None
+    last_status_at: float = 0.0
 
     def block(self, generation: int, delay: float | None, clock: float) -> None:
         self.blocked_generation = generation

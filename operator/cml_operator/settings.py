@@ -29,8 +29,10 @@ class OperatorSettings:
     liveness_port: int = 8081
     log_format: str = "text"  # text | json
     log_level: str = "INFO"
-    #: Kopf peering object name for several replicas (one active); None = standalone (one replica).
+    #: Kopf peering object name; None = standalone (one replica, the default).
     peering: str | None = None
+    #: Peering priority: among peers the highest works and the others pause (equal ones all pause).
+    priority: int = 0
     #: Threads running blocking boto3 calls.
     ec2_threads: int = 16
     ec2: EC2ClientSettings = field(default_factory=EC2ClientSettings)

@@ -328,39 +328,75 @@ def test_the_peering_component_turns_peering_on_with_its_own_rbac(control_plane,
 # --------------------------------------------------------------------------- d. IAM policy <-> EC2 client
 
 
-def ec2_actions_called(path: Path = EC2_CLIENT) -> set[str]:
-    """Every EC2 action passed to ``self._call(region, ACTION, ...)`` in the client, found in its syntax tree.
+def _self_calls(function: ast.FunctionDef | ast.AsyncFunctionDef) -> list[tuple[str, ast.Call]]:
+    """(method name, call) for every ``self.method(...)`` call inside ``function`` (lambdas included)."""
+    return [(node.func.attr, node) for node in ast.walk(function)
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and isinstance(node.func.value, ast.Name) and node.func.value.id == "self"]
 
-    A string literal counts as is; a local variable counts as every string literal
-    assigned to it in the enclosing function (``op = "A" if x else "B"``). Anything
-    else fails, so a new kind of indirection cannot slip past this test.
+
+def _argument(call: ast.Call, method: ast.FunctionDef | ast.AsyncFunctionDef, parameter: str) -> ast.expr | None:
+    """The expression a call passes for ``parameter`` of ``method`` (positionally or by keyword)."""
+    names = [a.arg for a in method.args.args][1:]  # without self
+    index = names.index(parameter)
+    if index < len(call.args) and not any(isinstance(a, ast.Starred) for a in call.args[: index + 1]):
+        return call.args[index]
+    return next((k.value for k in call.keywords if k.arg == parameter), None)
+
+
+def ec2_actions_called(path: Path = EC2_CLIENT) -> set[str]:
+    """Every EC2 action the client passes to ``self._call(region, ACTION, ...)``, read from its syntax tree.
+
+    The action may be a string literal; a local variable (every string literal
+    assigned to it in the function counts: ``op = "A" if x else "B"``); or a
+    parameter of a method that forwards it to ``self._call`` (such as a paging
+    helper), in which case the callers of that method are read the same way.
+    Anything else fails the test, so a new indirection cannot slip past it.
     """
     tree = ast.parse(path.read_text(), filename=str(path))
-    actions: set[str] = set()
-    for function in ast.walk(tree):
-        if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
-            continue
-        for node in ast.walk(function):
-            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                    and node.func.attr == "_call" and isinstance(node.func.value, ast.Name)
-                    and node.func.value.id == "self"):
+    [client] = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "EC2Client"]
+    methods = {n.name: n for n in client.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}
+    # Methods whose parameter names the EC2 action that reaches self._call: {method: parameter}.
+    forwarders = {"_call": "operation"}
+    assert [a.arg for a in methods["_call"].args.args][:3] == ["self", "region", "operation"]
+    changed = True
+    while changed:
+        changed = False
+        for name, method in methods.items():
+            if name in forwarders:
                 continue
-            assert len(node.args) >= 2, f"line {node.lineno}: self._call without an action argument"
-            action = node.args[1]
+            parameters = {a.arg for a in method.args.args}
+            for callee, call in _self_calls(method):
+                if callee in forwarders:
+                    action = _argument(call, methods[callee], forwarders[callee])
+                    if isinstance(action, ast.Name) and action.id in parameters:
+                        forwarders[name] = action.id
+                        changed = True
+
+    actions: set[str] = set()
+    for name, method in methods.items():
+        for callee, call in _self_calls(method):
+            if callee not in forwarders:
+                continue
+            where = f"{name}, line {call.lineno}"
+            action = _argument(call, methods[callee], forwarders[callee])
             if isinstance(action, ast.Constant) and isinstance(action.value, str):
                 actions.add(action.value)
+            elif isinstance(action, ast.Name) and forwarders.get(name) == action.id:
+                continue  # forwarded: its callers name the action
             elif isinstance(action, ast.Name):
                 assigned = [
                     constant.value
-                    for assign in ast.walk(function) if isinstance(assign, ast.Assign)
+                    for assign in ast.walk(method) if isinstance(assign, ast.Assign)
                     if any(isinstance(t, ast.Name) and t.id == action.id for t in assign.targets)
                     for constant in ast.walk(assign.value)
                     if isinstance(constant, ast.Constant) and isinstance(constant.value, str)
                 ]
-                assert assigned, f"line {node.lineno}: cannot tell which action {action.id!r} names"
+                assert assigned, f"{where}: cannot tell which EC2 action {action.id!r} names"
                 actions.update(assigned)
             else:
-                raise AssertionError(f"line {node.lineno}: self._call's action is not a literal: {ast.dump(action)}")
+                raise AssertionError(f"{where}: the EC2 action passed to {callee} is not a literal: "
+                                     f"{ast.dump(action) if action else None}")
     return actions
 
 
@@ -384,9 +420,28 @@ def _resources(statement: dict) -> list[str]:
 
 def test_the_ec2_client_is_read_from_its_source():
     called = ec2_actions_called()
-    # The reader finds literals and the Monitor/Unmonitor choice made through a variable.
-    assert {"RunInstances", "DescribeInstances", "CreateTags", "MonitorInstances", "UnmonitorInstances"} <= called
+    # The reader finds literals, the Monitor/Unmonitor choice made through a variable,
+    # and actions passed through helpers that forward them (DescribeInstanceStatus pages).
+    assert {"RunInstances", "DescribeInstances", "DescribeInstanceStatus", "CreateTags", "MonitorInstances",
+            "UnmonitorInstances"} <= called
     assert all(re.fullmatch(r"[A-Z][A-Za-z]+", action) for action in called), called
+
+
+def test_the_reader_follows_forwarding_helpers_and_refuses_what_it_cannot_resolve(tmp_path):
+    source = tmp_path / "client.py"
+    source.write_text(
+        "class EC2Client:\n"
+        "    def _call(self, region, operation, instance_id=None, **params): ...\n"
+        "    def _pages(self, region, op, **params): return self._call(region, op, **params)\n"
+        "    def _outer(self, region, what): return self._pages(region, what)\n"
+        "    def a(self, r): self._outer(r, 'DescribeA')\n"
+        "    def b(self, r): self._pages(r, op='DescribeB')\n"
+        "    def c(self, r, on): name = 'C1' if on else 'C2'; self._call(r, name)\n")
+    assert ec2_actions_called(source) == {"DescribeA", "DescribeB", "C1", "C2"}
+
+    source.write_text(source.read_text() + "    def d(self, r): self._call(r, pick())\n")
+    with pytest.raises(AssertionError, match="not a literal"):
+        ec2_actions_called(source)
 
 
 def test_the_iam_policy_allows_exactly_the_ec2_actions_the_client_calls():
