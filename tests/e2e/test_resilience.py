@@ -86,10 +86,16 @@ def test_deleting_many_workers_terminates_exactly_their_instances(kube, network,
 
     kube.run("delete", "cmlworker", "--all", "--wait=true", "--timeout=240s")
 
-    reservations = aws.describe_instances()["Reservations"]
-    states = {i["InstanceId"]: i["State"]["Name"] for r in reservations for i in r["Instances"]}
+    pages = aws.get_paginator("describe_instances").paginate()  # moto pages at 100 reservations
+    everything = {i["InstanceId"]: i for page in pages for r in page["Reservations"] for i in r["Instances"]}
+    states = {i: raw["State"]["Name"] for i, raw in everything.items()}
     terminated = {i for i, s in states.items() if s in ("shutting-down", "terminated")}
-    assert terminated == tracked  # exactly those, no more, no fewer
+    def describe(ids: set[str]) -> dict:
+        return {i: (states.get(i), {t["Key"]: t["Value"] for t in everything.get(i, {}).get("Tags", [])}.get(
+            "cml.dev/worker")) for i in ids}
+
+    assert terminated == tracked, (f"terminated, not tracked: {describe(terminated - tracked)}; "
+                                   f"tracked, not terminated: {describe(tracked - terminated)}")
     assert states[bystander] == "running"
 
 
