@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="threads running blocking boto3 calls")
 
     ops = run.add_argument_group("operations")
+    ops.add_argument("--api-connections", type=int, default=_env("API_CONNECTIONS", int, d.api_connections),
+                     help="connections to the Kubernetes API server at most (watches included)")
     ops.add_argument("--metrics-port", type=int, default=_env("METRICS_PORT", int, d.metrics_port),
                      help="Prometheus /metrics port; 0 disables")
     ops.add_argument("--liveness-port", type=int, default=_env("LIVENESS_PORT", int, d.liveness_port),
@@ -123,6 +125,7 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
         peering=None if args.standalone else args.peering,
         priority=args.priority,
         ec2_threads=args.ec2_threads,
+        api_connections=args.api_connections,
         ec2=EC2ClientSettings(),
         rate_limits=RateLimitSettings(
             mutating_rate=args.mutating_rate, mutating_burst=args.mutating_burst, read_rate=args.read_rate,

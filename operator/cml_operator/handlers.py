@@ -17,6 +17,7 @@ from typing import Any
 
 import kopf
 
+from .kube import login_with_bounded_pool
 from .metrics import Metrics
 from .passes import PassResult, deletion_pass, reconcile_pass
 from .reconcile.conditions import build_conditions
@@ -52,9 +53,8 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings, metrics:
         memo.runtime = build_runtime(config, metrics)
 
     @kopf.on.login(id="login", registry=registry)
-    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        # In a pod: the ServiceAccount token; elsewhere: KUBECONFIG / ~/.kube/config.
-        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
+        return await login_with_bounded_pool(config.api_connections, **kwargs)
 
     @kopf.on.cleanup(id="close", registry=registry)
     async def close(memo: kopf.Memo, **_: Any) -> None:
@@ -103,8 +103,11 @@ async def _reconcile(runtime: Runtime, body: kopf.Body, patch: kopf.Patch, retry
     if timer and not memory.due(ref.generation, runtime.clock()):
         return  # waiting out a retry delay, or stalled until the spec changes
     if timer:
+        # The region observer refreshes on its own schedule (hot ids every fast interval, all
+        # every resync); a busy event loop makes it late. A worker reads EC2 itself only when
+        # the cache is clearly stale, else a thousand late timers would each send a read.
         observer_settings = runtime.settings.observer
-        max_age = (observer_settings.fast_interval if memory.hot else observer_settings.resync_interval) * 1.5
+        max_age = (observer_settings.fast_interval if memory.hot else observer_settings.resync_interval) * 2.5
     else:
         max_age = 0.0  # a change or a restart: look at EC2 now (batched with the others)
     async with memory.lock:

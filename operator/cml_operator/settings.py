@@ -33,6 +33,8 @@ class OperatorSettings:
     peering: str | None = None
     #: Peering priority: among peers the highest works and the others pause (equal ones all pause).
     priority: int = 0
+    #: Connections to the Kubernetes API server at most (each TLS connection holds 128 KiB).
+    api_connections: int = 20
     #: Threads running blocking boto3 calls.
     ec2_threads: int = 16
     ec2: EC2ClientSettings = field(default_factory=EC2ClientSettings)

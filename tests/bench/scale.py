@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -144,8 +145,11 @@ def run_workload(plane: ControlPlane, moto: MotoServer, proxy: FaultProxyProcess
     ] + ([] if batching else ["--no-batching"])
     log = REPO / ".dev" / f"bench-operator-{namespace}.log"
     log.parent.mkdir(exist_ok=True)
+    profile = REPO / ".dev" / f"memprofile-{namespace}.txt"
     operator = OperatorProcess(plane.kubeconfig_path, proxy.url, namespaces=[namespace], args=operator_args,
-                               log_path=log, python=args.python).start()
+                               log_path=log, python=args.python,
+                               module="tests.bench.memprofile" if args.profile_memory else "cml_operator",
+                               env={"CML_MEMPROFILE_OUT": str(profile)}).start()
     try:
         proxy.reset_counts()
         before = apiserver_writes(plane)
@@ -169,6 +173,10 @@ def run_workload(plane: ControlPlane, moto: MotoServer, proxy: FaultProxyProcess
         reads = sum(sum(outcomes.values()) for action, outcomes in steady.items()
                     if action.startswith(READ_PREFIXES))
         rss = peak_rss_mb(operator.pid)
+        if args.profile_memory:
+            os.kill(operator.pid, signal.SIGUSR1)
+            wait_for(profile.exists, 120, what="the memory profile")
+            print(profile.read_text(), flush=True)
         return RunResult(
             n=n, batching=batching, ready_s=ready_s,
             ec2_calls_to_ready={a: sum(o.values()) for a, o in sorted(to_ready.items())},
@@ -195,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--modes", default="batched,unbatched", help="which of the two workloads to run")
     parser.add_argument("--log-level", default="WARNING", help="operator --log-level (logs in .dev/)")
+    parser.add_argument("--profile-memory", action="store_true",
+                        help="run the operator under tracemalloc and print its top allocation sites "
+                             "(tracemalloc itself adds memory: RSS figures of such a run are not comparable)")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     args.python = runtime_python()

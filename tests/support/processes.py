@@ -136,6 +136,8 @@ class OperatorProcess:
     log_path: Path | None = None
     #: The interpreter to run it with (default: this one); the benchmark uses a runtime-only venv.
     python: str = sys.executable
+    #: The module run with ``python -m`` (the benchmark's memory profile wraps the operator).
+    module: str = "cml_operator"
     process: subprocess.Popen | None = field(default=None, init=False)
     metrics_port: int = field(default=0, init=False)
     liveness_port: int = field(default=0, init=False)
@@ -145,7 +147,7 @@ class OperatorProcess:
                  "--slow-recheck", "4", "--max-retry-delay", "2")
 
     def command(self) -> list[str]:
-        command = [self.python, "-m", "cml_operator", "run", "--metrics-port", str(self.metrics_port),
+        command = [self.python, "-m", self.module, "run", "--metrics-port", str(self.metrics_port),
                    "--liveness-port", str(self.liveness_port)]
         for namespace in self.namespaces:
             command += ["--namespace", namespace]
