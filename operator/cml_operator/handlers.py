@@ -112,7 +112,7 @@ async def _reconcile(runtime: Runtime, body: kopf.Body, patch: kopf.Patch, retry
         max_age = 0.0  # a change or a restart: look at EC2 now (batched with the others)
     async with memory.lock:
         with runtime.metrics.reconcile_duration.labels(trigger).time():
-            result = await reconcile_pass(runtime, ref, body.get("spec"), body.get("status"),
+            result = await reconcile_pass(runtime, ref, body.get("spec"), _freshest_status(body, memory),
                                           max_age=max_age, retry=retry)
     _patch_status(body, patch, result.status, memory)
     _post(body, result)
@@ -129,6 +129,18 @@ def _ref(body: kopf.Body) -> WorkerRef:
     meta = body.get("metadata") or {}
     return WorkerRef(uid=meta["uid"], namespace=meta.get("namespace", ""), name=meta["name"],
                      generation=int(meta.get("generation") or 1))
+
+
+def _freshest_status(body: kopf.Body, memory: WorkerMemory) -> Mapping[str, Any] | None:
+    """The body's status, overlaid with what this process wrote moments ago and the body may not show yet.
+
+    Only the operator writes these fields, so its own recent write is at least as fresh;
+    rendering against it keeps timestamps such as statusChecks.checkedAt stable.
+    """
+    current = body.get("status")
+    if memory.last_status is None or Runtime.clock() - memory.last_status_at >= STALE_BODY_GRACE:
+        return current
+    return {**(current or {}), **memory.last_status}
 
 
 def _patch_status(body: kopf.Body, patch: kopf.Patch, rendered: Mapping[str, Any], memory: WorkerMemory) -> None:
