@@ -23,6 +23,7 @@ from .reconcile.policy import Decision, Kind, classify
 from .reconcile.spec import SpecError, WorkerSpec, parse_spec
 from .reconcile.status import PassOutcome, render_status
 from .reconcile.worker import (
+    GONE_STATES,
     OWNERSHIP_TAGS,
     Action,
     Launch,
@@ -78,8 +79,8 @@ async def reconcile_pass(
     *, max_age: float, retry: int = 0,
 ) -> PassResult:
     """Bring one worker a step closer to its spec; ``max_age``: how stale an observation may be."""
-    status = _trust_memory(WorkerStatus.from_dict(raw_status), runtime.memory(ref.uid))
     memory = runtime.memory(ref.uid)
+    status = _trust_memory(WorkerStatus.from_dict(raw_status), memory)
     try:
         spec: WorkerSpec | SpecError = parse_spec(raw_spec)
     except SpecError as error:
@@ -129,11 +130,10 @@ async def _observe(
     max_age: float,
 ) -> Observation | None:
     """The tracked instance; or, when there is none alive, one carrying this worker's uid tag."""
-    instance_id = memory.launched_instance_id or status.instance_id or spec.instance_id
+    instance_id = status.instance_id or spec.instance_id  # status already holds what this process launched
     try:
         observation = await observer.observe(instance_id, max_age=max_age, hot=memory.hot) if instance_id else None
-        alive = observation is not None and observation.instance is not None and observation.state not in (
-            "shutting-down", "terminated")
+        alive = observation is not None and observation.instance is not None and observation.state not in GONE_STATES
         if alive or spec.instance_id:
             return observation
         # Before anything is launched, look for an instance an earlier (crashed) pass launched.
@@ -291,8 +291,8 @@ def _failure(
     else:
         memory.block(ref.generation, decision.delay, runtime.clock())
     memory.hot = True
-    instance_id = memory.launched_instance_id or status.instance_id or spec.instance_id
-    plan = Plan((), health, instance_id=instance_id, adopted=status.adopted or bool(spec.instance_id),
+    plan = Plan((), health, instance_id=status.instance_id or spec.instance_id,
+                adopted=status.adopted or bool(spec.instance_id),
                 creation_attempt=status.creation_attempt)
     warning = Note("Warning", decision.reason, str(integration))
     result = _result(runtime, ref, raw_status, status, plan, observation, None,
@@ -322,12 +322,11 @@ async def deletion_pass(
     *, retry: int = 0,
 ) -> PassResult:
     """Terminate (Delete) or untag (Retain) every live instance of the worker; release when done."""
-    status = WorkerStatus.from_dict(raw_status)
-    memory = runtime.memory(ref.uid)
+    status = _trust_memory(WorkerStatus.from_dict(raw_status), runtime.memory(ref.uid))
     raw_spec = raw_spec or {}
     policy = raw_spec.get("deletionPolicy") or "Delete"
     region = _region(raw_spec)
-    tracked = memory.launched_instance_id or status.instance_id or raw_spec.get("instanceId")
+    tracked = status.instance_id or raw_spec.get("instanceId")
     if region is None:
         if tracked is None:
             message = "The worker never had an instance"
@@ -387,7 +386,7 @@ async def _delete_one(runtime: Runtime, observer: RegionObserver, region: str, o
         if isinstance(action, RemoveOwnershipTags):
             return True
     after = await observer.observe(instance_id, max_age=0)
-    return after.instance is None or after.state in ("shutting-down", "terminated")
+    return after.instance is None or after.state in GONE_STATES
 
 
 def _deletion_failure(runtime: Runtime, ref: WorkerRef, raw_status: Mapping[str, Any] | None,

@@ -356,23 +356,13 @@ class EC2Client:
         """
         grouped: dict[str, list[CMLWorkerInstanceDto]] = {}
         for chunk in _chunks(_unique(values), FILTER_MAX_VALUES):
-            for raw in self._paginate_instances(region, [{"Name": f"tag:{key}", "Values": chunk}]):
-                dto = CMLWorkerInstanceDto.from_api(region, raw)
-                grouped.setdefault(dto.tags.get(key, ""), []).append(dto)
-        return grouped
-
-    def _paginate_instances(self, region: str, filters: list[dict]) -> Iterator[dict]:
-        token: str | None = None
-        while True:
-            params: dict[str, Any] = {"Filters": filters, "MaxResults": 1000}
-            if token:
-                params["NextToken"] = token
-            response = self._call(region, "DescribeInstances", **params)
+            response = self._call_all_pages(region, "DescribeInstances",
+                                            Filters=[{"Name": f"tag:{key}", "Values": chunk}], MaxResults=1000)
             for reservation in response.get("Reservations", []):
-                yield from reservation.get("Instances", [])
-            token = response.get("NextToken")
-            if not token:
-                return
+                for raw in reservation.get("Instances", []):
+                    dto = CMLWorkerInstanceDto.from_api(region, raw)
+                    grouped.setdefault(dto.tags.get(key, ""), []).append(dto)
+        return grouped
 
     # ------------------------------------------------------------------ status checks
 
@@ -417,7 +407,7 @@ class EC2Client:
                 )
         return result
 
-    def _call_all_pages(self, region: str, operation: str, **params: Any) -> dict:
+    def _call_all_pages(self, region: str, operation: str, instance_id: str | None = None, **params: Any) -> dict:
         """One logical call: follow NextToken and concatenate the list fields of every page.
 
         EC2 may page even calls that name their ids (moto pages DescribeInstances at 100
@@ -426,7 +416,8 @@ class EC2Client:
         merged: dict[str, Any] = {}
         token: str | None = None
         while True:
-            response = self._call(region, operation, **({**params, "NextToken": token} if token else params))
+            page = {**params, "NextToken": token} if token else params
+            response = self._call(region, operation, instance_id, **page)
             for key, value in response.items():
                 if isinstance(value, list):
                     merged.setdefault(key, []).extend(value)
@@ -503,19 +494,9 @@ class EC2Client:
             EC2TagOperationException: The call failed.
             EC2AuthenticationException: Invalid credentials.
         """
-        tags: dict[str, str] = {}
-        token: str | None = None
-        while True:
-            params: dict[str, Any] = {
-                "Filters": [{"Name": "resource-id", "Values": [instance_id]}], "MaxResults": 1000,
-            }
-            if token:
-                params["NextToken"] = token
-            response = self._call(region, "DescribeTags", instance_id, **params)
-            tags.update({t["Key"]: t.get("Value", "") for t in response.get("Tags", [])})
-            token = response.get("NextToken")
-            if not token:
-                return tags
+        response = self._call_all_pages(region, "DescribeTags", instance_id,
+                                        Filters=[{"Name": "resource-id", "Values": [instance_id]}], MaxResults=1000)
+        return {t["Key"]: t.get("Value", "") for t in response.get("Tags", [])}
 
     # ------------------------------------------------------------------ images
 

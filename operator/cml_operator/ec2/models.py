@@ -5,10 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-#: EC2's instance-state names, in lifecycle order.
-INSTANCE_STATES = ("pending", "running", "stopping", "stopped", "shutting-down", "terminated")
-
-
 @dataclass(frozen=True)
 class InstanceStatusChecks:
     """DescribeInstanceStatus for one instance: ok, impaired, initializing, insufficient-data, not-applicable."""
