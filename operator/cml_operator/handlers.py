@@ -33,8 +33,6 @@ STALE_BODY_GRACE = 30.0
 #: Kubernetes caps event messages; keep ours readable and under it.
 EVENT_MESSAGE_LIMIT = 1000
 
-logger = logging.getLogger(__name__)
-
 
 def register(registry: kopf.OperatorRegistry, config: OperatorSettings, metrics: Metrics | None = None) -> None:
     """Register every handler on ``registry`` with the intervals from ``config``."""
