@@ -1,0 +1,45 @@
+"""``.ci/run`` runs the whole suite whatever the caller's environment says.
+
+Checked with make's own dry run (``MAKEFLAGS=n``): make prints the pytest
+command it would run and runs nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+
+
+def pytest_command_of_ci_run(**env: str) -> str:
+    clean = {k: v for k, v in os.environ.items() if k not in ("PYTEST_ARGS", "MAKEFLAGS", "MAKELEVEL")}
+    result = subprocess.run([str(REPO / ".ci" / "run")], env={**clean, **env}, capture_output=True, text=True,
+                            timeout=60, check=True)
+    commands = [line for line in result.stdout.splitlines() if " -m pytest" in line]
+    assert len(commands) == 1, result.stdout
+    return commands[0]
+
+
+def test_an_inherited_pytest_args_cannot_narrow_the_ci_run():
+    command = pytest_command_of_ci_run(MAKEFLAGS="n", PYTEST_ARGS="tests/unit -k nothing")
+    assert command.split(" -m pytest")[1].strip() == ""
+
+
+def test_pytest_args_passed_down_through_makeflags_cannot_narrow_it_either():
+    command = pytest_command_of_ci_run(MAKEFLAGS="n -- PYTEST_ARGS=tests/unit")
+    assert command.split(" -m pytest")[1].strip() == ""
+
+
+def test_the_dry_run_does_show_pytest_args_when_make_is_called_directly():
+    # The check above could pass by accident if the dry run never printed the arguments.
+    clean = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL")}
+    result = subprocess.run(["make", "-n", "test", "PYTEST_ARGS=tests/unit"], cwd=REPO, env=clean,
+                            capture_output=True, text=True, timeout=60, check=True)
+    assert "-m pytest tests/unit" in result.stdout
