@@ -1,77 +1,45 @@
-"""One reconcile pass: observe EC2, decide (pure), act, and render the status. No Kopf here.
+"""The reconcile pass of a live worker: observe EC2, decide (pure), act, render the status.
 
-``reconcile_pass`` serves create, update, resume and the timer alike (level-based:
-it always starts from what EC2 shows), ``deletion_pass`` the finalizer. Both
-return a ``PassResult``; the Kopf handlers patch the status, post the notes as
-events and turn an error decision into ``kopf.TemporaryError``/``PermanentError``.
+It serves create, update, resume and the timer alike (level-based: it always
+starts from what EC2 shows) and returns a ``PassResult``; the Kopf handlers
+patch the status, post the notes as events and turn an error decision into
+``kopf.TemporaryError``/``PermanentError``.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
-from .ec2.client import RootVolume
-from .ec2.exceptions import EC2InstanceNotFoundException, IntegrationException
-from .ec2.models import CMLWorkerInstanceDto
-from .fleet.observer import RegionObserver
-from .reconcile import reasons
-from .reconcile.conditions import Health, HealthState, health_of
-from .reconcile.policy import Decision, Kind, classify
-from .reconcile.spec import SpecError, WorkerSpec, parse_spec
-from .reconcile.status import PassOutcome, render_status
-from .reconcile.worker import (
+from ..ec2.client import RootVolume
+from ..ec2.exceptions import EC2InstanceNotFoundException, IntegrationException
+from ..ec2.models import CMLWorkerInstanceDto
+from ..fleet.observer import RegionObserver
+from ..reconcile import reasons
+from ..reconcile.conditions import Health, HealthState, health_of
+from ..reconcile.policy import Decision, Kind, classify
+from ..reconcile.spec import SpecError, WorkerSpec, parse_spec
+from ..reconcile.status import PassOutcome, render_status
+from ..reconcile.worker import (
     GONE_STATES,
-    OWNERSHIP_TAGS,
-    Action,
     Launch,
-    ModifySecurityGroups,
     ModifyType,
     Note,
     Observation,
     Plan,
-    RemoveOwnershipTags,
-    SetMonitoring,
     Start,
     Stop,
-    SyncTags,
     Terminate,
     WorkerRef,
     WorkerStatus,
     decide,
-    decide_deletion,
 )
-from .runtime import Runtime, WorkerMemory
-
-logger = logging.getLogger(__name__)
+from ..runtime import Runtime, WorkerMemory
+from .common import Failed, PassResult, apply_action, as_integration, capped
 
 #: Actions after which the instance's state is read again at once (batched).
 _STATE_CHANGING = (Start, Stop, ModifyType, Terminate)
-
-
-@dataclass(frozen=True)
-class PassResult:
-    status: dict[str, Any]
-    health: Health
-    notes: tuple[Note, ...] = ()
-    decision: Decision | None = None  # set when an error ended the pass
-    error: Exception | None = None
-    poll_soon: bool = False
-    release: bool = False  # deletion only: the finalizer may go
-
-
-class _Failed(Exception):
-    """Carries an error together with what the pass had learned before it."""
-
-    def __init__(self, error: Exception, observation: Observation | None) -> None:
-        super().__init__(str(error))
-        self.error = error
-        self.observation = observation
-
-
-# ---------------------------------------------------------------- live workers
 
 
 async def reconcile_pass(
@@ -80,7 +48,7 @@ async def reconcile_pass(
 ) -> PassResult:
     """Bring one worker a step closer to its spec; ``max_age``: how stale an observation may be."""
     memory = runtime.memory(ref.uid)
-    status = _trust_memory(WorkerStatus.from_dict(raw_status), memory)
+    status = trust_memory(WorkerStatus.from_dict(raw_status), memory)
     try:
         spec: WorkerSpec | SpecError = parse_spec(raw_spec)
     except SpecError as error:
@@ -102,7 +70,7 @@ async def reconcile_pass(
                               f"Launched instance {created.aws_instance_id} ({created.instance_type}, "
                               f"{created.ami_id}) in {created.availability_zone or spec.region}"))
         plan = _follow_up(ref, spec, status, plan, observation)
-    except _Failed as failed:
+    except Failed as failed:
         return _failure(runtime, ref, raw_status, status, spec, failed.error, failed.observation or observation,
                         notes, retry, memory)
 
@@ -117,7 +85,7 @@ async def reconcile_pass(
                    spec_keys=tuple(sorted(spec.tags)), notes=tuple(notes))
 
 
-def _trust_memory(status: WorkerStatus, memory: WorkerMemory) -> WorkerStatus:
+def trust_memory(status: WorkerStatus, memory: WorkerMemory) -> WorkerStatus:
     """A body may lag behind this process's own last patch: what it launched is the truth."""
     launched = memory.launched_instance_id
     if launched is None or status.instance_id == launched:
@@ -139,7 +107,7 @@ async def _observe(
         # Before anything is launched, look for an instance an earlier (crashed) pass launched.
         found = await observer.find_by_uid(ref.uid)
     except IntegrationException as error:
-        raise _Failed(error, None) from error
+        raise Failed(error, None) from error
     if not found:
         return observation
     chosen = min(found, key=lambda dto: (dto.launch_time or "", dto.aws_instance_id))
@@ -150,7 +118,7 @@ async def _read_now(observer: RegionObserver, instance_id: str, fallback: Observ
     try:
         return await observer.observe(instance_id, max_age=0, hot=True)
     except IntegrationException as error:
-        raise _Failed(error, fallback) from error
+        raise Failed(error, fallback) from error
 
 
 async def _act(
@@ -171,11 +139,11 @@ async def _act(
                 observer.seed(created)
                 continue
             assert instance_id is not None, f"{action} needs an instance"
-            await _apply(runtime, spec.region, instance_id, action)
+            await apply_action(runtime, spec.region, instance_id, action)
         except IntegrationException as error:
             if isinstance(error, EC2InstanceNotFoundException) and instance_id and not spec.instance_id:
                 observer.forget(instance_id)  # next pass sees it gone and replaces it
-            raise _Failed(error, observation) from error
+            raise Failed(error, observation) from error
         if isinstance(action, _STATE_CHANGING):
             observation = await _read_now(observer, instance_id, observation)
     return observation, image_id, created
@@ -216,30 +184,6 @@ async def _launch(runtime: Runtime, spec: WorkerSpec, status: WorkerStatus,
     return created, image.image_id
 
 
-async def _apply(runtime: Runtime, region: str, instance_id: str, action: Action) -> None:
-    ec2 = runtime.ec2
-    if isinstance(action, Start):
-        await ec2.start_instance(region, instance_id)
-    elif isinstance(action, Stop):
-        await ec2.stop_instance(region, instance_id)
-    elif isinstance(action, ModifyType):
-        await ec2.modify_instance_type(region, instance_id, action.instance_type)
-    elif isinstance(action, ModifySecurityGroups):
-        await ec2.modify_security_groups(region, instance_id, action.group_ids)
-    elif isinstance(action, SetMonitoring):
-        await ec2.set_detailed_monitoring(region, instance_id, action.enabled)
-    elif isinstance(action, SyncTags):
-        if action.add:
-            await ec2.add_tags(region, instance_id, action.add)
-        if action.remove:
-            await ec2.remove_tags(region, instance_id, action.remove)
-    elif isinstance(action, Terminate):
-        await ec2.terminate_instance(region, instance_id)
-    elif isinstance(action, RemoveOwnershipTags):
-        await ec2.remove_tags(region, instance_id, OWNERSHIP_TAGS)
-    else:  # pragma: no cover - every action type is handled above
-        raise AssertionError(f"unknown action {action!r}")
-
 
 def _follow_up(ref: WorkerRef, spec: WorkerSpec, status: WorkerStatus, plan: Plan,
                observation: Observation | None) -> Plan:
@@ -277,8 +221,8 @@ def _failure(
     spec: WorkerSpec, error: Exception, observation: Observation | None, notes: list[Note], retry: int,
     memory: WorkerMemory,
 ) -> PassResult:
-    integration = _as_integration(error)
-    decision = _capped(runtime, classify(integration, retry=retry, slow_recheck_seconds=runtime.settings.slow_recheck))
+    integration = as_integration(error)
+    decision = capped(runtime, classify(integration, retry=retry, slow_recheck_seconds=runtime.settings.slow_recheck))
     if isinstance(integration, EC2InstanceNotFoundException) and not spec.instance_id:
         # Our own instance vanished mid-pass: the next pass launches a replacement.
         decision = Decision(Kind.TEMPORARY, reasons.PROVISIONING, 1.0)
@@ -299,112 +243,3 @@ def _failure(
                      spec_keys=status.managed_tag_keys, notes=(*notes, warning))
     return replace(result, decision=decision, error=integration)
 
-
-def _capped(runtime: Runtime, decision: Decision) -> Decision:
-    cap = runtime.settings.max_retry_delay
-    if cap is None or decision.delay is None or not decision.temporary or decision.delay <= cap:
-        return decision
-    return replace(decision, delay=cap)
-
-
-def _as_integration(error: Exception) -> IntegrationException:
-    if isinstance(error, IntegrationException):
-        return error
-    logger.error("unexpected error in a reconcile pass", exc_info=error)
-    return IntegrationException(f"internal error: {type(error).__name__}: {error}", code=type(error).__name__)
-
-
-# ---------------------------------------------------------------- deletion
-
-
-async def deletion_pass(
-    runtime: Runtime, ref: WorkerRef, raw_spec: Mapping[str, Any] | None, raw_status: Mapping[str, Any] | None,
-    *, retry: int = 0,
-) -> PassResult:
-    """Terminate (Delete) or untag (Retain) every live instance of the worker; release when done."""
-    status = _trust_memory(WorkerStatus.from_dict(raw_status), runtime.memory(ref.uid))
-    raw_spec = raw_spec or {}
-    policy = raw_spec.get("deletionPolicy") or "Delete"
-    region = _region(raw_spec)
-    tracked = status.instance_id or raw_spec.get("instanceId")
-    if region is None:
-        if tracked is None:
-            message = "The worker never had an instance"
-            return PassResult(raw_status and dict(raw_status) or {}, Health.reconciling(reasons.DELETING, message),
-                              (Note("Normal", reasons.EVENT_RELEASED, message),), release=True)
-        error = IntegrationException(f"cannot delete instance {tracked}: spec.region is not a valid region; "
-                                     "terminate it by hand, then remove the finalizer", code="InvalidRegion")
-        return _deletion_failure(runtime, ref, raw_status, error, retry)
-
-    observer = runtime.observers(region)
-    try:
-        observations = await _deletion_targets(observer, ref, tracked, adopted=bool(raw_spec.get("instanceId")))
-        notes: list[Note] = []
-        release = True
-        for observation in observations:
-            plan = decide_deletion(policy, status, observation)
-            notes.extend(plan.notes)
-            if not plan.release or plan.actions:
-                release = await _delete_one(runtime, observer, region, observation, plan.actions) and release
-    except IntegrationException as error:
-        return _deletion_failure(runtime, ref, raw_status, error, retry)
-    if release:
-        for observation in observations:
-            if observation.instance_id:
-                observer.forget(observation.instance_id)
-        runtime.forget(ref.uid)
-    message = "; ".join(n.message for n in notes) or "Deleting"
-    health = Health.reconciling(reasons.DELETING, message)
-    status_now = dict(raw_status or {})
-    status_now.update({"phase": "Terminating"})
-    return PassResult(status_now, health, tuple(notes), poll_soon=not release, release=release)
-
-
-async def _deletion_targets(observer: RegionObserver, ref: WorkerRef, tracked: str | None,
-                            adopted: bool) -> list[Observation]:
-    """The tracked instance and every live instance tagged with the worker's uid (no leaks after crashes)."""
-    observations: dict[str, Observation] = {}
-    if tracked:
-        observations[tracked] = await observer.observe(tracked, max_age=0)
-    if not adopted:
-        for dto in await observer.find_by_uid(ref.uid):
-            if dto.aws_instance_id not in observations:
-                observations[dto.aws_instance_id] = Observation(dto.aws_instance_id, dto, None)
-    return list(observations.values()) or [Observation(None, None, None)]
-
-
-async def _delete_one(runtime: Runtime, observer: RegionObserver, region: str, observation: Observation,
-                      actions: tuple[Action, ...]) -> bool:
-    """Run the deletion actions for one instance; True when it no longer holds the finalizer."""
-    instance_id = observation.instance_id
-    assert instance_id is not None
-    for action in actions:
-        try:
-            await _apply(runtime, region, instance_id, action)
-        except EC2InstanceNotFoundException:
-            return True  # already gone: deletion succeeded
-        if isinstance(action, RemoveOwnershipTags):
-            return True
-    after = await observer.observe(instance_id, max_age=0)
-    return after.instance is None or after.state in GONE_STATES
-
-
-def _deletion_failure(runtime: Runtime, ref: WorkerRef, raw_status: Mapping[str, Any] | None,
-                      error: IntegrationException, retry: int) -> PassResult:
-    decision = classify(error, retry=retry, slow_recheck_seconds=runtime.settings.slow_recheck)
-    # Deletion never gives up: a permanent error keeps the finalizer and retries on the slow interval.
-    delay = decision.delay if decision.delay is not None else runtime.settings.slow_recheck
-    decision = _capped(runtime, Decision(Kind.TEMPORARY, decision.reason, delay))
-    runtime.metrics.exceptions.labels(type(error).__name__, "temporary").inc()
-    runtime.metrics.retries.labels(decision.reason).inc()
-    health = Health.reconciling(decision.reason, f"Deleting: {error}")
-    warning = Note("Warning", decision.reason, f"Deletion blocked: {error}")
-    return PassResult(dict(raw_status or {}), health, (warning,), decision=decision, error=error, poll_soon=True)
-
-
-def _region(raw_spec: Mapping[str, Any]) -> str | None:
-    try:
-        return parse_spec(raw_spec).region
-    except SpecError:
-        region = raw_spec.get("region")
-        return region if isinstance(region, str) and region and "/" not in region else None

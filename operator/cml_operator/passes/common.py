@@ -1,0 +1,90 @@
+"""What both passes share: the result type, carrying out one action, error helpers."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from typing import Any
+
+from ..ec2.exceptions import IntegrationException
+from ..reconcile.conditions import Health
+from ..reconcile.policy import Decision
+from ..reconcile.worker import (
+    OWNERSHIP_TAGS,
+    Action,
+    ModifySecurityGroups,
+    ModifyType,
+    Note,
+    Observation,
+    RemoveOwnershipTags,
+    SetMonitoring,
+    Start,
+    Stop,
+    SyncTags,
+    Terminate,
+)
+from ..runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PassResult:
+    status: dict[str, Any]
+    health: Health
+    notes: tuple[Note, ...] = ()
+    decision: Decision | None = None  # set when an error ended the pass
+    error: Exception | None = None
+    poll_soon: bool = False
+    release: bool = False  # deletion only: the finalizer may go
+
+
+class Failed(Exception):
+    """Carries an error together with what the pass had learned before it."""
+
+    def __init__(self, error: Exception, observation: Observation | None) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.observation = observation
+
+
+
+async def apply_action(runtime: Runtime, region: str, instance_id: str, action: Action) -> None:
+    ec2 = runtime.ec2
+    if isinstance(action, Start):
+        await ec2.start_instance(region, instance_id)
+    elif isinstance(action, Stop):
+        await ec2.stop_instance(region, instance_id)
+    elif isinstance(action, ModifyType):
+        await ec2.modify_instance_type(region, instance_id, action.instance_type)
+    elif isinstance(action, ModifySecurityGroups):
+        await ec2.modify_security_groups(region, instance_id, action.group_ids)
+    elif isinstance(action, SetMonitoring):
+        await ec2.set_detailed_monitoring(region, instance_id, action.enabled)
+    elif isinstance(action, SyncTags):
+        if action.add:
+            await ec2.add_tags(region, instance_id, action.add)
+        if action.remove:
+            await ec2.remove_tags(region, instance_id, action.remove)
+    elif isinstance(action, Terminate):
+        await ec2.terminate_instance(region, instance_id)
+    elif isinstance(action, RemoveOwnershipTags):
+        await ec2.remove_tags(region, instance_id, OWNERSHIP_TAGS)
+    else:  # pragma: no cover - every action type is handled above
+        raise AssertionError(f"unknown action {action!r}")
+
+
+
+def capped(runtime: Runtime, decision: Decision) -> Decision:
+    cap = runtime.settings.max_retry_delay
+    if cap is None or decision.delay is None or not decision.temporary or decision.delay <= cap:
+        return decision
+    return replace(decision, delay=cap)
+
+
+def as_integration(error: Exception) -> IntegrationException:
+    if isinstance(error, IntegrationException):
+        return error
+    logger.error("unexpected error in a reconcile pass", exc_info=error)
+    return IntegrationException(f"internal error: {type(error).__name__}: {error}", code=type(error).__name__)
+

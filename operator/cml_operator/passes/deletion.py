@@ -1,0 +1,119 @@
+"""The deletion pass: terminate (Delete) or untag (Retain) the worker's instances; release when done."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..ec2.exceptions import EC2InstanceNotFoundException, IntegrationException
+from ..fleet.observer import RegionObserver
+from ..reconcile import reasons
+from ..reconcile.conditions import Health
+from ..reconcile.policy import Decision, Kind, classify
+from ..reconcile.spec import SpecError, parse_spec
+from ..reconcile.worker import (
+    GONE_STATES,
+    Action,
+    Note,
+    Observation,
+    RemoveOwnershipTags,
+    WorkerRef,
+    WorkerStatus,
+    decide_deletion,
+)
+from ..runtime import Runtime
+from .common import PassResult, apply_action, capped
+from .worker import trust_memory
+
+
+async def deletion_pass(
+    runtime: Runtime, ref: WorkerRef, raw_spec: Mapping[str, Any] | None, raw_status: Mapping[str, Any] | None,
+    *, retry: int = 0,
+) -> PassResult:
+    """Terminate (Delete) or untag (Retain) every live instance of the worker; release when done."""
+    status = trust_memory(WorkerStatus.from_dict(raw_status), runtime.memory(ref.uid))
+    raw_spec = raw_spec or {}
+    policy = raw_spec.get("deletionPolicy") or "Delete"
+    region = _region(raw_spec)
+    tracked = status.instance_id or raw_spec.get("instanceId")
+    if region is None:
+        if tracked is None:
+            message = "The worker never had an instance"
+            return PassResult(raw_status and dict(raw_status) or {}, Health.reconciling(reasons.DELETING, message),
+                              (Note("Normal", reasons.EVENT_RELEASED, message),), release=True)
+        error = IntegrationException(f"cannot delete instance {tracked}: spec.region is not a valid region; "
+                                     "terminate it by hand, then remove the finalizer", code="InvalidRegion")
+        return _deletion_failure(runtime, ref, raw_status, error, retry)
+
+    observer = runtime.observers(region)
+    try:
+        observations = await _deletion_targets(observer, ref, tracked, adopted=bool(raw_spec.get("instanceId")))
+        notes: list[Note] = []
+        release = True
+        for observation in observations:
+            plan = decide_deletion(policy, status, observation)
+            notes.extend(plan.notes)
+            if not plan.release or plan.actions:
+                release = await _delete_one(runtime, observer, region, observation, plan.actions) and release
+    except IntegrationException as error:
+        return _deletion_failure(runtime, ref, raw_status, error, retry)
+    if release:
+        for observation in observations:
+            if observation.instance_id:
+                observer.forget(observation.instance_id)
+        runtime.forget(ref.uid)
+    message = "; ".join(n.message for n in notes) or "Deleting"
+    health = Health.reconciling(reasons.DELETING, message)
+    status_now = dict(raw_status or {})
+    status_now.update({"phase": "Terminating"})
+    return PassResult(status_now, health, tuple(notes), poll_soon=not release, release=release)
+
+
+async def _deletion_targets(observer: RegionObserver, ref: WorkerRef, tracked: str | None,
+                            adopted: bool) -> list[Observation]:
+    """The tracked instance and every live instance tagged with the worker's uid (no leaks after crashes)."""
+    observations: dict[str, Observation] = {}
+    if tracked:
+        observations[tracked] = await observer.observe(tracked, max_age=0)
+    if not adopted:
+        for dto in await observer.find_by_uid(ref.uid):
+            if dto.aws_instance_id not in observations:
+                observations[dto.aws_instance_id] = Observation(dto.aws_instance_id, dto, None)
+    return list(observations.values()) or [Observation(None, None, None)]
+
+
+async def _delete_one(runtime: Runtime, observer: RegionObserver, region: str, observation: Observation,
+                      actions: tuple[Action, ...]) -> bool:
+    """Run the deletion actions for one instance; True when it no longer holds the finalizer."""
+    instance_id = observation.instance_id
+    assert instance_id is not None
+    for action in actions:
+        try:
+            await apply_action(runtime, region, instance_id, action)
+        except EC2InstanceNotFoundException:
+            return True  # already gone: deletion succeeded
+        if isinstance(action, RemoveOwnershipTags):
+            return True
+    after = await observer.observe(instance_id, max_age=0)
+    return after.instance is None or after.state in GONE_STATES
+
+
+def _deletion_failure(runtime: Runtime, ref: WorkerRef, raw_status: Mapping[str, Any] | None,
+                      error: IntegrationException, retry: int) -> PassResult:
+    decision = classify(error, retry=retry, slow_recheck_seconds=runtime.settings.slow_recheck)
+    # Deletion never gives up: a permanent error keeps the finalizer and retries on the slow interval.
+    delay = decision.delay if decision.delay is not None else runtime.settings.slow_recheck
+    decision = capped(runtime, Decision(Kind.TEMPORARY, decision.reason, delay))
+    runtime.metrics.exceptions.labels(type(error).__name__, "temporary").inc()
+    runtime.metrics.retries.labels(decision.reason).inc()
+    health = Health.reconciling(decision.reason, f"Deleting: {error}")
+    warning = Note("Warning", decision.reason, f"Deletion blocked: {error}")
+    return PassResult(dict(raw_status or {}), health, (warning,), decision=decision, error=error, poll_soon=True)
+
+
+def _region(raw_spec: Mapping[str, Any]) -> str | None:
+    try:
+        return parse_spec(raw_spec).region
+    except SpecError:
+        region = raw_spec.get("region")
+        return region if isinstance(region, str) and region and "/" not in region else None
