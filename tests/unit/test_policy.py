@@ -109,3 +109,33 @@ def test_backoff_grows_exponentially_and_caps():
 
 def test_not_found_is_permanent_for_the_policy_and_callers_special_case_it():
     assert classify(EC2InstanceNotFoundException("x")).kind is Kind.PERMANENT
+
+
+# ---------------------------------------------------------------- CML rows
+
+from cml_operator.cml.errors import cml_http_error, cml_transport_error  # noqa: E402
+from cml_operator.cml.exceptions import CMLCertificateException, CMLLicensingException  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    ("error", "kind", "reason", "slow"),
+    [
+        (cml_http_error(503, "system_information"), Kind.TEMPORARY, reasons.CML_STARTING, False),
+        (cml_http_error(500, "populate_lab_tiles"), Kind.TEMPORARY, reasons.CML_STARTING, False),
+        (cml_transport_error(TimeoutError(), "system_stats"), Kind.TEMPORARY, reasons.CML_STARTING, False),
+        (cml_transport_error(ConnectionRefusedError(), "system_stats"), Kind.TEMPORARY, reasons.CML_STARTING, False),
+        (cml_http_error(403, "authenticate"), Kind.PERMANENT, reasons.CML_AUTHENTICATION_FAILED, True),
+        (cml_http_error(401, "labs"), Kind.PERMANENT, reasons.CML_AUTHENTICATION_FAILED, True),
+        (cml_http_error(400, "licensing/registration"), Kind.PERMANENT, reasons.LICENSE_INVALID, False),
+        (cml_http_error(503, "licensing/registration"), Kind.TEMPORARY, reasons.LICENSE_REGISTERING, False),
+        (CMLLicensingException("x", code="DeregistrationFailed"), Kind.TEMPORARY, reasons.LICENSE_RELEASING, False),
+        (CMLCertificateException("x", code="CertificateChanged"), Kind.PERMANENT, reasons.CML_CERTIFICATE_CHANGED,
+         False),
+        (cml_http_error(404, "labs"), Kind.TEMPORARY, reasons.CML_UNREACHABLE, False),
+    ],
+)
+def test_cml_rows(error, kind, reason, slow):
+    decision = classify(error, slow_recheck_seconds=600)
+    assert (decision.kind, decision.reason) == (kind, reason)
+    if kind is Kind.PERMANENT:
+        assert decision.delay == (600 if slow else None)

@@ -11,6 +11,13 @@ import enum
 import random
 from dataclasses import dataclass
 
+from ..cml.exceptions import (
+    CMLAuthenticationException,
+    CMLCertificateException,
+    CMLException,
+    CMLLicensingException,
+    CMLUnavailableException,
+)
 from ..ec2.exceptions import (
     EC2AuthenticationException,
     EC2InstanceCreationException,
@@ -83,6 +90,15 @@ POLICY: tuple[Rule, ...] = (
     Rule(EC2TagOperationException, Kind.PERMANENT, reasons.TAG_OPERATION_FAILED, retryable=False),
     Rule(EC2TagOperationException, Kind.TEMPORARY, reasons.TAG_OPERATION_FAILED, Backoff(base=10, cap=300)),
     Rule(EC2StatusCheckException, Kind.TEMPORARY, reasons.STATUS_CHECKS_PENDING, Backoff(base=15, cap=60)),
+    # CML controllers (spec.cml). The boot timeout turns CMLStarting into CMLUnreachable (reconcile/cml.py).
+    Rule(CMLCertificateException, Kind.PERMANENT, reasons.CML_CERTIFICATE_CHANGED),
+    Rule(CMLAuthenticationException, Kind.PERMANENT, reasons.CML_AUTHENTICATION_FAILED, slow_recheck=True),
+    Rule(CMLLicensingException, Kind.PERMANENT, reasons.LICENSE_INVALID, retryable=False),
+    Rule(CMLLicensingException, Kind.TEMPORARY, reasons.LICENSE_RELEASING, Backoff(base=10, cap=60),
+         codes=frozenset({"DeregistrationFailed"})),
+    Rule(CMLLicensingException, Kind.TEMPORARY, reasons.LICENSE_REGISTERING, Backoff(base=30, cap=300)),
+    Rule(CMLUnavailableException, Kind.TEMPORARY, reasons.CML_STARTING, Backoff(base=15, cap=60)),
+    Rule(CMLException, Kind.TEMPORARY, reasons.CML_UNREACHABLE, Backoff(base=15, cap=300)),
     Rule(IntegrationException, Kind.TEMPORARY, reasons.INTEGRATION_ERROR, Backoff(base=10, cap=300)),
 )
 

@@ -4,6 +4,10 @@
 INSTANCE_READY = "InstanceReady"  # running, both status checks ok
 INSTANCE_STOPPED = "InstanceStopped"  # stopped, as desired
 
+# Ready=True with spec.cml
+CML_READY = "CMLReady"  # the instance is ready, CML says ready, the credentials work (and the licence is valid)
+IDLE_STOPPED = "IdleStopped"  # stopped by the idle rule; where the policy wants it until woken
+
 # Reconciling=True: working towards the spec
 PROVISIONING = "Provisioning"
 STARTING = "Starting"
@@ -20,12 +24,19 @@ INSTANCE_CREATION_FAILED = "InstanceCreationFailed"
 INSTANCE_OPERATION_FAILED = "InstanceOperationFailed"
 TAG_OPERATION_FAILED = "TagOperationFailed"
 INTEGRATION_ERROR = "IntegrationError"
+CML_STARTING = "CMLStarting"  # the instance runs; its CML controller does not answer ready yet
+CML_UNREACHABLE = "CMLUnreachable"  # no answer for --cml-boot-timeout after the instance became ready
+LICENSE_REGISTERING = "LicenseRegistering"  # registration sent or in progress
+LICENSE_RELEASING = "LicenseReleasing"  # deregistration before a stop failed; retried a few times
 
 # Stalled=True: blocked until something outside the operator changes
 INVALID_PARAMETER = "InvalidParameter"
 QUOTA_EXCEEDED = "QuotaExceeded"
 AUTHENTICATION_FAILED = "AuthenticationFailed"
 INSTANCE_NOT_FOUND = "InstanceNotFound"
+CML_AUTHENTICATION_FAILED = "CMLAuthenticationFailed"  # 401/403 or the credentials Secret is missing
+CML_CERTIFICATE_CHANGED = "CMLCertificateChanged"  # not the pinned certificate (or not trusted by the CA)
+LICENSE_INVALID = "LicenseInvalid"  # the controller refused the licence token
 
 # The False side of Reconciling and Stalled
 NOT_RECONCILING = "NotReconciling"
@@ -45,3 +56,9 @@ EVENT_LOST = "InstanceLost"  # Warning: terminated or gone outside the operator
 EVENT_TERMINATING = "Terminating"
 EVENT_RETAINED = "Retained"
 EVENT_RELEASED = "Released"
+EVENT_IDLE_STOPPED = "IdleStopped"
+EVENT_WOKEN = "Woken"
+EVENT_CERTIFICATE_PINNED = "CertificatePinned"
+EVENT_LICENSE_REGISTERED = "LicenseRegistered"
+EVENT_LICENSE_RELEASED = "LicenseReleased"
+EVENT_LICENSE_RELEASE_FAILED = "LicenseReleaseFailed"  # Warning: stopped anyway after bounded retries

@@ -1,0 +1,120 @@
+"""What the operator reads from a CML controller, as small typed values parsed defensively.
+
+Shapes follow CML's REST API (``/api/v0/``) as virl2-client reads it; fields the
+operator does not use are ignored, and a missing field never raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+#: Lab states in which a lab counts as in use (CML's own words).
+ACTIVE_LAB_STATES = frozenset({"STARTED", "QUEUED", "BOOTED"})
+#: Registration and authorization statuses that make a licence valid.
+REGISTERED = frozenset({"COMPLETED", "REGISTERED"})
+AUTHORIZED = frozenset({"IN_COMPLIANCE", "AUTHORIZED"})
+REGISTRATION_PENDING = frozenset({"IN_PROGRESS", "PENDING"})
+REGISTRATION_FAILED = frozenset({"FAILED", "RETRY_FAILED", "EXPIRED"})
+
+
+@dataclass(frozen=True)
+class SystemInfo:
+    version: str
+    ready: bool
+
+    @classmethod
+    def parse(cls, raw: Any) -> SystemInfo:
+        raw = raw if isinstance(raw, Mapping) else {}
+        return cls(version=str(raw.get("version") or ""), ready=raw.get("ready") is True)
+
+
+@dataclass(frozen=True)
+class LabCounts:
+    total: int
+    running: int
+
+    @classmethod
+    def from_tiles(cls, raw: Any) -> LabCounts:
+        """From ``populate_lab_tiles``: ``{lab_tiles: {id: {state, ...}}}`` (a bare map before CML 2.1)."""
+        tiles = raw.get("lab_tiles", raw) if isinstance(raw, Mapping) else {}
+        states = [t.get("state") for t in tiles.values() if isinstance(t, Mapping)] if isinstance(tiles, Mapping) else []
+        return cls(total=len(states), running=sum(1 for s in states if s in ACTIVE_LAB_STATES))
+
+
+@dataclass(frozen=True)
+class SystemStats:
+    running_nodes: int
+    cpu_percent: float | None
+    memory_percent: float | None
+
+    @classmethod
+    def parse(cls, raw: Any) -> SystemStats:
+        raw = raw if isinstance(raw, Mapping) else {}
+        every = raw.get("all") if isinstance(raw.get("all"), Mapping) else {}
+        cpu = every.get("cpu") if isinstance(every.get("cpu"), Mapping) else {}
+        memory = every.get("memory") if isinstance(every.get("memory"), Mapping) else {}
+        running = 0
+        computes = raw.get("computes") if isinstance(raw.get("computes"), Mapping) else {}
+        for compute in computes.values():
+            stats = compute.get("stats") if isinstance(compute, Mapping) else None
+            dominfo = stats.get("dominfo") if isinstance(stats, Mapping) else None
+            if isinstance(dominfo, Mapping):
+                running += _int(dominfo.get("running_nodes"))
+        total, used = _number(memory.get("total")), _number(memory.get("used"))
+        memory_percent = round(100.0 * used / total, 1) if total and used is not None else None
+        cpu_percent = _number(cpu.get("percent"))
+        return cls(running_nodes=running, cpu_percent=round(cpu_percent, 1) if cpu_percent is not None else None,
+                   memory_percent=memory_percent)
+
+
+@dataclass(frozen=True)
+class LicenseStatus:
+    registration: str
+    authorization: str
+
+    @classmethod
+    def parse(cls, raw: Any) -> LicenseStatus:
+        raw = raw if isinstance(raw, Mapping) else {}
+        registration = raw.get("registration") if isinstance(raw.get("registration"), Mapping) else {}
+        authorization = raw.get("authorization") if isinstance(raw.get("authorization"), Mapping) else {}
+        return cls(registration=str(registration.get("status") or "UNKNOWN"),
+                   authorization=str(authorization.get("status") or "UNKNOWN"))
+
+    @property
+    def registered(self) -> bool:
+        return self.registration in REGISTERED
+
+    @property
+    def valid(self) -> bool:
+        return self.registered and self.authorization in AUTHORIZED
+
+    @property
+    def pending(self) -> bool:
+        return self.registration in REGISTRATION_PENDING
+
+    @property
+    def failed(self) -> bool:
+        return self.registration in REGISTRATION_FAILED
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One look at a ready controller: what the activity rule and status need."""
+
+    labs: LabCounts
+    stats: SystemStats
+    license: LicenseStatus | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.labs.running > 0 or self.stats.running_nodes > 0
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
