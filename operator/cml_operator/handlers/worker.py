@@ -1,4 +1,4 @@
-"""Thin Kopf handlers: run one pass, patch the status once, post events, raise Kopf's errors.
+"""CMLWorker handlers (thin): run one pass, patch the status once, post events, raise Kopf's errors.
 
 Create, resume and spec updates read EC2 afresh (batched); the per-worker timer
 reads the region observer's cache, so a quiet fleet costs no EC2 call per worker.
@@ -10,21 +10,18 @@ raises a permanent error: the finalizer stays until the instance is gone.
 
 from __future__ import annotations
 
-import logging
 import random
 from collections.abc import Mapping
 from typing import Any
 
 import kopf
 
-from .kube import login_with_bounded_pool
-from .metrics import Metrics
-from .passes import PassResult, deletion_pass, reconcile_pass
-from .reconcile.conditions import build_conditions
-from .reconcile.status import status_patch
-from .reconcile.worker import WorkerRef
-from .runtime import Runtime, WorkerMemory, build_runtime
-from .settings import OperatorSettings
+from ..passes import PassResult, deletion_pass, reconcile_pass
+from ..reconcile.conditions import build_conditions
+from ..reconcile.status import status_patch
+from ..reconcile.worker import WorkerRef
+from ..runtime import Runtime, WorkerMemory
+from ..settings import OperatorSettings
 
 GROUP, VERSION, PLURAL = "cml.dev", "v1alpha1", "cmlworkers"
 FINALIZER = "cml.dev/finalizer"
@@ -34,31 +31,9 @@ STALE_BODY_GRACE = 30.0
 EVENT_MESSAGE_LIMIT = 1000
 
 
-def register(registry: kopf.OperatorRegistry, config: OperatorSettings, metrics: Metrics | None = None) -> None:
-    """Register every handler on ``registry`` with the intervals from ``config``."""
+def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
+    """Register the CMLWorker handlers on ``registry`` with the intervals from ``config``."""
     resource = (GROUP, VERSION, PLURAL)
-
-    @kopf.on.startup(id="configure", registry=registry)
-    async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-        settings.persistence.finalizer = FINALIZER
-        # Kopf's bookkeeping lives in status, so it rides on the status patches we make anyway.
-        settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
-        # userData is immutable and may hold secrets: keep it out of the stored diff base (in status).
-        settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(
-            field="status.kopf.lastHandledConfiguration", ignored_fields=["spec.userData"])
-        settings.posting.level = logging.INFO
-        settings.watching.server_timeout = 300  # re-list now and then even if the API server stays quiet
-        memo.runtime = build_runtime(config, metrics)
-
-    @kopf.on.login(id="login", registry=registry)
-    async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
-        return await login_with_bounded_pool(config.api_connections, **kwargs)
-
-    @kopf.on.cleanup(id="close", registry=registry)
-    async def close(memo: kopf.Memo, **_: Any) -> None:
-        runtime: Runtime | None = getattr(memo, "runtime", None)
-        if runtime is not None:
-            await runtime.close()
 
     @kopf.on.resume(*resource, id="reconcile", registry=registry)
     @kopf.on.create(*resource, id="reconcile", registry=registry)

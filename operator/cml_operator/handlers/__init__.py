@@ -1,0 +1,19 @@
+"""Kopf handlers, grouped by kind and registered from this one place.
+
+- ``lifecycle``: operator-wide start-up (Kopf settings, the shared runtime), login, clean-up.
+- ``worker``: CMLWorker reconcile, timer and deletion.
+"""
+
+from __future__ import annotations
+
+import kopf
+
+from ..metrics import Metrics
+from ..settings import OperatorSettings
+from . import lifecycle, worker
+
+
+def register(registry: kopf.OperatorRegistry, config: OperatorSettings, metrics: Metrics | None = None) -> None:
+    """Register every handler on ``registry`` with the intervals from ``config``."""
+    lifecycle.register(registry, config, metrics)
+    worker.register(registry, config)

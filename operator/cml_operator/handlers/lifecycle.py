@@ -1,0 +1,40 @@
+"""Operator-wide Kopf handlers: start-up settings and the shared runtime, login, and clean-up."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from ..kube import login_with_bounded_pool
+from ..metrics import Metrics
+from ..runtime import Runtime, build_runtime
+from ..settings import OperatorSettings
+from .worker import FINALIZER
+
+
+def register(registry: kopf.OperatorRegistry, config: OperatorSettings, metrics: Metrics | None = None) -> None:
+    """Register start-up, login and clean-up on ``registry``."""
+
+    @kopf.on.startup(id="configure", registry=registry)
+    async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+        settings.persistence.finalizer = FINALIZER
+        # Kopf's bookkeeping lives in status, so it rides on the status patches we make anyway.
+        settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
+        # userData is immutable and may hold secrets: keep it out of the stored diff base (in status).
+        settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(
+            field="status.kopf.lastHandledConfiguration", ignored_fields=["spec.userData"])
+        settings.posting.level = logging.INFO
+        settings.watching.server_timeout = 300  # re-list now and then even if the API server stays quiet
+        memo.runtime = build_runtime(config, metrics)
+
+    @kopf.on.login(id="login", registry=registry)
+    async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
+        return await login_with_bounded_pool(config.api_connections, **kwargs)
+
+    @kopf.on.cleanup(id="close", registry=registry)
+    async def close(memo: kopf.Memo, **_: Any) -> None:
+        runtime: Runtime | None = getattr(memo, "runtime", None)
+        if runtime is not None:
+            await runtime.close()
