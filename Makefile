@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP_VERSION := 26.0
 PYTEST_ARGS ?=
 
-.PHONY: help install control-plane test unit e2e cluster dev bench soak lock clean
+.PHONY: help install control-plane test unit e2e cluster dev bench soak lock clean crds
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -38,6 +38,9 @@ soak: install control-plane ## long failure soaks: 200 random SIGKILLs, a 2-minu
 	CML_KILL_POINTS=200 CML_SOAK_SECONDS=120 CML_SOAK_WORKERS=30 $(BIN)/python -m pytest \
 	  tests/e2e/test_crash_safety.py::test_random_kills_while_creating_never_duplicate \
 	  tests/e2e/test_resilience.py::test_fault_soak_converges_without_duplicates_within_3x_calls -s $(PYTEST_ARGS)
+
+crds: install ## regenerate the CMLWorker schema inside crds/cmlworkerpool.yaml from crds/cmlworker.yaml
+	$(BIN)/python -m tests.support.crdgen
 
 lock: install ## rewrite constraints.txt from the current virtualenv
 	{ echo "# The whole dependency tree, pinned (pip install -c constraints.txt). Regenerate with 'make lock'."; \

@@ -17,6 +17,7 @@ from .fleet.gateway import EC2Api, EC2Gateway
 from .fleet.lookups import SharedLookups
 from .fleet.observer import Observers
 from .fleet.ratelimit import EC2RateLimiter
+from .kubeapi import KubeApi
 from .metrics import Metrics
 from .settings import OperatorSettings
 
@@ -68,6 +69,10 @@ class Runtime:
     metrics: Metrics
     lookups: SharedLookups | None = None
     workers: dict[str, WorkerMemory] = field(default_factory=dict)
+    #: The operator's own Kubernetes calls (pools and discovery create CMLWorkers); set at start-up.
+    kube: KubeApi | None = None
+    #: One pass at a time per pool or discovery object (an update and a timer may fire together).
+    object_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.lookups is None:
@@ -79,6 +84,12 @@ class Runtime:
             memory = self.workers[uid] = WorkerMemory()
         return memory
 
+    def object_lock(self, uid: str) -> asyncio.Lock:
+        lock = self.object_locks.get(uid)
+        if lock is None:
+            lock = self.object_locks[uid] = asyncio.Lock()
+        return lock
+
     def forget(self, uid: str) -> None:
         self.workers.pop(uid, None)
         self.metrics.set_phase(uid, None)
@@ -89,6 +100,8 @@ class Runtime:
 
     async def close(self) -> None:
         await self.observers.stop()
+        if self.kube is not None:
+            await self.kube.close()
         if isinstance(self.ec2, EC2Gateway):
             self.ec2.close()
 

@@ -186,7 +186,19 @@ def test_the_operator_runs_on_the_deployed_rbac_alone(control_plane, sa_kubeconf
         assert not kube.exists("deployed-1")
         assert state_of(aws, instance["InstanceId"]) in ("shutting-down", "terminated")
         wait_for(lambda: "Terminating" in kube.event_reasons("deployed-1"), 15, what="the Terminating event")
+
+        # A pool: list/create/delete on cmlworkers, patch on cmlworkerpools and their status.
+        pool = {"apiVersion": "cml.dev/v1alpha1", "kind": "CMLWorkerPool", "metadata": {"name": "deployed-pool"},
+                "spec": {"replicas": 1, "template": {"spec": worker_manifest("x", network)["spec"]}}}
+        kube.apply(pool)
+        waited = kube.run("wait", "--for=condition=Ready", "cmlworkerpool/deployed-pool", "--timeout=45s",
+                          check=False)
+        assert "condition met" in waited.stdout, f"{waited.stderr}\n{operator.logs()[-4000:]}"
+        kube.run("delete", "cmlworkerpool", "deployed-pool", "--wait=true", "--timeout=45s")
+        wait_for(lambda: not kube.run("get", "cmlworkers", "-l", "cml.dev/pool=deployed-pool", "-o", "name"
+                                      ).stdout.strip(), 45, what="the pool's worker deleted")
     finally:
+        kube.run("delete", "cmlworkerpool", "--all", "--wait=true", "--timeout=30s", check=False)
         kube.run("delete", "cmlworker", "--all", "--wait=true", "--timeout=30s", check=False)
         operator.stop()
 
@@ -203,6 +215,13 @@ ALLOWED = [
     ("watch", "cmlworkers.cml.dev", "--all-namespaces"),
     ("patch", "cmlworkers.cml.dev", "-n", "default"),
     ("patch", "cmlworkers.cml.dev", "--subresource=status", "-n", "default"),
+    ("create", "cmlworkers.cml.dev", "-n", "default"),  # pools make their children
+    ("delete", "cmlworkers.cml.dev", "-n", "default"),  # and remove them
+    ("list", "cmlworkerpools.cml.dev", "--all-namespaces"),
+    ("watch", "cmlworkerpools.cml.dev", "--all-namespaces"),
+    ("patch", "cmlworkerpools.cml.dev", "-n", "default"),
+    ("patch", "cmlworkerpools.cml.dev", "--subresource=status", "-n", "default"),
+    ("update", "cmlworkerpools.cml.dev", "--subresource=finalizers", "-n", "default"),
     ("create", "events", "-n", "default"),
     ("list", "customresourcedefinitions.apiextensions.k8s.io"),
     ("watch", "customresourcedefinitions.apiextensions.k8s.io"),
@@ -212,9 +231,14 @@ FORBIDDEN = [
     ("get", "secrets", "-n", SYSTEM_NAMESPACE),
     ("list", "pods", "--all-namespaces"),
     ("create", "configmaps", "-n", "default"),
-    ("create", "cmlworkers.cml.dev", "-n", "default"),
     ("update", "cmlworkers.cml.dev", "-n", "default"),
-    ("delete", "cmlworkers.cml.dev", "-n", "default"),
+    ("deletecollection", "cmlworkers.cml.dev", "-n", "default"),
+    ("get", "cmlworkerpools.cml.dev", "-n", "default"),
+    ("create", "cmlworkerpools.cml.dev", "-n", "default"),
+    ("update", "cmlworkerpools.cml.dev", "-n", "default"),
+    ("delete", "cmlworkerpools.cml.dev", "-n", "default"),
+    ("update", "cmlworkerpools.cml.dev", "--subresource=status", "-n", "default"),
+    ("patch", "cmlworkerpools.cml.dev", "--subresource=scale", "-n", "default"),
     ("get", "cmlworkers.cml.dev", "-n", "default"),  # Kopf only lists and watches
     ("update", "cmlworkers.cml.dev", "--subresource=status", "-n", "default"),
     ("patch", "events", "-n", "default"),

@@ -2,6 +2,7 @@
 
 - ``lifecycle``: operator-wide start-up (Kopf settings, the shared runtime), login, clean-up.
 - ``worker``: CMLWorker reconcile, timer and deletion.
+- ``pool``: CMLWorkerPool passes (children created, rolled and deleted) and their deletion.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ import kopf
 
 from ..metrics import Metrics
 from ..settings import OperatorSettings
-from . import lifecycle, worker
+from . import lifecycle, pool, worker
 
 
 def register(registry: kopf.OperatorRegistry, config: OperatorSettings, metrics: Metrics | None = None) -> None:
     """Register every handler on ``registry`` with the intervals from ``config``."""
     lifecycle.register(registry, config, metrics)
     worker.register(registry, config)
+    pool.register(registry, config)

@@ -7,7 +7,8 @@ from typing import Any
 
 import kopf
 
-from ..kube import login_with_bounded_pool
+from ..kube import connection_info, login_with_bounded_pool
+from ..kubeapi import KubeApi
 from ..metrics import Metrics
 from ..runtime import Runtime, build_runtime
 from ..settings import OperatorSettings
@@ -18,16 +19,19 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings, metrics:
     """Register start-up, login and clean-up on ``registry``."""
 
     @kopf.on.startup(id="configure", registry=registry)
-    async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, **_: Any) -> None:
         settings.persistence.finalizer = FINALIZER
         # Kopf's bookkeeping lives in status, so it rides on the status patches we make anyway.
         settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
-        # userData is immutable and may hold secrets: keep it out of the stored diff base (in status).
+        # userData is immutable and may hold secrets: keep it out of the stored diff base (in status),
+        # and a pool template's userData likewise.
         settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(
-            field="status.kopf.lastHandledConfiguration", ignored_fields=["spec.userData"])
+            field="status.kopf.lastHandledConfiguration",
+            ignored_fields=["spec.userData", "spec.template.spec.userData"])
         settings.posting.level = logging.INFO
         settings.watching.server_timeout = 300  # re-list now and then even if the API server stays quiet
         memo.runtime = build_runtime(config, metrics)
+        memo.runtime.kube = KubeApi(lambda: connection_info(settings=settings, logger=logger))
 
     @kopf.on.login(id="login", registry=registry)
     async def login(**kwargs: Any) -> kopf.AiohttpSession | None:

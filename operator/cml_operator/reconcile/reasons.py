@@ -38,6 +38,12 @@ CML_AUTHENTICATION_FAILED = "CMLAuthenticationFailed"  # 401/403 or the credenti
 CML_CERTIFICATE_CHANGED = "CMLCertificateChanged"  # not the pinned certificate (or not trusted by the CA)
 LICENSE_INVALID = "LicenseInvalid"  # the controller refused the licence token
 
+# CMLWorkerPool (Ready / Reconciling; a stalled pool carries its children's reason)
+POOL_REPLICAS_READY = "ReplicasReady"  # Ready=True: every wanted child exists and is Ready
+POOL_SCALING = "Scaling"  # creating or removing children
+POOL_REPLICAS_NOT_READY = "ReplicasNotReady"  # the children exist; some are not Ready yet
+POOL_CREATE_FAILED = "WorkerCreationFailed"  # the API server refused a child (Stalled when it is the template)
+
 # The False side of Reconciling and Stalled
 NOT_RECONCILING = "NotReconciling"
 NOT_STALLED = "NotStalled"
@@ -56,6 +62,10 @@ EVENT_LOST = "InstanceLost"  # Warning: terminated or gone outside the operator
 EVENT_TERMINATING = "Terminating"
 EVENT_RETAINED = "Retained"
 EVENT_RELEASED = "Released"
+# Events on a CMLWorkerPool
+EVENT_POOL_SCALED_UP = "WorkersCreated"
+EVENT_POOL_SCALED_DOWN = "WorkersDeleted"
+EVENT_POOL_ROLLED = "TemplateApplied"
 EVENT_IDLE_STOPPED = "IdleStopped"
 EVENT_WOKEN = "Woken"
 EVENT_CERTIFICATE_PINNED = "CertificatePinned"

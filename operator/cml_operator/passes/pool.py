@@ -1,0 +1,131 @@
+"""One CMLWorkerPool pass: list the children afresh, decide (``reconcile.pool``), create/patch/delete. No Kopf.
+
+The children are read with a LIST from the API server, never from a cache, so a
+pass can never count a child twice or miss one it created a moment ago; the
+handler runs at most one pass per pool at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..kubeapi import CMLWORKERS, KubeApi, KubeApiError
+from ..reconcile import reasons
+from ..reconcile.conditions import Health, build_conditions
+from ..reconcile.pool import (
+    DEFAULT_SCALE_DOWN_ORDER,
+    POOL_LABEL,
+    Child,
+    PoolPlan,
+    Template,
+    child_manifest,
+    owned_by,
+    plan_pool,
+)
+from ..reconcile.worker import Note
+
+logger = logging.getLogger(__name__)
+#: Names listed in one event at most; the rest are counted.
+_NAMES_IN_EVENT = 10
+
+
+@dataclass(frozen=True)
+class PoolResult:
+    status: dict[str, Any]  # replicas, readyReplicas, ..., conditions, observedGeneration
+    health: Health
+    notes: tuple[Note, ...] = ()
+    error: KubeApiError | None = None  # set when the API server refused something
+
+
+async def pool_pass(kube: KubeApi, pool: Mapping[str, Any]) -> PoolResult:
+    """Bring the pool's children one pass closer to its spec."""
+    meta = pool["metadata"]
+    name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
+    generation = int(meta.get("generation") or 1)
+    spec = pool.get("spec") or {}
+    template = Template.from_pool_spec(spec)
+    order = tuple((spec.get("scaleDown") or {}).get("order") or DEFAULT_SCALE_DOWN_ORDER)
+    bodies = await kube.list(CMLWORKERS, namespace, label_selector=f"{POOL_LABEL}={name}")
+    children = [Child.from_body(body) for body in bodies if owned_by(body, uid)]
+    plan = plan_pool(name, int(spec.get("replicas", 1)), template, children, order)
+
+    notes: list[Note] = []
+    error: KubeApiError | None = None
+    try:
+        await _roll(kube, namespace, plan, notes)
+        await _remove(kube, namespace, plan, notes)
+        await _create(kube, pool, template, plan, notes)
+    except KubeApiError as failure:
+        error = failure
+    health = plan.status.health
+    if error is not None:
+        health = _failed(error)
+        notes.append(Note("Warning", health.reason, health.message))
+    status: dict[str, Any] = {**plan.status.as_dict(), "observedGeneration": generation}
+    status["conditions"] = build_conditions((pool.get("status") or {}).get("conditions"), health, generation)
+    return PoolResult(status, health, tuple(notes), error)
+
+
+async def _roll(kube: KubeApi, namespace: str, plan: PoolPlan, notes: list[Note]) -> None:
+    rolled = []
+    for child, patch in plan.patches:
+        try:
+            await kube.patch(CMLWORKERS, namespace, child.name, patch)
+        except KubeApiError as error:
+            if error.status != 404:  # deleted meanwhile: the next pass sees it gone
+                raise
+        rolled.append(child.name)
+    if rolled:
+        notes.append(Note("Normal", reasons.EVENT_POOL_ROLLED, f"Applied the template to {_names(rolled)}"))
+
+
+async def _remove(kube: KubeApi, namespace: str, plan: PoolPlan, notes: list[Note]) -> None:
+    removed = []
+    for child in plan.delete:
+        if await kube.delete(CMLWORKERS, namespace, child.name, uid=child.uid):
+            removed.append(child.name)
+    if removed:
+        notes.append(Note("Normal", reasons.EVENT_POOL_SCALED_DOWN, f"Deleted {_names(removed)}"))
+
+
+async def _create(kube: KubeApi, pool: Mapping[str, Any], template: Template, plan: PoolPlan,
+                  notes: list[Note]) -> None:
+    created = []
+    try:
+        for _ in range(plan.create):
+            body = await kube.create(CMLWORKERS, pool["metadata"]["namespace"], child_manifest(pool, template))
+            created.append(body["metadata"]["name"])
+    finally:  # report what was made even when a later create failed
+        if created:
+            notes.append(Note("Normal", reasons.EVENT_POOL_SCALED_UP, f"Created {_names(created)}"))
+
+
+def _failed(error: KubeApiError) -> Health:
+    message = f"The API server refused a change to the pool's workers: {error}"
+    if error.permanent:
+        return Health.stalled(reasons.POOL_CREATE_FAILED, message)
+    return Health.reconciling(reasons.POOL_CREATE_FAILED, message)
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(names[:_NAMES_IN_EVENT])
+    more = len(names) - _NAMES_IN_EVENT
+    return f"{len(names)} worker(s): {shown}" + (f" and {more} more" if more > 0 else "")
+
+
+async def delete_children(kube: KubeApi, pool: Mapping[str, Any]) -> list[str]:
+    """Delete every child of a pool being deleted (unless the pool is deleted with --cascade=orphan)."""
+    meta = pool["metadata"]
+    if "orphan" in (meta.get("finalizers") or ()):
+        return []  # the user asked to keep the children; the garbage collector un-owns them
+    bodies = await kube.list(CMLWORKERS, meta["namespace"], label_selector=f"{POOL_LABEL}={meta['name']}")
+    deleted = []
+    for body in bodies:
+        child = body["metadata"]
+        if owned_by(body, meta["uid"]) and not child.get("deletionTimestamp"):
+            if await kube.delete(CMLWORKERS, meta["namespace"], child["name"], uid=child["uid"]):
+                deleted.append(child["name"])
+    return deleted
