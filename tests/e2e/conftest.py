@@ -16,7 +16,7 @@ import yaml
 
 from tests.cluster.controlplane import ControlPlane
 from tests.support.motoserver import MotoServer
-from tests.support.processes import FAKE_AWS_ENV, FaultProxyProcess, OperatorProcess, wait_for
+from tests.support.processes import FAKE_AWS_ENV, FaultProxyProcess, OperatorProcess, guarded_by, wait_for
 
 REGION = "us-east-1"
 
@@ -66,6 +66,13 @@ class Kube:
     def __init__(self, plane: ControlPlane, namespace: str) -> None:
         self.plane = plane
         self.namespace = namespace
+        #: Operators the test started (operator_factory adds them): waits end at once if one dies.
+        self.operators: list[OperatorProcess] = []
+
+    def check_operators(self) -> None:
+        """Raise ProcessExited if an operator of this test exited without the test ending it."""
+        for process in self.operators:
+            process.check_alive()
 
     def run(self, *args: str, input: str | None = None, check: bool = True):
         return self.plane.kubectl(*args, "-n", self.namespace, input=input, check=check)
@@ -120,7 +127,7 @@ def kube(control_plane: ControlPlane, namespace: str) -> Kube:
 
 
 @pytest.fixture
-def operator_factory(control_plane: ControlPlane, proxy: FaultProxyProcess, namespace: str,
+def operator_factory(control_plane: ControlPlane, proxy: FaultProxyProcess, namespace: str, kube: Kube,
                      request: pytest.FixtureRequest, tmp_path) -> Iterator[Any]:
     """Start operators watching the test's namespace; all are stopped (and dumped on failure) afterwards."""
     started: list[OperatorProcess] = []
@@ -131,10 +138,11 @@ def operator_factory(control_plane: ControlPlane, proxy: FaultProxyProcess, name
         process = OperatorProcess(control_plane.kubeconfig_path, proxy.url, namespaces=[namespace], args=args,
                                   env=env or {}, log_path=tmp_path / f"operator-{len(started)}.log")
         started.append(process)
+        kube.operators.append(process)
         return process.start(wait=wait)
 
-    yield start
-    kube = Kube(control_plane, namespace)
+    with guarded_by(kube.check_operators):  # every wait_for of the test stops at an operator crash
+        yield start
     alive = [p for p in started if p.running]
     if alive:
         # Let the operator release its finalizers so nothing is left behind in moto or the API server.

@@ -122,7 +122,7 @@ def test_temporary_errors_before_creation_retry_and_recover_by_themselves(kube, 
     kube.apply(worker_manifest("temp", network))
 
     reconciling = kube.wait_condition("temp", "Reconciling", reason=reason)
-    assert reconciling["message"]
+    assert f"[{rule.code}]" in reconciling["message"] and rule.action in reconciling["message"], reconciling
     assert kube.condition("temp", "Stalled")["status"] == "False"
     assert reason in warning_reasons(kube, "temp")
     faults = f"fault:{rule.code}"

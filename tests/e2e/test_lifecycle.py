@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pytest
 
 from tests.support.processes import wait_for
@@ -27,7 +29,8 @@ def test_apply_then_wait_ready_fills_the_status_and_posts_events(kube, network, 
     assert status["phase"] == "Running" and status["instanceState"] == "running"
     assert status["amiId"] == network["ami"] and status["instanceType"] == "m5.large"
     assert status["privateIp"] == instance["PrivateIpAddress"]
-    assert status["availabilityZone"] and status["launchTime"]
+    assert status["availabilityZone"] == instance["Placement"]["AvailabilityZone"]
+    assert datetime.fromisoformat(status["launchTime"].replace("Z", "+00:00")) == instance["LaunchTime"]
     assert status["statusChecks"]["system"] == "ok" and status["statusChecks"]["instance"] == "ok"
     assert status["observedGeneration"] == worker["metadata"]["generation"]
     conditions = {c["type"]: c for c in status["conditions"]}

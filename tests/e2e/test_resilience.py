@@ -199,7 +199,7 @@ def test_fault_soak_converges_without_duplicates_within_3x_calls(kube, network, 
 
     faults = sum(n for outcomes in calls.values() for outcome, n in outcomes.items() if outcome.startswith("fault:"))
     print(f"fault-free: {clean_calls} EC2 calls; 30% faults: {soak_calls} calls ({faults} faulted); "
-          f"ratio {soak_calls / clean_calls:.2f}")
+          f"ratio {soak_calls / clean_calls:.2f}; fault proxy seed {proxy.seed}")
     assert faults > 0
     for name in clean_names + soak_names:
         assert len(instances_of(aws, kube.get(name)["metadata"]["uid"])) == 1, name

@@ -94,7 +94,10 @@ class FaultState:
         self.rules: list[FaultRule] = []
         self.kills: list[KillRule] = []
         self.calls: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        self._random = random.Random(seed)
+        #: Seeds every random choice (which call a probabilistic rule fails, which code it sends), so a
+        #: failing run can be replayed; the order calls arrive in is still up to the threads.
+        self.seed = random.randrange(2**32) if seed is None else seed
+        self._random = random.Random(self.seed)
 
     def set_rules(self, rules: list[FaultRule]) -> None:
         with self._lock:
@@ -130,6 +133,7 @@ class FaultState:
     def snapshot(self) -> dict:
         with self._lock:
             return {
+                "seed": self.seed,
                 "calls": {action: dict(outcomes) for action, outcomes in self.calls.items()},
                 "rules": [asdict(rule) for rule in self.rules],
                 "kills": [asdict(kill) for kill in self.kills],
@@ -276,12 +280,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--upstream", required=True)
     parser.add_argument("--port-file", type=Path, help="write the bound port here once listening")
-    parser.add_argument("--seed", type=int)
+    parser.add_argument("--seed", type=int, help="seed of the random fault choices (default: random, printed)")
     args = parser.parse_args(argv)
     server = FaultProxyServer(args.port, args.upstream, args.seed)
     if args.port_file:
         args.port_file.write_text(str(server.server_address[1]))
-    print(f"faultproxy listening on {server.url} -> {args.upstream}", file=sys.stderr, flush=True)
+    print(f"faultproxy listening on {server.url} -> {args.upstream}, seed {server.state.seed}", file=sys.stderr,
+          flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -1,4 +1,4 @@
-"""moto_server as a real subprocess on a free loopback port: a stand-in EC2 endpoint.
+"""moto_server as a real subprocess on a loopback port it binds itself: a stand-in EC2 endpoint.
 
 The operator under test talks to it over HTTP exactly as it would to AWS
 (AWS_ENDPOINT_URL=server.url), so there is no in-process mocking involved.
@@ -9,10 +9,16 @@ The operator under test talks to it over HTTP exactly as it would to AWS
 
 The process runs in its own process group and is killed by stop(), at
 interpreter exit, and by the kernel if the Python process dies first.
+
+The subprocess is this module run as a program (``python -m tests.support.motoserver``):
+moto's own server application (the one the ``moto_server`` command serves) on port 0,
+writing the port the kernel gave it to ``--port-file``. No port is picked here and
+released for the child to take, so no other process can take it in between.
 """
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import http.client
 import os
@@ -25,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from tests.cluster.controlplane import LOOPBACK, ManagedProcess, free_ports, remove_stale_dirs
+from tests.cluster.controlplane import LOOPBACK, ManagedProcess, remove_stale_dirs
 
 TMP_PREFIX = "cml-moto-"
 
@@ -34,12 +40,9 @@ class MotoServerError(RuntimeError):
     """moto_server did not start or did not answer."""
 
 
-def moto_server_argv() -> list[str]:
-    """The venv's moto_server console script, or `python -m moto.server`."""
-    script = Path(sys.executable).parent / "moto_server"
-    if os.access(script, os.X_OK):
-        return [str(script)]
-    return [sys.executable, "-m", "moto.server"]
+def moto_server_argv(port_file: Path) -> list[str]:
+    """This module as a program: moto's server on port 0, its port written to ``port_file``."""
+    return [sys.executable, "-m", "tests.support.motoserver", "--host", LOOPBACK, "--port-file", str(port_file)]
 
 
 @dataclass(eq=False)  # identity semantics: it owns processes
@@ -48,7 +51,6 @@ class MotoServer:
 
     start_timeout: float = 30.0
     stop_timeout: float = 10.0
-    port_attempts: int = 3
 
     port: int = field(default=0, init=False)
     dir: Path | None = field(default=None, init=False)
@@ -74,30 +76,35 @@ class MotoServer:
             self.dir = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-"))
             atexit.register(self.stop)
             try:
-                self._launch_with_fresh_port()
+                self._launch()
             except BaseException:
                 self.stop()
                 raise
             return self
 
-    def _launch_with_fresh_port(self) -> None:
+    def _launch(self) -> None:
         assert self.dir is not None
-        for attempt in range(1, self.port_attempts + 1):
-            (self.port,) = free_ports(1)
-            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-            self.process = ManagedProcess(
-                "moto_server", [*moto_server_argv(), "-H", LOOPBACK, "-p", str(self.port)], self.dir / "moto.log", env
-            )
-            began = time.monotonic()
-            self.process.start()
-            try:
-                self._wait_answering()
-                self.startup_seconds = time.monotonic() - began
-                return
-            except MotoServerError as exc:
-                self.process.stop(self.stop_timeout)
-                if attempt == self.port_attempts or "already in use" not in str(exc):
-                    raise
+        port_file = self.dir / "port"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.process = ManagedProcess("moto_server", moto_server_argv(port_file), self.dir / "moto.log", env)
+        began = time.monotonic()
+        self.process.start()
+        self.port = self._wait_port(port_file)
+        self._wait_answering()
+        self.startup_seconds = time.monotonic() - began
+
+    def _wait_port(self, port_file: Path) -> int:
+        assert self.process is not None
+        deadline = time.monotonic() + self.start_timeout
+        while not (port_file.exists() and port_file.read_text().strip()):
+            if not self.process.running():
+                raise MotoServerError(f"moto_server exited during start-up; log tail:\n{self.process.log_tail()}")
+            if time.monotonic() >= deadline:
+                raise MotoServerError(
+                    f"moto_server did not report its port within {self.start_timeout:.0f}s; log tail:\n"
+                    f"{self.process.log_tail()}")
+            time.sleep(0.05)
+        return int(port_file.read_text())
 
     def _wait_answering(self) -> None:
         assert self.process is not None
@@ -156,3 +163,31 @@ class MotoServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve moto's application (what ``moto_server`` serves) on ``--port`` (0: the kernel picks)."""
+    from moto.server import ThreadedMotoServer
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--host", default=LOOPBACK)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--port-file", type=Path, help="write the bound port here once listening")
+    args = parser.parse_args(argv)
+    server = ThreadedMotoServer(ip_address=args.host, port=args.port, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    if args.port_file:
+        partial = args.port_file.with_suffix(".partial")
+        partial.write_text(str(port))
+        partial.replace(args.port_file)  # readers never see half a number
+    print(f"moto_server listening on http://{host}:{port}", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -5,13 +5,15 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,23 +31,60 @@ FAKE_AWS_ENV = {
 }
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.2, what: str = "condition") -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail with ``what`` after ``timeout`` seconds."""
+class ProcessExited(RuntimeError):
+    """A process a test relies on has exited. ``wait_for`` never swallows it: no point polling on."""
+
+
+#: Checks every wait_for runs before each poll (see ``guarded_by``); the e2e fixtures add one per test.
+_guards: list[Callable[[], None]] = []
+
+
+@contextmanager
+def guarded_by(check: Callable[[], None]) -> Iterator[None]:
+    """While inside, every ``wait_for`` runs ``check`` before each poll and stops at what it raises.
+
+    The e2e operator fixture guards each test with "no operator of this test exited unasked",
+    so a crash fails the test at once, naming the crash, instead of as a timeout minutes later.
+    """
+    _guards.append(check)
+    try:
+        yield
+    finally:
+        _guards.remove(check)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.2, what: str = "condition",
+             fatal: Callable[[], None] | None = None) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail with ``what`` after ``timeout`` seconds.
+
+    Errors from ``predicate`` are retried (the last one is reported on timeout), except
+    ``ProcessExited``, which ends the wait at once. ``fatal`` (say ``operator.check_alive``)
+    runs before every poll and anything it raises ends the wait at once too, as do the
+    checks of every active ``guarded_by``.
+    """
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
-    while time.monotonic() < deadline:
+    checks = [*_guards, *([fatal] if fatal is not None else [])]
+    while True:
+        for check in checks:
+            check()
         try:
             value = predicate()
             if value:
                 return value
+        except ProcessExited:
+            raise
         except Exception as exc:  # noqa: BLE001 - keep polling, report the last one
             last_error = exc
+        if time.monotonic() >= deadline:
+            break
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}"
                        + (f" (last error: {last_error!r})" if last_error else ""))
 
 
 def free_port() -> int:
+    """A port free right now. Racy by nature: prefer a process that binds port 0 and reports it."""
     import socket
 
     with socket.socket() as sock:
@@ -72,6 +111,8 @@ class FaultProxyProcess:
     """``python -m tests.support.faultproxy`` in front of ``upstream``, driven over HTTP."""
 
     upstream: str
+    #: Seeds the proxy's random choices (probabilistic faults); default: $CML_FAULT_SEED, else random.
+    seed: int | None = None
     process: subprocess.Popen | None = field(default=None, init=False)
     port: int = field(default=0, init=False)
 
@@ -80,11 +121,15 @@ class FaultProxyProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> FaultProxyProcess:
+        if self.seed is None:
+            self.seed = int(os.environ.get("CML_FAULT_SEED") or random.randrange(2**32))
+        # Printed so a run that failed on a random fault can be replayed with CML_FAULT_SEED.
+        print(f"fault proxy seed {self.seed} (replay with CML_FAULT_SEED={self.seed})", flush=True)
         port_file = Path(tempfile.mkstemp(prefix="faultproxy-port-")[1])
         port_file.write_text("")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tests.support.faultproxy", "--upstream", self.upstream, "--port-file",
-             str(port_file)],
+             str(port_file), "--seed", str(self.seed)],
             cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             preexec_fn=parent_death_signal(),
         )
@@ -124,6 +169,10 @@ class FaultProxyProcess:
         self._request("DELETE", "/__stats__")
 
 
+def _port_taken(log: str) -> bool:
+    return "address already in use" in log.lower()
+
+
 @dataclass
 class OperatorProcess:
     """``python -m cml_operator run`` against a kubeconfig and an EC2 endpoint."""
@@ -141,6 +190,9 @@ class OperatorProcess:
     process: subprocess.Popen | None = field(default=None, init=False)
     metrics_port: int = field(default=0, init=False)
     liveness_port: int = field(default=0, init=False)
+    #: Set by kill(), stop() and wait_exit(): the test ended it (or expects it to end), not a crash.
+    exit_expected: bool = field(default=False, init=False)
+    _log_offset: int = field(default=0, init=False, repr=False)
 
     #: Short intervals so tests see convergence in seconds.
     FAST_ARGS = ("--poll-interval", "1", "--fast-interval", "0.5", "--resync-interval", "3",
@@ -153,10 +205,34 @@ class OperatorProcess:
             command += ["--namespace", namespace]
         return command + list(self.args)
 
+    #: How often start() tries fresh ports when the ones picked were taken meanwhile.
+    PORT_ATTEMPTS = 3
+
     def start(self, wait: bool = True) -> OperatorProcess:
+        """Launch it; with ``wait``, until /healthz answers.
+
+        The operator's flags give 0 the meaning "disabled", so it cannot bind port 0 and
+        report back: ports are picked here, and if another process took one in the meantime
+        (the operator exits with "address already in use"), start() tries fresh ones.
+        """
+        for attempt in range(1, self.PORT_ATTEMPTS + 1):
+            self._launch()
+            if not wait:
+                return self
+            try:
+                self.wait_ready()
+                return self
+            except ProcessExited:
+                if attempt == self.PORT_ATTEMPTS or not _port_taken(self.logs()[self._log_offset:]):
+                    raise
+        return self
+
+    def _launch(self) -> None:
         self.metrics_port, self.liveness_port = free_port(), free_port()
+        self.exit_expected = False
         if self.log_path is None:
             self.log_path = Path(tempfile.mkstemp(prefix="cml-operator-", suffix=".log")[1])
+        self._log_offset = len(self.logs())
         env = {key: value for key, value in os.environ.items() if not key.startswith(("AWS_", "CML_"))}
         env.update(FAKE_AWS_ENV)
         env.update({"KUBECONFIG": str(self.kubeconfig), "AWS_ENDPOINT_URL_EC2": self.ec2_endpoint,
@@ -167,18 +243,19 @@ class OperatorProcess:
                                         start_new_session=True, preexec_fn=parent_death_signal())
         log.close()
         atexit.register(self.kill)  # never outlive the test run, even when it is killed
-        if wait:
-            self.wait_ready()
-        return self
+
+    def check_alive(self) -> None:
+        """Raise ``ProcessExited`` (with the log's tail) if it exited without the test asking it to."""
+        if self.process is not None and not self.exit_expected and self.process.poll() is not None:
+            raise ProcessExited(f"the operator exited (code {self.process.returncode}) during the test; "
+                                f"log tail:\n{self.logs()[-3000:]}")
 
     def wait_ready(self, timeout: float = 60) -> None:
-        def alive_and_healthy() -> bool:
-            if self.process is None or self.process.poll() is not None:
-                raise RuntimeError(f"operator exited early:\n{self.logs()[-3000:]}")
+        def healthy() -> bool:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=2) as response:
                 return response.status == 200
 
-        wait_for(alive_and_healthy, timeout, what="the operator's /healthz")
+        wait_for(healthy, timeout, what="the operator's /healthz", fatal=self.check_alive)
 
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
@@ -189,11 +266,13 @@ class OperatorProcess:
 
     def kill(self) -> None:
         """SIGKILL: no cleanup, no finalizer work, like a node dying."""
+        self.exit_expected = True
         if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
 
     def stop(self) -> None:
+        self.exit_expected = True
         if self.process is not None:
             _stop(self.process, timeout=20)
 
@@ -203,7 +282,9 @@ class OperatorProcess:
         return self.process.pid
 
     def wait_exit(self, timeout: float = 30) -> int:
+        """Wait for an exit the test caused some other way (a kill rule at the fault proxy)."""
         assert self.process is not None
+        self.exit_expected = True
         return self.process.wait(timeout)
 
     @property

@@ -1,21 +1,21 @@
 """Batcher: single-key requests collected over a window and answered by one executor call.
 
 The executor is a small recorder (Karpenter's batcher tests count calls the same
-way): it remembers the keys of every call and answers from a table. Windows are
-tens of milliseconds, so every test runs well under a second.
+way): it remembers the keys of every call and answers from a table. Every test runs
+on virtual time (``virtual_time_test``): windows pass without real sleeping, and
+delays are asserted exactly, not within a margin a loaded machine might miss.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Mapping
 
 import pytest
 
 from cml_operator.fleet.batcher import Batcher, BatchSettings
 
-from .asyncrun import async_test
+from .asyncrun import virtual_time_test
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -44,6 +44,10 @@ def make(executor, *, idle=0.02, max_wait=0.2, max_items=500, missing=lambda k: 
                    name="test", on_batch=on_batch)
 
 
+def now() -> float:
+    return asyncio.get_running_loop().time()
+
+
 async def settle(rounds: int = 5) -> None:
     """Let ready tasks run without letting any timer window pass."""
     for _ in range(rounds):
@@ -53,7 +57,7 @@ async def settle(rounds: int = 5) -> None:
 # ---------------------------------------------------------------- windows
 
 
-@async_test
+@virtual_time_test
 async def test_requests_within_the_window_share_one_call():
     executor = RecordingExecutor()
     batcher = make(executor)
@@ -64,20 +68,20 @@ async def test_requests_within_the_window_share_one_call():
     assert results == [f"value-k{i}" for i in range(10)]
 
 
-@async_test
+@virtual_time_test
 async def test_a_lone_request_is_sent_once_the_window_is_idle():
     executor = RecordingExecutor()
     batcher = make(executor, idle=0.03, max_wait=0.5)
 
-    started = time.monotonic()
+    started = now()
     assert await batcher.get("a") == "value-a"
-    elapsed = time.monotonic() - started
+    elapsed = now() - started
 
     assert executor.calls == [["a"]]
-    assert 0.025 <= elapsed < 0.3  # after the idle window, long before max_wait
+    assert elapsed == pytest.approx(0.03)  # after the idle window, long before max_wait
 
 
-@async_test
+@virtual_time_test
 async def test_requests_after_a_batch_was_sent_go_to_the_next_batch():
     executor = RecordingExecutor()
     batcher = make(executor)
@@ -88,7 +92,7 @@ async def test_requests_after_a_batch_was_sent_go_to_the_next_batch():
     assert executor.calls == [["a"], ["b"]]
 
 
-@async_test
+@virtual_time_test
 async def test_max_items_flushes_immediately_and_the_rest_go_to_the_next_batch():
     executor = RecordingExecutor()
     batcher = make(executor, idle=0.05, max_wait=0.5, max_items=3)
@@ -104,7 +108,7 @@ async def test_max_items_flushes_immediately_and_the_rest_go_to_the_next_batch()
     assert executor.calls == [[0, 1, 2], [3, 4, 5], [6]]
 
 
-@async_test
+@virtual_time_test
 async def test_max_items_flush_needs_no_timer_at_all():
     executor = RecordingExecutor()
     batcher = make(executor, idle=30, max_wait=30, max_items=4)  # a timer-sent batch would hang the test
@@ -115,38 +119,36 @@ async def test_max_items_flush_needs_no_timer_at_all():
     assert executor.calls == [[0, 1, 2, 3], [4, 5, 6, 7]]
 
 
-@async_test
+@virtual_time_test
 async def test_max_wait_bounds_the_delay_under_a_steady_trickle():
-    # A key every 20 ms never lets a 50 ms idle window close; only max_wait sends batches.
+    # A key every 30 ms never lets a 50 ms idle window close; only max_wait sends batches.
     executor = RecordingExecutor()
     batcher = make(executor, idle=0.05, max_wait=0.1)
     latencies: list[float] = []
 
     async def timed_get(key: int) -> str:
-        started = time.monotonic()
+        started = now()
         value = await batcher.get(key)
-        latencies.append(time.monotonic() - started)
+        latencies.append(now() - started)
         return value
 
     waiters = []
-    trickle_started = time.monotonic()
-    for i in range(25):  # ~0.5 s of trickle
+    for i in range(25):  # 0.75 s of trickle
         waiters.append(asyncio.create_task(timed_get(i)))
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.03)
     results = await asyncio.gather(*waiters)
-    trickle = time.monotonic() - trickle_started
 
     assert results == [f"value-{i}" for i in range(25)]
-    assert len(executor.calls) >= 2, "without max_wait the whole trickle would be one late batch"
-    assert [k for call in executor.calls for k in call] == list(range(25))
-    # Without the bound, the first key would wait for the whole trickle (>= 0.5 s).
-    assert max(latencies) < 0.3 < trickle
+    # max_wait sends the 4 keys that arrived in its 0.1 s; the last key goes once the trickle stops
+    # (idle). Without the bound it would all be one batch, sent at the end.
+    assert executor.calls == [[*range(start, start + 4)] for start in range(0, 24, 4)] + [[24]]
+    assert max(latencies) == pytest.approx(0.1)  # the first key of each batch waited max_wait, no more
 
 
 # ---------------------------------------------------------------- answers and failures
 
 
-@async_test
+@virtual_time_test
 async def test_a_per_key_exception_reaches_only_that_waiter():
     boom = KeyError("b is broken")
     executor = RecordingExecutor(lambda keys: {"a": 1, "b": boom, "c": 3})
@@ -158,7 +160,7 @@ async def test_a_per_key_exception_reaches_only_that_waiter():
     assert executor.calls == [["a", "b", "c"]]
 
 
-@async_test
+@virtual_time_test
 async def test_an_executor_exception_reaches_every_waiter_of_the_batch():
     class Outage(RuntimeError):
         pass
@@ -176,7 +178,7 @@ async def test_an_executor_exception_reaches_every_waiter_of_the_batch():
     assert executor.calls == [["a", "b", "c"]]
 
 
-@async_test
+@virtual_time_test
 async def test_a_failed_batch_does_not_break_the_next_one():
     answers = iter([RuntimeError("first batch fails"), None])
 
@@ -193,7 +195,7 @@ async def test_a_failed_batch_does_not_break_the_next_one():
     assert await batcher.get("b") == "B"
 
 
-@async_test
+@virtual_time_test
 async def test_missing_keys_get_the_missing_answer():
     executor = RecordingExecutor(lambda keys: {"a": "found"})
     batcher = make(executor, missing=lambda key: f"nothing for {key}")
@@ -201,7 +203,7 @@ async def test_missing_keys_get_the_missing_answer():
     assert await asyncio.gather(batcher.get("a"), batcher.get("b")) == ["found", "nothing for b"]
 
 
-@async_test
+@virtual_time_test
 async def test_a_missing_answer_that_is_an_exception_is_raised_to_that_waiter():
     executor = RecordingExecutor(lambda keys: {"a": "found"})
     batcher = make(executor, missing=lambda key: LookupError(key))
@@ -212,7 +214,7 @@ async def test_a_missing_answer_that_is_an_exception_is_raised_to_that_waiter():
     assert isinstance(results[1], LookupError) and results[1].args == ("gone",)
 
 
-@async_test
+@virtual_time_test
 async def test_duplicate_keys_share_one_slot_and_every_waiter_is_answered():
     executor = RecordingExecutor()
     batcher = make(executor)
@@ -223,7 +225,7 @@ async def test_duplicate_keys_share_one_slot_and_every_waiter_is_answered():
     assert results == ["value-a", "value-b", "value-a", "value-a"]
 
 
-@async_test
+@virtual_time_test
 async def test_duplicate_keys_do_not_count_towards_max_items():
     executor = RecordingExecutor()
     batcher = make(executor, idle=0.05, max_items=2)
@@ -236,7 +238,7 @@ async def test_duplicate_keys_do_not_count_towards_max_items():
     assert executor.calls == [["a"]]
 
 
-@async_test
+@virtual_time_test
 async def test_keys_reach_the_executor_in_arrival_order():
     executor = RecordingExecutor()
     batcher = make(executor)
@@ -250,7 +252,7 @@ async def test_keys_reach_the_executor_in_arrival_order():
 # ---------------------------------------------------------------- cancellation and close
 
 
-@async_test
+@virtual_time_test
 async def test_a_cancelled_waiter_does_not_stop_the_others_while_the_batch_is_in_flight():
     executor = RecordingExecutor()
     executor.gate = asyncio.Event()
@@ -271,7 +273,7 @@ async def test_a_cancelled_waiter_does_not_stop_the_others_while_the_batch_is_in
     assert executor.calls == [["a", "b"]]
 
 
-@async_test
+@virtual_time_test
 async def test_a_waiter_cancelled_during_the_window_does_not_stop_the_batch():
     executor = RecordingExecutor()
     batcher = make(executor, idle=0.03)
@@ -287,7 +289,7 @@ async def test_a_waiter_cancelled_during_the_window_does_not_stop_the_batch():
     assert executor.calls == [["a", "b"]]  # the abandoned key is still asked; its answer is dropped
 
 
-@async_test
+@virtual_time_test
 async def test_close_cancels_pending_requests_and_awaits_in_flight_batches():
     executor = RecordingExecutor()
     executor.gate = asyncio.Event()
@@ -310,7 +312,7 @@ async def test_close_cancels_pending_requests_and_awaits_in_flight_batches():
     assert executor.calls == [["a", "b"]]
 
 
-@async_test
+@virtual_time_test
 async def test_close_with_nothing_pending_returns_at_once():
     batcher = make(RecordingExecutor())
     await asyncio.wait_for(batcher.close(), timeout=0.1)
@@ -319,7 +321,7 @@ async def test_close_with_nothing_pending_returns_at_once():
 # ---------------------------------------------------------------- hook
 
 
-@async_test
+@virtual_time_test
 async def test_the_batch_size_hook_hears_every_batch():
     sizes: list[int] = []
     batcher = make(RecordingExecutor(), max_items=3, on_batch=sizes.append)
@@ -330,7 +332,7 @@ async def test_the_batch_size_hook_hears_every_batch():
     assert sizes == [3, 3, 1, 1]
 
 
-@async_test
+@virtual_time_test
 async def test_a_failing_batch_size_hook_does_not_leave_waiters_hanging():
     def broken_hook(size: int) -> None:
         raise ValueError("metrics backend rejected the sample")

@@ -32,7 +32,14 @@ def test_exactly_the_matching_condition_is_true(health):
     assert truth == expected
     for item in conditions.values():
         assert set(item) == {"type", "status", "reason", "message", "lastTransitionTime", "observedGeneration"}
-        assert item["observedGeneration"] == 3 and item["reason"]
+        assert item["observedGeneration"] == 3
+    # Ready and the true one of the pair carry the health's reason; a false one of the pair says "Not...".
+    reasons_now = {kind: c["reason"] for kind, c in conditions.items()}
+    assert reasons_now == {
+        "Ready": health.reason,
+        "Reconciling": health.reason if health.state is HealthState.RECONCILING else "NotReconciling",
+        "Stalled": health.reason if health.state is HealthState.STALLED else "NotStalled",
+    }
 
 
 def test_ready_carries_the_blocking_reason_when_false():

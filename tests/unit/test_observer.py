@@ -6,9 +6,10 @@ DescribeInstances, 100 per DescribeInstanceStatus, 200 tag values per filter)
 is ``EC2Client``'s job, tested in test_ec2_client.py. What is asserted here is
 how many calls the observer makes and with which ids.
 
-Where the background loop is involved, the observer's clock is a hand-driven
-fake (it decides "hot" and "time for a resync") while the loop ticks on real,
-tiny sleeps; every test stays well under a second.
+Every test runs on virtual time (``virtual_time_test``): the loop's sleeps pass
+without real waiting. Where the background loop is involved, the observer's clock
+is either a hand-driven fake (it decides "hot" and "time for a resync") or the
+event loop's own virtual clock, so the schedule of passes is asserted exactly.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from cml_operator.fleet.batcher import BatchSettings
 from cml_operator.fleet.observer import Observers, ObserverSettings, RegionObserver
 from cml_operator.reconcile.worker import MANAGED_BY, TAG_MANAGED_BY, TAG_UID, Observation
 
-from .asyncrun import async_test
+from .asyncrun import virtual_time_test
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -75,6 +76,11 @@ class FakeEC2:
         self.calls: list[tuple[str, str, tuple]] = []  # (method, region, args)
         self.gate: asyncio.Event | None = None
         self.failures: list[BaseException] = []  # raised by the next describe_instances calls, in order
+        self.timeline: list[tuple[float, str, list]] = []  # (loop time, method, ids or tag values)
+
+    def _record(self, method: str, region: str, args: tuple) -> None:
+        self.calls.append((method, region, args))
+        self.timeline.append((round(asyncio.get_running_loop().time(), 6), method, list(args[-1])))
 
     def ids(self, method: str) -> list[list[str]]:
         """The id (or tag value) lists passed to ``method``, one per call."""
@@ -85,7 +91,7 @@ class FakeEC2:
             await self.gate.wait()
 
     async def describe_instances(self, region, ids):
-        self.calls.append(("describe_instances", region, (list(ids),)))
+        self._record("describe_instances", region, (list(ids),))
         snapshot = dict(self.instances)
         if self.failures:
             raise self.failures.pop(0)
@@ -93,14 +99,14 @@ class FakeEC2:
         return {i: snapshot[i] for i in ids if i in snapshot}
 
     async def status_checks(self, region, ids):
-        self.calls.append(("status_checks", region, (list(ids),)))
+        self._record("status_checks", region, (list(ids),))
         snapshot = dict(self.instances)
         await self._answer()
         return {i: InstanceStatusChecks(i, system="ok", instance="ok") for i in ids
                 if i in snapshot and snapshot[i].instance_state == "running"}
 
     async def find_by_tag_values(self, region, key, values):
-        self.calls.append(("find_by_tag_values", region, (key, list(values))))
+        self._record("find_by_tag_values", region, (key, list(values)))
         snapshot = dict(self.instances)
         await self._answer()
         found: dict[str, list[CMLWorkerInstanceDto]] = {}
@@ -118,7 +124,7 @@ def observer(ec2: FakeEC2, clock: FakeClock | None = None, **settings) -> Region
 # ---------------------------------------------------------------- observe()
 
 
-@async_test
+@virtual_time_test
 async def test_a_cached_observation_within_max_age_makes_no_call():
     ec2 = FakeEC2(instance("i-1"))
     clock = FakeClock()
@@ -133,7 +139,7 @@ async def test_a_cached_observation_within_max_age_makes_no_call():
     assert ec2.ids("status_checks") == [["i-1"]]
 
 
-@async_test
+@virtual_time_test
 async def test_an_observation_older_than_max_age_is_read_again():
     ec2 = FakeEC2(instance("i-1"))
     clock = FakeClock()
@@ -148,7 +154,7 @@ async def test_an_observation_older_than_max_age_is_read_again():
     assert ec2.ids("describe_instances") == [["i-1"], ["i-1"]]
 
 
-@async_test
+@virtual_time_test
 async def test_max_age_zero_always_reads():
     ec2 = FakeEC2(instance("i-1", "stopped"))
     obs = observer(ec2)
@@ -160,7 +166,7 @@ async def test_max_age_zero_always_reads():
     assert ec2.ids("status_checks") == []  # stopped: no status checks
 
 
-@async_test
+@virtual_time_test
 async def test_concurrent_observations_in_the_same_tick_share_one_describe_call():
     ids = [f"i-{n:04d}" for n in range(300)]
     running = ids[::2]
@@ -180,7 +186,7 @@ async def test_concurrent_observations_in_the_same_tick_share_one_describe_call(
             assert observation.checks is None
 
 
-@async_test
+@virtual_time_test
 async def test_describe_batches_never_carry_more_than_500_ids():
     ids = [f"i-{n:04d}" for n in range(1200)]
     ec2 = FakeEC2(*(instance(i) for i in ids))
@@ -195,7 +201,7 @@ async def test_describe_batches_never_carry_more_than_500_ids():
     assert [len(call) for call in ec2.ids("status_checks")] == [500, 500, 200]
 
 
-@async_test
+@virtual_time_test
 async def test_an_unknown_id_is_observed_as_no_instance():
     ec2 = FakeEC2(instance("i-known"))
     obs = observer(ec2)
@@ -209,7 +215,7 @@ async def test_an_unknown_id_is_observed_as_no_instance():
     assert obs.cached("i-gone") == Observation("i-gone", None, None)
 
 
-@async_test
+@virtual_time_test
 async def test_a_failed_read_reaches_the_worker_that_asked():
     ec2 = FakeEC2(instance("i-1"))
     ec2.failures.append(EC2QuotaExceededException("Rate exceeded", code="RequestLimitExceeded"))
@@ -221,7 +227,7 @@ async def test_a_failed_read_reaches_the_worker_that_asked():
     assert (await obs.observe("i-1", max_age=0)).instance is not None
 
 
-@async_test
+@virtual_time_test
 async def test_a_newer_read_is_not_overwritten_by_an_older_pass():
     ec2 = FakeEC2(instance("i-1", "running"))
     clock = FakeClock()
@@ -245,7 +251,7 @@ async def test_a_newer_read_is_not_overwritten_by_an_older_pass():
 # ---------------------------------------------------------------- refresh()
 
 
-@async_test
+@virtual_time_test
 async def test_refresh_describes_every_id_in_one_call_and_checks_only_running_ones():
     ids = [f"i-{n:04d}" for n in range(1000)]
     running = [i for n, i in enumerate(ids) if n % 3 == 0]
@@ -266,7 +272,7 @@ async def test_refresh_describes_every_id_in_one_call_and_checks_only_running_on
     assert all(obs.cached(i) is not None for i in ids)
 
 
-@async_test
+@virtual_time_test
 async def test_refresh_fills_the_cache_observe_reads_from():
     ec2 = FakeEC2(instance("i-1"), instance("i-2", "stopped"))
     obs = observer(ec2)
@@ -279,7 +285,7 @@ async def test_refresh_fills_the_cache_observe_reads_from():
     assert ec2.calls == []
 
 
-@async_test
+@virtual_time_test
 async def test_refresh_makes_no_status_call_when_nothing_runs():
     ec2 = FakeEC2(instance("i-1", "stopped"), instance("i-2", "pending"))
     obs = observer(ec2)
@@ -290,7 +296,7 @@ async def test_refresh_makes_no_status_call_when_nothing_runs():
     assert ec2.ids("status_checks") == []
 
 
-@async_test
+@virtual_time_test
 async def test_refresh_of_nothing_makes_no_call():
     ec2 = FakeEC2()
     await observer(ec2).refresh([])
@@ -300,7 +306,7 @@ async def test_refresh_of_nothing_makes_no_call():
 # ---------------------------------------------------------------- find_by_uid()
 
 
-@async_test
+@virtual_time_test
 async def test_find_by_uid_asks_one_tag_query_for_all_uids_and_drops_gone_instances():
     ec2 = FakeEC2(
         instance("i-a1", "running", uid="uid-a"),
@@ -320,7 +326,7 @@ async def test_find_by_uid_asks_one_tag_query_for_all_uids_and_drops_gone_instan
         ("find_by_tag_values", REGION, (TAG_UID, ["uid-a", "uid-b", "uid-c", "uid-d"]))]
 
 
-@async_test
+@virtual_time_test
 async def test_uid_batches_carry_at_most_200_values():
     ec2 = FakeEC2()
     obs = observer(ec2)
@@ -333,7 +339,7 @@ async def test_uid_batches_carry_at_most_200_values():
 # ---------------------------------------------------------------- batching=False
 
 
-@async_test
+@virtual_time_test
 async def test_without_batching_every_read_is_its_own_call():
     ec2 = FakeEC2(instance("i-1"), instance("i-2"), instance("i-3", "stopped"),
                   instance("i-4", uid="uid-4"))
@@ -370,7 +376,7 @@ async def primed(ec2: FakeEC2, clock: FakeClock, *, hot: list[str], cold: list[s
     return obs
 
 
-@async_test
+@virtual_time_test
 async def test_the_fast_tick_refreshes_only_hot_ids():
     ec2 = FakeEC2(instance("i-hot", "pending"), instance("i-cold"))
     clock = FakeClock()  # frozen: never time for a resync, and i-hot stays hot
@@ -385,7 +391,7 @@ async def test_the_fast_tick_refreshes_only_hot_ids():
     assert ec2.ids("status_checks") == []  # i-hot is pending
 
 
-@async_test
+@virtual_time_test
 async def test_a_fast_pass_updates_the_cache():
     ec2 = FakeEC2(instance("i-hot", "pending"))
     clock = FakeClock()
@@ -400,7 +406,7 @@ async def test_a_fast_pass_updates_the_cache():
     assert obs.cached("i-hot").checks == InstanceStatusChecks("i-hot", system="ok", instance="ok")
 
 
-@async_test
+@virtual_time_test
 async def test_hot_ids_cool_down_after_three_fast_intervals():
     ec2 = FakeEC2(instance("i-hot", "pending"))
     clock = FakeClock()
@@ -414,7 +420,7 @@ async def test_hot_ids_cool_down_after_three_fast_intervals():
     assert ec2.calls == []
 
 
-@async_test
+@virtual_time_test
 async def test_observing_without_hot_cools_an_id_down():
     ec2 = FakeEC2(instance("i-1", "pending"))
     clock = FakeClock()
@@ -428,7 +434,7 @@ async def test_observing_without_hot_cools_an_id_down():
     assert ec2.calls == []
 
 
-@async_test
+@virtual_time_test
 async def test_the_resync_tick_refreshes_every_known_id():
     ec2 = FakeEC2(instance("i-hot", "pending"), instance("i-cold"), instance("i-other", "stopped"))
     clock = FakeClock()
@@ -448,36 +454,41 @@ async def test_the_resync_tick_refreshes_every_known_id():
     assert ec2.ids("status_checks") == [["i-cold"]]
 
 
-@async_test
-async def test_the_loop_with_real_time_runs_fast_and_full_passes():
-    # No fake clock: fast_interval=0.02, resync_interval=0.1 on the real monotonic clock.
+@virtual_time_test
+async def test_on_one_clock_the_loop_runs_fast_passes_between_full_passes():
+    # The observer's clock is the (virtual) event loop's: fast passes every 1/8 s, a full pass every 1/2 s.
+    loop = asyncio.get_running_loop()
     ec2 = FakeEC2(instance("i-hot", "pending"), instance("i-cold", "stopped"))
-    obs = RegionObserver(REGION, ec2, ObserverSettings(fast_interval=0.02, resync_interval=0.1,
-                                                        batch=BatchSettings(idle=0.005, max_wait=0.05)))
-    await obs.refresh(["i-hot", "i-cold"])
-    await obs.observe("i-cold", max_age=60)
-    ec2.calls.clear()
-
-    def both_passes_seen() -> bool:
-        describe = [sorted(call) for call in ec2.ids("describe_instances")]
-        return ["i-hot"] in describe and ["i-cold", "i-hot"] in describe
+    obs = RegionObserver(REGION, ec2, ObserverSettings(fast_interval=0.125, resync_interval=0.5,
+                                                        batch=BatchSettings(idle=0.0078125, max_wait=0.0625)),
+                         clock=loop.time)
+    await obs.observe("i-cold", max_age=0)
+    await obs.observe("i-hot", max_age=0, hot=True)
+    ec2.timeline.clear()
+    began = loop.time()
 
     async def keep_hot() -> None:
         while True:  # a worker waiting for i-hot: a cache hit, no call, keeps it hot
             await obs.observe("i-hot", max_age=60, hot=True)
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.0625)
 
     worker = asyncio.create_task(keep_hot())
     obs.start()
-    await eventually(both_passes_seen)  # a fast pass and a full pass (the first due after 0.1 s)
+    await asyncio.sleep(1.0625)
     worker.cancel()
     await obs.stop()
 
-    describe = ec2.ids("describe_instances")
-    assert ["i-cold"] not in describe  # cold ids only ride along full passes
+    def at(seconds: float) -> float:
+        return round(began + seconds, 6)
+
+    fast = [(at(t), "describe_instances", ["i-hot"]) for t in (0.125, 0.25, 0.375, 0.625, 0.75, 0.875)]
+    full = [entry for t in (0.5, 1.0) for entry in (
+        (at(t), "find_by_tag_values", [MANAGED_BY]),  # the managed-by query finds neither (not tagged) ...
+        (at(t), "describe_instances", ["i-cold", "i-hot"]))]  # ... so both are confirmed by id
+    assert ec2.timeline == sorted(fast + full, key=lambda entry: entry[0])  # cold ids ride full passes only
 
 
-@async_test
+@virtual_time_test
 async def test_forget_removes_an_id_from_every_pass():
     ec2 = FakeEC2(instance("i-keep"), instance("i-drop", "pending"))
     clock = FakeClock()
@@ -495,7 +506,7 @@ async def test_forget_removes_an_id_from_every_pass():
     assert ec2.ids("describe_instances") == [["i-keep"]]
 
 
-@async_test
+@virtual_time_test
 async def test_ids_nobody_asked_about_for_forget_after_are_dropped_at_resync():
     ec2 = FakeEC2(instance("i-old"), instance("i-recent"))
     clock = FakeClock()
@@ -514,7 +525,7 @@ async def test_ids_nobody_asked_about_for_forget_after_are_dropped_at_resync():
     assert obs.cached("i-old") is None
 
 
-@async_test
+@virtual_time_test
 async def test_a_failed_pass_does_not_stop_the_loop():
     ec2 = FakeEC2(instance("i-hot", "pending"))
     clock = FakeClock()
@@ -532,7 +543,7 @@ async def test_a_failed_pass_does_not_stop_the_loop():
     assert ec2.failures == []
 
 
-@async_test
+@virtual_time_test
 async def test_stop_ends_the_background_task():
     ec2 = FakeEC2(instance("i-hot", "pending"))
     clock = FakeClock()
@@ -553,7 +564,7 @@ async def test_stop_ends_the_background_task():
 # ---------------------------------------------------------------- Observers and the batch hook
 
 
-@async_test
+@virtual_time_test
 async def test_observers_keep_one_started_observer_per_region():
     ec2 = FakeEC2()
     observers = Observers(ec2, ObserverSettings(fast_interval=0.02))
@@ -571,7 +582,7 @@ async def test_observers_keep_one_started_observer_per_region():
     assert "observer-us-east-1" not in names and "observer-eu-west-1" not in names
 
 
-@async_test
+@virtual_time_test
 async def test_each_region_observer_reads_its_own_region():
     ec2 = FakeEC2(instance("i-1"))
     observers = Observers(ec2, ObserverSettings(batch=BatchSettings(idle=0.005)))
@@ -584,7 +595,7 @@ async def test_each_region_observer_reads_its_own_region():
         ["eu-west-1", "us-east-1"]
 
 
-@async_test
+@virtual_time_test
 async def test_batch_sizes_are_reported_by_region_and_kind():
     ec2 = FakeEC2(instance("i-1"), instance("i-2"), instance("i-3", "stopped"), instance("i-4", uid="u"))
     heard: list[tuple[str, str, int]] = []
@@ -604,7 +615,7 @@ def managed(instance_id: str, state: str = "running") -> CMLWorkerInstanceDto:
     return replace(dto, tags={**dto.tags, TAG_MANAGED_BY: MANAGED_BY})
 
 
-@async_test
+@virtual_time_test
 async def test_a_full_pass_reads_managed_instances_by_tag_not_by_id():
     ids = [f"i-{n:04d}" for n in range(1000)]
     ec2 = FakeEC2(*(managed(i) for i in ids), managed("i-someone-elses"))
@@ -618,7 +629,7 @@ async def test_a_full_pass_reads_managed_instances_by_tag_not_by_id():
     assert obs.cached("i-someone-elses") is None  # not tracked here: not cached
 
 
-@async_test
+@virtual_time_test
 async def test_a_full_pass_confirms_by_id_what_the_tag_query_missed():
     retagged = instance("i-retagged")  # someone removed the managed-by tag
     ec2 = FakeEC2(managed("i-1"), retagged)

@@ -1,20 +1,20 @@
 """TokenBucket and EC2RateLimiter: burst, steady rate, throttling back-off and recovery, concurrency.
 
-The bucket's arithmetic runs against a hand-driven clock: no sleeping. Only the
-concurrency bound and ``acquire`` use real time, for a few tens of milliseconds.
+The bucket's arithmetic runs against a hand-driven clock; what waits (``acquire``,
+the concurrency bound) runs on virtual time (``virtual_time_test``) with the event
+loop's clock injected into the buckets: no real sleeping anywhere.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-import time
 
 import pytest
 
 from cml_operator.fleet.ratelimit import EC2RateLimiter, RateLimitSettings, TokenBucket, kind_of
 
-from .asyncrun import async_test
+from .asyncrun import virtual_time_test
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -90,14 +90,17 @@ def test_a_clock_going_backwards_adds_no_tokens():
     assert b.reserve() == pytest.approx(0.5)
 
 
-@async_test
+@virtual_time_test
 async def test_acquire_sleeps_for_the_reserved_wait():
-    b = TokenBucket(rate=20.0, burst=1)  # real clock: the second token is 50 ms away
-    started = time.monotonic()
+    loop = asyncio.get_running_loop()
+    b = TokenBucket(rate=20.0, burst=1, clock=loop.time)  # the second token is 50 ms away
+    started = loop.time()
     await b.acquire()
-    assert time.monotonic() - started < 0.02
+    assert loop.time() == started
     await b.acquire()
-    assert 0.04 <= time.monotonic() - started < 0.3
+    assert loop.time() - started == pytest.approx(0.05)
+    await b.acquire()
+    assert loop.time() - started == pytest.approx(0.10)
 
 
 # ---------------------------------------------------------------- throttling
@@ -206,6 +209,11 @@ def test_the_bucket_is_safe_to_use_from_several_threads():
 # ---------------------------------------------------------------- EC2RateLimiter
 
 
+def limiter_on_loop_time(settings: RateLimitSettings) -> EC2RateLimiter:
+    """A limiter whose buckets read the (virtual) event loop's clock."""
+    return EC2RateLimiter(settings, clock=asyncio.get_running_loop().time)
+
+
 def fast_settings(**overrides) -> RateLimitSettings:
     """Buckets too large to make anyone wait, so only the concurrency bound shows."""
     values = dict(mutating_rate=10_000.0, mutating_burst=10_000, read_rate=10_000.0, read_burst=10_000,
@@ -214,9 +222,9 @@ def fast_settings(**overrides) -> RateLimitSettings:
     return RateLimitSettings(**values)
 
 
-@async_test
+@virtual_time_test
 async def test_mutating_calls_never_exceed_the_concurrency_bound():
-    limiter = EC2RateLimiter(fast_settings(mutating_concurrency=3))
+    limiter = limiter_on_loop_time(fast_settings(mutating_concurrency=3))
     in_flight = 0
     most = 0
 
@@ -228,16 +236,17 @@ async def test_mutating_calls_never_exceed_the_concurrency_bound():
             await asyncio.sleep(0.01)
             in_flight -= 1
 
-    started = time.monotonic()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     await asyncio.gather(*(call() for _ in range(12)))
 
     assert most == 3
-    assert time.monotonic() - started >= 0.035  # 12 calls, 3 at a time: at least 4 rounds of 10 ms
+    assert loop.time() - started == pytest.approx(0.04)  # 12 calls, 3 at a time: 4 rounds of 10 ms
 
 
-@async_test
+@virtual_time_test
 async def test_the_concurrency_bound_is_per_region():
-    limiter = EC2RateLimiter(fast_settings(mutating_concurrency=2))
+    limiter = limiter_on_loop_time(fast_settings(mutating_concurrency=2))
     in_flight = {"us-east-1": 0, "eu-west-1": 0}
     most = {"us-east-1": 0, "eu-west-1": 0}
     most_total = 0
@@ -257,9 +266,9 @@ async def test_the_concurrency_bound_is_per_region():
     assert most_total == 4
 
 
-@async_test
+@virtual_time_test
 async def test_an_error_inside_a_mutating_call_releases_its_slot():
-    limiter = EC2RateLimiter(fast_settings(mutating_concurrency=1))
+    limiter = limiter_on_loop_time(fast_settings(mutating_concurrency=1))
 
     with pytest.raises(RuntimeError):
         async with limiter.mutating("us-east-1"):
@@ -268,25 +277,27 @@ async def test_an_error_inside_a_mutating_call_releases_its_slot():
     await asyncio.wait_for(limiter.mutating("us-east-1").__aenter__(), timeout=0.1)
 
 
-@async_test
+@virtual_time_test
 async def test_mutating_calls_spend_the_regions_mutating_tokens_only():
-    limiter = EC2RateLimiter(RateLimitSettings(mutating_rate=2.0, mutating_burst=2, read_rate=20.0, read_burst=5))
+    limiter = limiter_on_loop_time(RateLimitSettings(mutating_rate=2.0, mutating_burst=2, read_rate=20.0,
+                                                     read_burst=5))
     for _ in range(2):
         async with limiter.mutating("us-east-1"):
             pass
 
-    assert limiter.bucket("us-east-1", "mutating").reserve() > 0.4  # burst spent: next token ~0.5 s away
+    assert limiter.bucket("us-east-1", "mutating").reserve() == pytest.approx(0.5)  # burst spent
     assert limiter.bucket("us-east-1", "read").reserve() == 0.0
     assert limiter.bucket("eu-west-1", "mutating").reserve() == 0.0
 
 
-@async_test
+@virtual_time_test
 async def test_reads_spend_the_regions_read_tokens_only():
-    limiter = EC2RateLimiter(RateLimitSettings(mutating_rate=2.0, mutating_burst=2, read_rate=2.0, read_burst=3))
+    limiter = limiter_on_loop_time(RateLimitSettings(mutating_rate=2.0, mutating_burst=2, read_rate=2.0,
+                                                     read_burst=3))
     for _ in range(3):
         await limiter.reading("us-east-1")
 
-    assert limiter.bucket("us-east-1", "read").reserve() > 0.4
+    assert limiter.bucket("us-east-1", "read").reserve() == pytest.approx(0.5)
     assert limiter.bucket("us-east-1", "mutating").reserve() == 0.0
     assert limiter.bucket("eu-west-1", "read").reserve() == 0.0
 
@@ -321,27 +332,29 @@ def test_kind_of_reads_describe_get_and_list_as_reads_and_the_rest_as_mutating(o
 
 
 def test_a_throttled_read_slows_only_that_regions_read_bucket():
-    limiter = EC2RateLimiter(RateLimitSettings(read_rate=20.0, mutating_rate=2.0, recovery_seconds=3600))
+    limiter = EC2RateLimiter(RateLimitSettings(read_rate=20.0, mutating_rate=2.0, recovery_seconds=3600),
+                             clock=FakeClock())
 
     limiter.throttled("us-east-1", "DescribeInstances")
 
-    assert limiter.bucket("us-east-1", "read").rate == pytest.approx(10.0, rel=1e-3)
+    assert limiter.bucket("us-east-1", "read").rate == pytest.approx(10.0)
     assert limiter.bucket("us-east-1", "mutating").rate == pytest.approx(2.0)
     assert limiter.bucket("eu-west-1", "read").rate == pytest.approx(20.0)
 
 
 def test_a_throttled_mutation_slows_only_that_regions_mutating_bucket():
-    limiter = EC2RateLimiter(RateLimitSettings(read_rate=20.0, mutating_rate=2.0, recovery_seconds=3600))
+    limiter = EC2RateLimiter(RateLimitSettings(read_rate=20.0, mutating_rate=2.0, recovery_seconds=3600),
+                             clock=FakeClock())
 
     limiter.throttled("us-east-1", "RunInstances")
 
-    assert limiter.bucket("us-east-1", "mutating").rate == pytest.approx(1.0, rel=1e-3)
+    assert limiter.bucket("us-east-1", "mutating").rate == pytest.approx(1.0)
     assert limiter.bucket("us-east-1", "read").rate == pytest.approx(20.0)
 
 
 def test_throttled_may_be_reported_from_another_thread():
-    limiter = EC2RateLimiter(RateLimitSettings(read_rate=20.0, recovery_seconds=3600))
+    limiter = EC2RateLimiter(RateLimitSettings(read_rate=20.0, recovery_seconds=3600), clock=FakeClock())
     worker = threading.Thread(target=limiter.throttled, args=("us-east-1", "DescribeInstances"))
     worker.start()
     worker.join()
-    assert limiter.bucket("us-east-1", "read").rate == pytest.approx(10.0, rel=1e-3)
+    assert limiter.bucket("us-east-1", "read").rate == pytest.approx(10.0)

@@ -54,6 +54,8 @@ _NOT_FOUND = object()
 
 class RegionObserver:
     def __init__(self, region: str, ec2: EC2Api, settings: ObserverSettings | None = None,
+                 # Decides "hot" and "time for a resync"; the loop itself waits with asyncio.sleep, so
+                 # tests run it on a virtual-time event loop and pass that loop's clock here.
                  clock: Callable[[], float] = time.monotonic,
                  on_batch: Callable[[str, int], None] | None = None) -> None:
         self.region = region
@@ -219,17 +221,20 @@ class Observers:
     """The region observers, created on first use."""
 
     def __init__(self, ec2: EC2Api, settings: ObserverSettings | None = None,
-                 on_batch: Callable[[str, str, int], None] | None = None) -> None:
+                 on_batch: Callable[[str, str, int], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._ec2 = ec2
         self.settings = settings or ObserverSettings()
         self._on_batch = on_batch
+        self._clock = clock
         self._observers: dict[str, RegionObserver] = {}
 
     def __call__(self, region: str) -> RegionObserver:
         observer = self._observers.get(region)
         if observer is None:
             hook = (lambda kind, size: self._on_batch(region, kind, size)) if self._on_batch else None
-            observer = self._observers[region] = RegionObserver(region, self._ec2, self.settings, on_batch=hook)
+            observer = self._observers[region] = RegionObserver(region, self._ec2, self.settings, clock=self._clock,
+                                                                on_batch=hook)
             observer.start()
         return observer
 

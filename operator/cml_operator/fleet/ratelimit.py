@@ -79,8 +79,10 @@ class TokenBucket:
 class EC2RateLimiter:
     """Buckets and a concurrency bound per region; ``mutating`` and ``reading`` wrap each call."""
 
-    def __init__(self, settings: RateLimitSettings | None = None) -> None:
+    def __init__(self, settings: RateLimitSettings | None = None, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings or RateLimitSettings()
+        self._clock = clock  # the buckets' clock; it must agree with the event loop's (asyncio.sleep waits)
         self._buckets: dict[tuple[str, str], TokenBucket] = {}
         self._semaphores: dict[str, asyncio.Semaphore] = {}
         self._lock = threading.Lock()
@@ -92,7 +94,7 @@ class EC2RateLimiter:
                 s = self.settings
                 rate, burst = (s.mutating_rate, s.mutating_burst) if kind == "mutating" else (s.read_rate, s.read_burst)
                 bucket = TokenBucket(rate, burst, min_rate_fraction=s.min_rate_fraction,
-                                     recovery_seconds=s.recovery_seconds)
+                                     recovery_seconds=s.recovery_seconds, clock=self._clock)
                 self._buckets[(region, kind)] = bucket
             return bucket
 

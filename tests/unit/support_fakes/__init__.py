@@ -1,0 +1,1 @@
+"""Tiny stand-in programs for testing the test harness itself (tests/support)."""

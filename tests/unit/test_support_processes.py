@@ -1,0 +1,86 @@
+"""The test harness itself: wait_for stops at a dead process at once; ports retried on collision."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.processes import OperatorProcess, ProcessExited, guarded_by, wait_for
+
+
+def test_wait_for_returns_the_first_truthy_value():
+    values = iter([0, None, "", "done"])
+    assert wait_for(lambda: next(values), 5, interval=0) == "done"
+
+
+def test_wait_for_retries_errors_and_names_the_last_one_on_timeout():
+    def failing():
+        raise ValueError("not yet")
+
+    with pytest.raises(TimeoutError, match="waiting for the thing.*not yet"):
+        wait_for(failing, 0.3, interval=0.05, what="the thing")
+
+
+def test_process_exited_from_the_predicate_ends_the_wait_at_once():
+    def dead():
+        raise ProcessExited("operator exited")
+
+    started = time.monotonic()
+    with pytest.raises(ProcessExited, match="operator exited"):
+        wait_for(dead, 30, interval=0.05)
+    assert time.monotonic() - started < 1
+
+
+def test_a_fatal_check_ends_the_wait_at_once():
+    def fatal():
+        raise ProcessExited("gone")
+
+    started = time.monotonic()
+    with pytest.raises(ProcessExited):
+        wait_for(lambda: False, 30, interval=0.05, fatal=fatal)
+    assert time.monotonic() - started < 1
+
+
+def test_a_guard_applies_to_every_wait_inside_it_and_only_there():
+    calls = []
+
+    def guard():
+        calls.append(1)
+        if len(calls) >= 3:
+            raise ProcessExited("crashed meanwhile")
+
+    with guarded_by(guard), pytest.raises(ProcessExited, match="crashed meanwhile"):
+        wait_for(lambda: False, 30, interval=0.01)
+    assert wait_for(lambda: True, 1) is True  # outside: the guard is gone
+    assert len(calls) == 3
+
+
+def fake_operator(tmp_path: Path, module: str) -> OperatorProcess:
+    return OperatorProcess(tmp_path / "kubeconfig", "http://127.0.0.1:9", python=sys.executable,
+                           module=f"tests.unit.support_fakes.{module}", log_path=tmp_path / "operator.log")
+
+
+def test_an_operator_that_crashes_on_start_fails_at_once_with_its_log(tmp_path):
+    operator = fake_operator(tmp_path, "crash")
+    started = time.monotonic()
+    with pytest.raises(ProcessExited, match=r"(?s)code 3.*RuntimeError: boom"):
+        operator.start()
+    assert time.monotonic() - started < 20  # not the 60 s /healthz deadline
+    assert operator.logs().count("boom") == 1  # a crash is not a port collision: no second try
+
+
+def test_an_operator_whose_port_was_taken_is_started_again_on_fresh_ports(tmp_path):
+    operator = fake_operator(tmp_path, "port_taken")
+    with pytest.raises(ProcessExited, match="Address already in use"):
+        operator.start()
+    assert operator.logs().count("Address already in use") == OperatorProcess.PORT_ATTEMPTS
+
+
+def test_an_exit_the_test_caused_is_not_a_crash(tmp_path):
+    operator = fake_operator(tmp_path, "crash")
+    operator.start(wait=False)
+    operator.wait_exit(10)
+    operator.check_alive()  # no ProcessExited: the test said it expected the exit
