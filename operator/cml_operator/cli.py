@@ -95,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     ops.add_argument("--log-format", choices=("text", "json"), default=_env("LOG_FORMAT", str, d.log_format))
     ops.add_argument("--log-level", default=_env("LOG_LEVEL", str, d.log_level),
                      choices=("DEBUG", "INFO", "WARNING", "ERROR"), type=str.upper)
+    ops.add_argument("--orphan-policy", choices=("report", "stop", "terminate"),
+                     default=_env("ORPHAN_POLICY", str, d.orphan_policy),
+                     help="instances tagged for this cluster whose CMLWorker is gone (found by discovery scans): "
+                          "report them (metric, event, log), or also stop or terminate them after --orphan-grace")
+    ops.add_argument("--orphan-grace", type=float, default=_env("ORPHAN_GRACE", float, d.orphan_grace),
+                     help="seconds an instance must stay an orphan before --orphan-policy stop/terminate acts")
     peering = ops.add_mutually_exclusive_group()
     peering.add_argument("--peering", metavar="NAME", default=_env("PEERING", str, d.peering),
                          help="coordinate with other instances of the operator through this Kopf peering object "
@@ -126,6 +132,8 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
         priority=args.priority,
         ec2_threads=args.ec2_threads,
         api_connections=args.api_connections,
+        orphan_policy=args.orphan_policy,
+        orphan_grace=args.orphan_grace,
         ec2=EC2ClientSettings(),
         rate_limits=RateLimitSettings(
             mutating_rate=args.mutating_rate, mutating_burst=args.mutating_burst, read_rate=args.read_rate,

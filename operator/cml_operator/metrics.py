@@ -8,6 +8,7 @@ Series (all prefixed ``cml_``):
     retries_total{reason}                            passes that scheduled a retry, by condition reason
     workers{phase}                                   workers this replica tracks, by status.phase
     ec2_batch_size{kind}                             ids per batched read (describe/status/uid)
+    orphan_instances{region}                         instances this cluster manages whose worker is gone (last scan)
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ class Metrics:
                              registry=self.registry)
         self.batch_size = Histogram("cml_ec2_batch_size", "Instance ids per batched EC2 read", ["kind"],
                                     registry=self.registry, buckets=(1, 2, 5, 10, 25, 50, 100, 200, 500))
+        self.orphan_instances = Gauge("cml_orphan_instances",
+                                      "Instances tagged for this cluster whose CMLWorker no longer exists, by region "
+                                      "(at the last discovery scan)", ["region"], registry=self.registry)
         self._phases: dict[str, str] = {}
         self._lock = threading.Lock()
         for phase in PHASES:

@@ -62,6 +62,32 @@ class WorkerMemory:
 
 
 @dataclass
+class OrphanClock:
+    """When this process first saw each orphan (monotonic): the grace runs from there, and restarts with it."""
+
+    first_seen: dict[str, float] = field(default_factory=dict)
+
+    def observe(self, ids: list[str], now: float) -> dict[str, float]:
+        for gone in set(self.first_seen) - set(ids):
+            del self.first_seen[gone]
+        for instance_id in ids:
+            self.first_seen.setdefault(instance_id, now)
+        return dict(self.first_seen)
+
+
+@dataclass
+class DiscoveryMemory:
+    """What this process remembers about one CMLWorkerDiscovery between scans."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    orphans: OrphanClock = field(default_factory=OrphanClock)
+    #: Monotonic time before which a failed scan is not repeated.
+    next_attempt: float = 0.0
+    #: Monotonic time this process last finished a scan: a timer's body may not show that scan yet.
+    last_scan_at: float | None = None
+
+
+@dataclass
 class Runtime:
     settings: OperatorSettings
     ec2: EC2Api
@@ -73,6 +99,7 @@ class Runtime:
     kube: KubeApi | None = None
     #: One pass at a time per pool or discovery object (an update and a timer may fire together).
     object_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    discoveries: dict[str, DiscoveryMemory] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.lookups is None:
@@ -89,6 +116,12 @@ class Runtime:
         if lock is None:
             lock = self.object_locks[uid] = asyncio.Lock()
         return lock
+
+    def discovery(self, uid: str) -> DiscoveryMemory:
+        memory = self.discoveries.get(uid)
+        if memory is None:
+            memory = self.discoveries[uid] = DiscoveryMemory()
+        return memory
 
     def forget(self, uid: str) -> None:
         self.workers.pop(uid, None)

@@ -35,6 +35,10 @@ class OperatorSettings:
     priority: int = 0
     #: Connections to the Kubernetes API server at most (each TLS connection holds 128 KiB).
     api_connections: int = 20
+    #: What to do with orphans (instances this cluster manages whose worker is gone): report | stop | terminate.
+    orphan_policy: str = "report"
+    #: Seconds an instance must stay an orphan before --orphan-policy stop/terminate acts on it.
+    orphan_grace: float = 3600.0
     #: Threads running blocking boto3 calls.
     ec2_threads: int = 16
     ec2: EC2ClientSettings = field(default_factory=EC2ClientSettings)

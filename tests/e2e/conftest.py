@@ -147,8 +147,8 @@ def operator_factory(control_plane: ControlPlane, proxy: FaultProxyProcess, name
     if alive:
         # Let the operator release its finalizers so nothing is left behind in moto or the API server.
         proxy.clear_faults()
-        # Pools first, or they would make new workers as the old ones go.
-        kube.run("delete", "cmlworkerpool", "--all", "--wait=true", "--timeout=30s", check=False)
+        # Pools and discoveries first, or they would make new workers as the old ones go.
+        kube.run("delete", "cmlworkerpool,cmlworkerdiscovery", "--all", "--wait=true", "--timeout=30s", check=False)
         kube.run("delete", "cmlworker", "--all", "--wait=true", "--timeout=30s", check=False)
     for process in started:
         process.stop()

@@ -197,7 +197,18 @@ def test_the_operator_runs_on_the_deployed_rbac_alone(control_plane, sa_kubeconf
         kube.run("delete", "cmlworkerpool", "deployed-pool", "--wait=true", "--timeout=45s")
         wait_for(lambda: not kube.run("get", "cmlworkers", "-l", "cml.dev/pool=deployed-pool", "-o", "name"
                                       ).stdout.strip(), 45, what="the pool's worker deleted")
+
+        # A discovery scan: DescribeImages, list cmlworkers in all namespaces, patch its status.
+        discovery = {"apiVersion": "cml.dev/v1alpha1", "kind": "CMLWorkerDiscovery",
+                     "metadata": {"name": "deployed-scan"},
+                     "spec": {"region": "us-east-1", "amiNamePattern": "no-such-image-*"}}
+        kube.apply(discovery)
+        waited = kube.run("wait", "--for=condition=Ready", "cmlworkerdiscovery/deployed-scan", "--timeout=45s",
+                          check=False)
+        assert "condition met" in waited.stdout, f"{waited.stderr}\n{operator.logs()[-4000:]}"
+        kube.run("delete", "cmlworkerdiscovery", "deployed-scan", "--wait=true", "--timeout=45s")
     finally:
+        kube.run("delete", "cmlworkerdiscovery", "--all", "--wait=true", "--timeout=30s", check=False)
         kube.run("delete", "cmlworkerpool", "--all", "--wait=true", "--timeout=30s", check=False)
         kube.run("delete", "cmlworker", "--all", "--wait=true", "--timeout=30s", check=False)
         operator.stop()
@@ -222,6 +233,10 @@ ALLOWED = [
     ("patch", "cmlworkerpools.cml.dev", "-n", "default"),
     ("patch", "cmlworkerpools.cml.dev", "--subresource=status", "-n", "default"),
     ("update", "cmlworkerpools.cml.dev", "--subresource=finalizers", "-n", "default"),
+    ("list", "cmlworkerdiscoveries.cml.dev", "--all-namespaces"),
+    ("watch", "cmlworkerdiscoveries.cml.dev", "--all-namespaces"),
+    ("patch", "cmlworkerdiscoveries.cml.dev", "-n", "default"),
+    ("patch", "cmlworkerdiscoveries.cml.dev", "--subresource=status", "-n", "default"),
     ("create", "events", "-n", "default"),
     ("list", "customresourcedefinitions.apiextensions.k8s.io"),
     ("watch", "customresourcedefinitions.apiextensions.k8s.io"),
@@ -239,6 +254,10 @@ FORBIDDEN = [
     ("delete", "cmlworkerpools.cml.dev", "-n", "default"),
     ("update", "cmlworkerpools.cml.dev", "--subresource=status", "-n", "default"),
     ("patch", "cmlworkerpools.cml.dev", "--subresource=scale", "-n", "default"),
+    ("get", "cmlworkerdiscoveries.cml.dev", "-n", "default"),
+    ("create", "cmlworkerdiscoveries.cml.dev", "-n", "default"),
+    ("delete", "cmlworkerdiscoveries.cml.dev", "-n", "default"),
+    ("update", "cmlworkerdiscoveries.cml.dev", "--subresource=status", "-n", "default"),
     ("get", "cmlworkers.cml.dev", "-n", "default"),  # Kopf only lists and watches
     ("update", "cmlworkers.cml.dev", "--subresource=status", "-n", "default"),
     ("patch", "events", "-n", "default"),

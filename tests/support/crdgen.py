@@ -1,9 +1,10 @@
-"""Generate the CMLWorker schema inside the pool CRD from crds/cmlworker.yaml (``make crds``).
+"""Generate the CMLWorker schema inside the pool and discovery CRDs from crds/cmlworker.yaml (``make crds``).
 
-``crds/cmlworkerpool.yaml`` keeps its hand-written parts; only the block between the
-``BEGIN GENERATED`` and ``END GENERATED`` markers under ``spec.template.spec`` is
-rewritten. The copy drops transition rules (CEL using ``oldSelf``): a template has no
-old value to compare with, and immutability there means "affects new children only".
+Each CRD keeps its hand-written parts; only the block between the ``BEGIN GENERATED``
+and ``END GENERATED`` markers is rewritten: the whole worker spec under a pool's
+``spec.template.spec``, and ``cml`` under a discovery's ``spec.workerTemplate.spec``.
+The copy drops transition rules (CEL using ``oldSelf``): a template has no old value
+to compare with, and immutability there means "affects new children only".
 
     python -m tests.support.crdgen           rewrite the generated block
     python -m tests.support.crdgen --check   exit 1 if the committed file is out of date
@@ -23,30 +24,44 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 WORKER_CRD = REPO / "crds" / "cmlworker.yaml"
 POOL_CRD = REPO / "crds" / "cmlworkerpool.yaml"
+DISCOVERY_CRD = REPO / "crds" / "cmlworkerdiscovery.yaml"
+#: Worker spec fields a discovery's workerTemplate.spec copies (the rest come from the instance).
+DISCOVERY_FIELDS = ("cml",)
 _BLOCK = re.compile(r"^(?P<indent> *)# BEGIN GENERATED[^\n]*\n(?P<body>.*?)^(?P=indent)# END GENERATED[^\n]*\n",
                     re.MULTILINE | re.DOTALL)
 
 
-def worker_spec_schema(worker_crd: dict[str, Any]) -> dict[str, Any]:
-    """The CMLWorker spec schema of the served version, as a template may hold it."""
+def _raw_worker_spec(worker_crd: dict[str, Any]) -> dict[str, Any]:
     version = next(v for v in worker_crd["spec"]["versions"] if v.get("storage"))
-    return for_template(without_transition_rules(copy.deepcopy(version["schema"]["openAPIV3Schema"]["properties"]["spec"])))
+    return without_transition_rules(copy.deepcopy(version["schema"]["openAPIV3Schema"]["properties"]["spec"]))
 
 
-def for_template(schema: Any) -> Any:
-    """Say what a rule or an immutable field means in a pool: field paths gain ``template.spec``."""
+def worker_spec_schema(worker_crd: dict[str, Any]) -> dict[str, Any]:
+    """The CMLWorker spec schema of the stored version, as a pool template holds it."""
+    return for_template(_raw_worker_spec(worker_crd))
+
+
+def discovery_fields(worker_crd: dict[str, Any]) -> dict[str, Any]:
+    """The worker spec properties a discovery's workerTemplate.spec holds ({} when the worker has none)."""
+    properties = _raw_worker_spec(worker_crd)["properties"]
+    picked = {name: properties[name] for name in DISCOVERY_FIELDS if name in properties}
+    return for_template(picked, "spec.workerTemplate.spec.", pool=False)
+
+
+def for_template(schema: Any, path: str = "spec.template.spec.", pool: bool = True) -> Any:
+    """Say what a rule or an immutable field means in a template: messages name the field at ``path``."""
     if isinstance(schema, list):
-        return [for_template(item) for item in schema]
+        return [for_template(item, path, pool) for item in schema]
     if not isinstance(schema, dict):
         return schema
     result = {}
     for key, value in schema.items():
         if key == "message" and isinstance(value, str):
-            value = re.sub(r"\bspec\.", "spec.template.spec.", value)
-        elif key == "description" and isinstance(value, str):
-            value = re.sub(r"Immutable( once set)?\.", "Immutable on a CMLWorker: in a pool a change reaches new children only.",
-                           value)
-        result[key] = for_template(value)
+            value = re.sub(r"\bspec\.", path, value)
+        elif key == "description" and isinstance(value, str) and pool:
+            value = re.sub(r"Immutable( once set)?\.",
+                           "Immutable on a CMLWorker: in a pool a change reaches new children only.", value)
+        result[key] = for_template(value, path, pool)
     return result
 
 
@@ -71,31 +86,35 @@ def render(pool_text: str, spec_schema: dict[str, Any]) -> str:
     """``pool_text`` with the generated block replaced by ``spec_schema``."""
     match = _BLOCK.search(pool_text)
     if match is None:
-        raise ValueError(f"{POOL_CRD.name}: no BEGIN/END GENERATED block")
+        raise ValueError("no BEGIN/END GENERATED block")
     indent = match.group("indent")
-    dumped = yaml.safe_dump(spec_schema, sort_keys=False, width=10_000, allow_unicode=True)
+    dumped = yaml.safe_dump(spec_schema, sort_keys=False, width=10_000, allow_unicode=True) if spec_schema else ""
     body = "".join(f"{indent}{line}\n" if line else "\n" for line in dumped.splitlines())
     begin, end = match.group(0).splitlines()[0], match.group(0).splitlines()[-1]
     return pool_text[:match.start()] + f"{begin}\n{body}{end}\n" + pool_text[match.end():]
 
 
-def generate() -> str:
+def generate() -> dict[Path, str]:
+    """Each generated CRD file and the text it should have."""
     worker = yaml.safe_load(WORKER_CRD.read_text())
-    return render(POOL_CRD.read_text(), worker_spec_schema(worker))
+    return {POOL_CRD: render(POOL_CRD.read_text(), worker_spec_schema(worker)),
+            DISCOVERY_CRD: render(DISCOVERY_CRD.read_text(), discovery_fields(worker))}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="fail if crds/cmlworkerpool.yaml is out of date")
+    parser.add_argument("--check", action="store_true", help="fail if a generated CRD is out of date")
     args = parser.parse_args(argv)
-    wanted = generate()
-    if args.check:
-        if wanted != POOL_CRD.read_text():
-            print(f"{POOL_CRD.relative_to(REPO)} is out of date: run `make crds`", file=sys.stderr)
-            return 1
-        return 0
-    POOL_CRD.write_text(wanted)
-    return 0
+    stale = 0
+    for path, wanted in generate().items():
+        if wanted == path.read_text():
+            continue
+        if args.check:
+            print(f"{path.relative_to(REPO)} is out of date: run `make crds`", file=sys.stderr)
+            stale += 1
+        else:
+            path.write_text(wanted)
+    return 1 if stale else 0
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The pool CRD's template schema is generated from the CMLWorker CRD and must not drift from it."""
+"""The pool and discovery CRDs' worker schemas are generated from the CMLWorker CRD and must not drift from it."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ def _template_spec(pool_crd: dict) -> dict:
     return schema["properties"]["spec"]["properties"]["template"]["properties"]["spec"]
 
 
-def test_committed_pool_crd_matches_what_make_crds_generates():
-    assert crdgen.POOL_CRD.read_text() == crdgen.generate(), "crds/cmlworkerpool.yaml is out of date: run `make crds`"
+def test_committed_crds_match_what_make_crds_generates():
+    for path, wanted in crdgen.generate().items():
+        assert path.read_text() == wanted, f"{path.name} is out of date: run `make crds`"
 
 
 def test_template_carries_every_worker_spec_field_and_no_transition_rule():
@@ -38,3 +39,13 @@ def test_a_new_worker_field_shows_up_in_the_template_only_after_regeneration():
     new_field = _template_spec(yaml.safe_load(text))["properties"]["newField"]
     assert new_field["x-kubernetes-validations"] == [
         {"rule": "size(self) < 5", "message": "spec.template.spec.newField is short"}]
+
+
+def test_discovery_copies_the_cml_block_when_the_worker_has_one():
+    worker = yaml.safe_load(crdgen.WORKER_CRD.read_text())
+    properties = worker["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    properties["cml"] = {"type": "object", "description": "CML", "x-kubernetes-validations": [
+        {"rule": "self.a == oldSelf.a", "message": "spec.cml.a is immutable"},
+        {"rule": "has(self.a)", "message": "spec.cml.a is required"}]}
+    assert crdgen.discovery_fields(worker) == {"cml": {"type": "object", "description": "CML", "x-kubernetes-validations": [
+        {"rule": "has(self.a)", "message": "spec.workerTemplate.spec.cml.a is required"}]}}

@@ -364,6 +364,28 @@ class EC2Client:
                     grouped.setdefault(dto.tags.get(key, ""), []).append(dto)
         return grouped
 
+    def find_instances(self, region: str, *, image_ids: Iterable[str], states: Sequence[str],
+                       tags: Mapping[str, str] | None = None) -> list[CMLWorkerInstanceDto]:
+        """Instances launched from any of ``image_ids``, in one of ``states``, carrying every tag in ``tags``.
+
+        One call (all pages) per 200 image ids; none when ``image_ids`` is empty.
+
+        Raises:
+            EC2AuthenticationException: Invalid credentials.
+            IntegrationException: Anything else.
+        """
+        found: dict[str, CMLWorkerInstanceDto] = {}
+        tag_filters = [{"Name": f"tag:{key}", "Values": [value]} for key, value in sorted((tags or {}).items())]
+        for chunk in _chunks(_unique(image_ids), FILTER_MAX_VALUES):
+            filters = [{"Name": "image-id", "Values": chunk},
+                       {"Name": "instance-state-name", "Values": list(states)}, *tag_filters]
+            response = self._call_all_pages(region, "DescribeInstances", Filters=filters, MaxResults=1000)
+            for reservation in response.get("Reservations", []):
+                for raw in reservation.get("Instances", []):
+                    dto = CMLWorkerInstanceDto.from_api(region, raw)
+                    found[dto.aws_instance_id] = dto
+        return list(found.values())
+
     # ------------------------------------------------------------------ status checks
 
     def get_instance_status_checks(self, region: str, instance_id: str) -> InstanceStatusChecks:
@@ -529,6 +551,19 @@ class EC2Client:
                 code="InvalidKeyPair.NotFound", operation="DescribeKeyPairs", region=region,
             )
         return pairs[0].get("KeyPairId", "")
+
+    def find_images(self, region: str, owners: Sequence[str], name_pattern: str) -> list[ImageInfo]:
+        """Available AMIs of ``owners`` (account ids, ``self``, ``amazon``, ...) whose name matches ``name_pattern``.
+
+        Raises:
+            EC2AuthenticationException: Invalid credentials.
+            IntegrationException: Anything else.
+        """
+        response = self._call_all_pages(
+            region, "DescribeImages", Owners=list(owners),
+            Filters=[{"Name": "name", "Values": [name_pattern]}, {"Name": "state", "Values": ["available"]}],
+        )
+        return [_image(raw) for raw in response.get("Images") or []]
 
     def resolve_ami(self, region: str, name_or_pattern: str) -> ImageInfo:
         """The newest AMI whose name matches (EC2 filter syntax: ``*`` and ``?`` wildcards).

@@ -3,6 +3,7 @@
 - ``lifecycle``: operator-wide start-up (Kopf settings, the shared runtime), login, clean-up.
 - ``worker``: CMLWorker reconcile, timer and deletion.
 - ``pool``: CMLWorkerPool passes (children created, rolled and deleted) and their deletion.
+- ``discovery``: CMLWorkerDiscovery scans (imports, orphans).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import kopf
 
 from ..metrics import Metrics
 from ..settings import OperatorSettings
-from . import lifecycle, pool, worker
+from . import discovery, lifecycle, pool, worker
 
 
 def register(registry: kopf.OperatorRegistry, config: OperatorSettings, metrics: Metrics | None = None) -> None:
@@ -19,3 +20,4 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings, metrics:
     lifecycle.register(registry, config, metrics)
     worker.register(registry, config)
     pool.register(registry, config)
+    discovery.register(registry, config)
