@@ -189,6 +189,10 @@ def run_workload(plane: ControlPlane, moto: MotoServer, proxy: FaultProxyProcess
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--pool" in argv:  # the pool benchmark (tests/bench/pool.py) has its own options
+        from tests.bench import pool
+        return pool.main([arg for arg in argv if arg != "--pool"])
     parser = argparse.ArgumentParser(prog="make bench", description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100,500,1000")
     parser.add_argument("--resync", type=float, default=20.0, help="operator --resync-interval for the run")
