@@ -25,9 +25,8 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from botocore.parsers import ResponseParserError
 
-from .errors import parse_aws_error
+from .errors import needs_credential_refresh, parse_aws_error
 from .exceptions import (
-    EC2AuthenticationException,
     EC2InstanceCreationException,
     EC2InstanceNotFoundException,
     EC2InvalidParameterException,
@@ -150,14 +149,14 @@ class EC2Client:
         return parse_aws_error(error, operation)
 
     def _call(self, region: str, operation: str, instance_id: str | None = None, **params: Any) -> dict:
-        """Call one EC2 API action; translate failures; refresh credentials once on an auth failure."""
+        """Call one EC2 API action; translate failures; refresh credentials once on a credential error."""
         method = _snake(operation)
         for attempt in (1, 2):
             try:
                 return getattr(self._client(region), method)(**params)
             except (ClientError, BotoCoreError, ResponseParserError) as exc:
                 error = parse_aws_error(exc, operation, region=region, instance_id=instance_id)
-                if isinstance(error, EC2AuthenticationException) and attempt == 1:
+                if attempt == 1 and needs_credential_refresh(error):
                     self.refresh_credentials()  # rotated IRSA / instance-profile credentials
                     continue
                 raise error from exc

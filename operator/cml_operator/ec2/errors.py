@@ -56,34 +56,47 @@ _QUOTA = ErrorRule(EC2QuotaExceededException, retryable=False)
 _CAPACITY = ErrorRule(EC2QuotaExceededException, retryable=True)
 _THROTTLED = ErrorRule(EC2QuotaExceededException, retryable=True)
 _WRONG_STATE = ErrorRule(EC2InstanceOperationException, retryable=True)
+_NOT_PERMITTED = ErrorRule(EC2InstanceOperationException, retryable=False)
 _CREATION = ErrorRule(EC2InstanceCreationException, retryable=True)
+_TAG_BUSY = ErrorRule(EC2TagOperationException, retryable=True)
 _TAG_LIMIT = ErrorRule(EC2TagOperationException, retryable=False)
 
-#: AWS error code -> rule. The seed's codes first, then the ones DESIGN.md adds.
+#: Credential errors: a refreshed session (rotated IRSA / instance-profile keys) may cure them.
+CREDENTIAL_CODES = frozenset({
+    "AuthFailure", "ExpiredToken", "ExpiredTokenException", "InvalidClientTokenId", "RequestExpired",
+    "SignatureDoesNotMatch", "UnrecognizedClientException",
+})
+#: Permission denied: the credentials are fine, the IAM policy says no. A refresh cannot cure it.
+PERMISSION_CODES = frozenset({"UnauthorizedOperation", "AccessDenied", "AccessDeniedException"})
+
+#: AWS error code -> rule. Every code AWS documents for the calls the operator makes
+#: (RunInstances, Start/Stop/TerminateInstances, ModifyInstanceAttribute, Create/DeleteTags,
+#: DescribeInstances/InstanceStatus/Images/KeyPairs/InstanceTypes/InstanceTypeOfferings), by family.
+#: Whether a code is retried, and how, is ``reconcile/policy.py``'s decision, not this table's.
 ERROR_TABLE: dict[str, ErrorRule] = {
-    # credentials and permissions
-    "UnauthorizedOperation": _AUTH,
-    "InvalidClientTokenId": _AUTH,
-    "SignatureDoesNotMatch": _AUTH,
-    "AccessDenied": _AUTH,
-    "AccessDeniedException": _AUTH,
-    "AuthFailure": _AUTH,
-    "ExpiredToken": _AUTH,
-    "ExpiredTokenException": _AUTH,
-    "RequestExpired": _AUTH,
-    "UnrecognizedClientException": _AUTH,
+    # credentials (refreshed once) and permissions (never refreshed)
+    **dict.fromkeys(sorted(CREDENTIAL_CODES), _AUTH),
+    **dict.fromkeys(sorted(PERMISSION_CODES), _AUTH),
     "OptInRequired": _AUTH,
     "Blocked": _AUTH,
     # the instance is gone
     "InvalidInstanceID.NotFound": _NOT_FOUND,
-    # limits: account quotas do not clear by themselves ...
+    # account quotas and limits: they do not clear by themselves ...
     "InstanceLimitExceeded": _QUOTA,
     "VcpuLimitExceeded": _QUOTA,
     "VolumeLimitExceeded": _QUOTA,
+    "MaxIOPSLimitExceeded": _QUOTA,
+    "VolumeIOPSLimit": _QUOTA,
+    "ResourceLimitExceeded": _QUOTA,
+    "PendingVerification": _QUOTA,
     # ... capacity and request rate do
     "InsufficientInstanceCapacity": _CAPACITY,
     "InsufficientHostCapacity": _CAPACITY,
     "InsufficientCapacity": _CAPACITY,
+    "InsufficientAddressCapacity": _CAPACITY,
+    "InsufficientVolumeCapacity": _CAPACITY,
+    "InsufficientReservedInstanceCapacity": _CAPACITY,
+    "InsufficientCapacityOnHost": _CAPACITY,
     "RequestLimitExceeded": _THROTTLED,
     "Throttling": _THROTTLED,
     "ThrottlingException": _THROTTLED,
@@ -96,30 +109,52 @@ ERROR_TABLE: dict[str, ErrorRule] = {
     "MissingParameter": _INVALID,
     "UnknownParameter": _INVALID,
     "ValidationError": _INVALID,
-    "InvalidAMIID.NotFound": _INVALID,
+    "Unsupported": _INVALID,
+    "UnsupportedOperation": _INVALID,
+    "UnsupportedTenancy": _INVALID,
     "InvalidAMIID.Malformed": _INVALID,
     "InvalidAMIID.Unavailable": _INVALID,
-    "InvalidAMIName.NotFound": _INVALID,
-    "InvalidGroup.NotFound": _INVALID,
     "InvalidGroupId.Malformed": _INVALID,
-    "InvalidSubnetID.NotFound": _INVALID,
+    "InvalidSecurityGroupId.Malformed": _INVALID,
     "InvalidSubnetID.Malformed": _INVALID,
-    "InvalidKeyPair.NotFound": _INVALID,
+    "InvalidSubnet": _INVALID,
     "InvalidKeyPair.Format": _INVALID,
+    "InvalidInstanceID": _INVALID,
     "InvalidInstanceID.Malformed": _INVALID,
     "InvalidInstanceType": _INVALID,
+    "InvalidIamInstanceProfileArn.Malformed": _INVALID,
     "InvalidBlockDeviceMapping": _INVALID,
     "InvalidUserData.Malformed": _INVALID,
     "InvalidInstanceAttributeValue": _INVALID,
+    "InvalidTagKey.Malformed": _INVALID,
+    "VolumeTypeNotAvailableInZone": _INVALID,
+    "UnknownVolumeType": _INVALID,
+    "EncryptedVolumesNotSupported": _INVALID,
+    "BootForVolumeTypeUnsupported": _INVALID,
+    "NonEBSInstance": _INVALID,
+    "SecurityGroupsPerInstanceLimitExceeded": _INVALID,
+    "SecurityGroupsPerInterfaceLimitExceeded": _INVALID,
+    # ... of which these name a dependency that may yet appear (EC2 and IAM are eventually consistent)
+    "InvalidAMIID.NotFound": _INVALID,
+    "InvalidAMIName.NotFound": _INVALID,
+    "InvalidGroup.NotFound": _INVALID,
+    "InvalidSecurityGroupID.NotFound": _INVALID,
+    "InvalidSubnetID.NotFound": _INVALID,
+    "InvalidSubnetId.NotFound": _INVALID,
+    "InvalidKeyPair.NotFound": _INVALID,
+    "InvalidSnapshot.NotFound": _INVALID,
     # instance in the wrong state for the operation
     "IncorrectInstanceState": _WRONG_STATE,
     "IncorrectState": _WRONG_STATE,
-    "UnsupportedOperation": _WRONG_STATE,
-    "OperationNotPermitted": _WRONG_STATE,
-    # creation-only failures that may clear (another AZ/IP frees up)
+    # termination or stop protection, or a stop this instance cannot do
+    "OperationNotPermitted": _NOT_PERMITTED,
+    # RunInstances: the token was used before with other parameters, or its instance is gone
+    "IdempotentParameterMismatch": _CREATION,
+    "IdempotentInstanceTerminated": _CREATION,
+    # creation-only failures that may clear (addresses free up)
     "InsufficientFreeAddressesInSubnet": _CREATION,
-    "Unsupported": _CREATION,
-    # tags: the per-resource limit does not clear by retrying
+    # tags: a concurrent writer clears; the per-resource limit does not
+    "ConcurrentTagAccess": _TAG_BUSY,
     "TagLimitExceeded": _TAG_LIMIT,
 }
 
@@ -155,6 +190,7 @@ _NETWORK_ERRORS = (
     ConnectTimeoutError, ReadTimeoutError, EndpointConnectionError, ConnectionClosedError, ResponseParserError,
 )
 _CREDENTIAL_ERRORS = (NoCredentialsError, PartialCredentialsError, CredentialRetrievalError, TokenRetrievalError)
+_CREDENTIAL_ERROR_NAMES = frozenset(cls.__name__ for cls in _CREDENTIAL_ERRORS)
 
 
 def parse_aws_error(
@@ -207,6 +243,11 @@ def _from_client_error(
     }
 
     rule = ERROR_TABLE.get(code)
+    if rule is not None and code in PERMISSION_CODES:
+        action = f"ec2:{error.operation_name or operation}"
+        why = (f"permission denied: the operator's IAM identity may not call {action} "
+               f"(add it to its policy, see deploy/iam-policy.json); AWS says: {_shorten(aws_message, 200)}")
+        return rule.exception(_message(operation, code, why, instance_id), retryable=rule.retryable, **context)
     if rule is not None:
         return rule.exception(_message(operation, code, aws_message, instance_id), retryable=rule.retryable, **context)
     if code in SERVER_ERROR_CODES or status >= 500:
@@ -217,6 +258,16 @@ def _from_client_error(
     return IntegrationException(
         f"AWS error [{code}] in {operation}: {aws_message}".rstrip(": "), retryable=True, **context
     )
+
+
+def needs_credential_refresh(error: IntegrationException) -> bool:
+    """True for errors a reloaded credential chain may cure (expired or rotated keys, none loaded).
+
+    A permission denied (UnauthorizedOperation, AccessDenied) is the IAM policy speaking:
+    throwing away every cached client and session would not change its answer.
+    """
+    return isinstance(error, EC2AuthenticationException) and (
+        error.code in CREDENTIAL_CODES or error.code in _CREDENTIAL_ERROR_NAMES)
 
 
 def _shorten(text: str, limit: int = 300) -> str:

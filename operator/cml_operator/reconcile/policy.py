@@ -1,7 +1,7 @@
 """Exception -> temporary or permanent, delay, condition reason: the only place that decides.
 
 ``POLICY`` is read top to bottom; the first row whose class (and, where given,
-retryability or AWS code) matches decides. Handlers hold no if-chains on codes:
+retryability, AWS code or a word of the message) matches decides. Handlers hold no if-chains on codes:
 they ask ``classify`` and raise ``kopf.TemporaryError`` / ``kopf.PermanentError``.
 """
 
@@ -39,15 +39,19 @@ class Kind(enum.Enum):
 
 @dataclass(frozen=True)
 class Backoff:
-    """Exponential backoff: ``base * 2**retry`` capped, with up to ``jitter`` of it added at random."""
+    """Exponential backoff: ``base * 2**retry`` plus up to ``jitter`` of it at random, then capped.
+
+    The cap applies after the jitter, so no delay ever exceeds ``cap``; the first
+    delay is ``base`` at least.
+    """
 
     base: float
     cap: float
     jitter: float = 0.2
 
     def delay(self, retry: int, rng: random.Random | None = None) -> float:
-        raw = min(self.cap, self.base * (2 ** max(0, min(retry, 30))))
-        return raw + raw * self.jitter * (rng or random).random()
+        raw = self.base * (2 ** max(0, min(retry, 30)))
+        return min(self.cap, raw + raw * self.jitter * (rng or random).random())
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,13 @@ class Rule:
     slow_recheck: bool = False  # permanent: retry on the slow interval anyway (cure lies outside the spec)
     retryable: bool | None = None  # match only exceptions with this retryability
     codes: frozenset[str] | None = None  # match only these AWS codes
+    message_contains: str | None = None  # match only when the message names this (e.g. a parameter)
+
+    def matches(self, error: IntegrationException) -> bool:
+        return (isinstance(error, self.exception)
+                and (self.retryable is None or error.retryable is self.retryable)
+                and (self.codes is None or error.code in self.codes)
+                and (self.message_contains is None or self.message_contains in str(error)))
 
 
 @dataclass(frozen=True)
@@ -72,20 +83,50 @@ class Decision:
         return self.kind is Kind.TEMPORARY
 
 
-CAPACITY_CODES = frozenset({"InsufficientInstanceCapacity", "InsufficientHostCapacity", "InsufficientCapacity"})
+CAPACITY_CODES = frozenset({
+    "InsufficientInstanceCapacity", "InsufficientHostCapacity", "InsufficientCapacity",
+    "InsufficientAddressCapacity", "InsufficientVolumeCapacity", "InsufficientReservedInstanceCapacity",
+    "InsufficientCapacityOnHost",
+})
+#: Invalid because something the spec names does not exist *yet*: EC2 and IAM are eventually
+#: consistent, and GitOps creates the group and the worker in one sync. Rechecked slowly.
+DEPENDENCY_CODES = frozenset({
+    "InvalidAMIID.NotFound", "InvalidAMIName.NotFound", "InvalidGroup.NotFound",
+    "InvalidSecurityGroupID.NotFound", "InvalidSubnetID.NotFound", "InvalidSubnetId.NotFound",
+    "InvalidKeyPair.NotFound", "InvalidSnapshot.NotFound",
+})
+#: RunInstances refused the ClientToken: the pass looks for the instance by uid tag, and if none
+#: lives, the next launch uses a new token (creationAttempt + 1).
+IDEMPOTENCY_CODES = frozenset({"IdempotentParameterMismatch", "IdempotentInstanceTerminated"})
+#: Termination or stop protection (DisableApiTermination / DisableApiStop), or a stop the instance cannot do.
+NOT_PERMITTED_CODES = frozenset({"OperationNotPermitted"})
 
+SLOW = True  # readability of the table below: permanent, but rechecked on the slow interval
+
+#: Read top to bottom; the first matching row decides. One row per line, so rows are easy to add.
 POLICY: tuple[Rule, ...] = (
+    # invalid input: fix the spec; a dependency that may still appear is rechecked slowly
+    Rule(EC2InvalidParameterException, Kind.PERMANENT, reasons.INVALID_PARAMETER, slow_recheck=SLOW,
+         codes=DEPENDENCY_CODES),
+    # an instance profile IAM has not propagated yet: EC2 says InvalidParameterValue naming iamInstanceProfile
+    Rule(EC2InvalidParameterException, Kind.PERMANENT, reasons.INVALID_PARAMETER, slow_recheck=SLOW,
+         codes=frozenset({"InvalidParameterValue"}), message_contains="iamInstanceProfile"),
     Rule(EC2InvalidParameterException, Kind.PERMANENT, reasons.INVALID_PARAMETER),
-    Rule(EC2QuotaExceededException, Kind.TEMPORARY, reasons.INSUFFICIENT_CAPACITY,
-         Backoff(base=60, cap=900), codes=CAPACITY_CODES),
+    # limits: capacity and request rate clear by themselves, account quotas do not
+    Rule(EC2QuotaExceededException, Kind.TEMPORARY, reasons.INSUFFICIENT_CAPACITY, Backoff(base=60, cap=900),
+         codes=CAPACITY_CODES),
     Rule(EC2QuotaExceededException, Kind.TEMPORARY, reasons.THROTTLED, Backoff(base=5, cap=300, jitter=1.0),
          retryable=True),
-    Rule(EC2QuotaExceededException, Kind.PERMANENT, reasons.QUOTA_EXCEEDED, slow_recheck=True),
-    # The client already refreshed credentials once before raising this.
-    Rule(EC2AuthenticationException, Kind.PERMANENT, reasons.AUTHENTICATION_FAILED, slow_recheck=True),
-    # Callers that know better (deletion: success; a launched instance: recreate) decide first.
+    Rule(EC2QuotaExceededException, Kind.PERMANENT, reasons.QUOTA_EXCEEDED, slow_recheck=SLOW),
+    # credentials (the client refreshed them once first) and permissions (never refreshed)
+    Rule(EC2AuthenticationException, Kind.PERMANENT, reasons.AUTHENTICATION_FAILED, slow_recheck=SLOW),
+    # callers that know better (deletion: success; a launched instance: recreate) decide first
     Rule(EC2InstanceNotFoundException, Kind.PERMANENT, reasons.INSTANCE_NOT_FOUND),
+    Rule(EC2InstanceCreationException, Kind.TEMPORARY, reasons.INSTANCE_CREATION_FAILED, Backoff(base=1, cap=10),
+         codes=IDEMPOTENCY_CODES),
     Rule(EC2InstanceCreationException, Kind.TEMPORARY, reasons.INSTANCE_CREATION_FAILED, Backoff(base=15, cap=600)),
+    Rule(EC2InstanceOperationException, Kind.PERMANENT, reasons.OPERATION_NOT_PERMITTED, slow_recheck=SLOW,
+         codes=NOT_PERMITTED_CODES),
     Rule(EC2InstanceOperationException, Kind.TEMPORARY, reasons.INSTANCE_OPERATION_FAILED, Backoff(base=10, cap=120)),
     Rule(EC2TagOperationException, Kind.PERMANENT, reasons.TAG_OPERATION_FAILED, retryable=False),
     Rule(EC2TagOperationException, Kind.TEMPORARY, reasons.TAG_OPERATION_FAILED, Backoff(base=10, cap=300)),
@@ -105,13 +146,8 @@ POLICY: tuple[Rule, ...] = (
 
 def rule_for(error: IntegrationException) -> Rule:
     for rule in POLICY:
-        if not isinstance(error, rule.exception):
-            continue
-        if rule.retryable is not None and error.retryable is not rule.retryable:
-            continue
-        if rule.codes is not None and error.code not in rule.codes:
-            continue
-        return rule
+        if rule.matches(error):
+            return rule
     raise AssertionError(f"POLICY has no row for {error!r}")  # IntegrationException is the last row
 
 

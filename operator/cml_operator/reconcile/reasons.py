@@ -37,6 +37,7 @@ INSTANCE_NOT_FOUND = "InstanceNotFound"
 CML_AUTHENTICATION_FAILED = "CMLAuthenticationFailed"  # 401/403 or the credentials Secret is missing
 CML_CERTIFICATE_CHANGED = "CMLCertificateChanged"  # not the pinned certificate (or not trusted by the CA)
 LICENSE_INVALID = "LicenseInvalid"  # the controller refused the licence token
+OPERATION_NOT_PERMITTED = "OperationNotPermitted"  # termination / stop protection
 
 # CMLWorkerPool (Ready / Reconciling; a stalled pool carries its children's reason)
 POOL_REPLICAS_READY = "ReplicasReady"  # Ready=True: every wanted child exists and is Ready
