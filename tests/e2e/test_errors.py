@@ -12,10 +12,10 @@ import time
 
 import pytest
 
-from tests.support.faultproxy import FaultRule
+from tests.support.faultproxy import IMPAIRED_INSTANCE_CHECK, FaultRule
 from tests.support.processes import wait_for
 
-from .conftest import instances_of, tags_of, worker_manifest
+from .conftest import instances_of, state_of, tags_of, worker_manifest
 
 pytestmark = pytest.mark.e2e
 
@@ -64,23 +64,115 @@ def test_an_ami_that_does_not_exist_stalls_and_creates_nothing(kube, network, aw
     assert instances_of(aws, kube.get("no-ami")["metadata"]["uid"]) == []
 
 
-@pytest.mark.parametrize(("code", "reason"), [("InstanceLimitExceeded", "QuotaExceeded"),
-                                              ("UnauthorizedOperation", "AuthenticationFailed")])
+@pytest.mark.parametrize(("code", "reason", "per_attempt"), [
+    ("InstanceLimitExceeded", "QuotaExceeded", 1),
+    ("MaxIOPSLimitExceeded", "QuotaExceeded", 1),
+    ("UnauthorizedOperation", "AuthenticationFailed", 1),  # permission denied: never a credential refresh
+    ("AuthFailure", "AuthenticationFailed", 2),  # a credential error: refreshed once per attempt
+], ids=["quota", "iops-quota", "permission", "credentials"])
 def test_quota_and_credentials_stall_then_recover_on_the_slow_recheck(kube, network, aws, proxy, operator,
-                                                                       code, reason):
+                                                                       code, reason, per_attempt):
     proxy.set_faults(FaultRule(code=code, action="RunInstances"))
     kube.apply(worker_manifest("slow", network))
 
-    kube.wait_condition("slow", "Stalled", reason=reason)
+    stalled = kube.wait_condition("slow", "Stalled", reason=reason)
+    if code == "UnauthorizedOperation":
+        assert "ec2:RunInstances" in stalled["message"]  # the message names the missing permission
     assert reason in warning_reasons(kube, "slow")
     # Stalled, the worker is retried only on the slow recheck (4 s in tests), not on every poll (1 s).
     start = proxy.count("RunInstances")
     time.sleep(3)  # less than one slow-recheck period: at most one more attempt
-    per_attempt = 2 if code == "UnauthorizedOperation" else 1  # the client refreshes credentials once
     assert proxy.count("RunInstances") - start <= per_attempt
+    assert proxy.count("RunInstances") % per_attempt == 0  # every attempt made exactly per_attempt calls
 
     proxy.clear_faults()  # quota raised / credentials fixed: no spec change needed
     kube.wait_condition("slow", "Ready", timeout=30)
+
+
+@pytest.mark.parametrize("code", ["Unsupported", "SecurityGroupsPerInstanceLimitExceeded"])
+def test_invalid_input_codes_stall_until_the_spec_changes(kube, network, aws, proxy, operator, code):
+    proxy.set_faults(FaultRule(code=code, action="RunInstances", message=f"EC2 refuses: {code}"))
+    kube.apply(worker_manifest("invalid", network))
+
+    stalled = kube.wait_condition("invalid", "Stalled", reason="InvalidParameter")
+    assert code in stalled["message"]
+    assert "InvalidParameter" in warning_reasons(kube, "invalid")
+    calls = proxy.count("RunInstances")
+    assert calls == 1  # a client error (400): botocore does not retry it either
+    assert_stays(lambda: proxy.count("RunInstances") == calls, 6, "RunInstances retried while stalled")
+
+
+def test_a_dependency_that_appears_later_is_picked_up_without_a_spec_change(kube, network, aws, proxy, operator):
+    # GitOps applies the security group and the worker in one sync; EC2 may not know the group yet.
+    proxy.set_faults(FaultRule(code="InvalidSecurityGroupID.NotFound", action="RunInstances"))
+    kube.apply(worker_manifest("later", network))
+
+    kube.wait_condition("later", "Stalled", reason="InvalidParameter")
+    start = proxy.count("RunInstances")
+    time.sleep(3)  # less than one slow-recheck period (4 s in tests)
+    assert proxy.count("RunInstances") - start <= 1
+
+    proxy.clear_faults()  # the group now exists
+    kube.wait_condition("later", "Ready", timeout=30)
+    assert len(instances_of(aws, kube.get("later")["metadata"]["uid"])) == 1
+
+
+def test_stop_protection_stalls_operation_not_permitted_then_recovers(kube, network, aws, proxy, operator):
+    kube.apply(worker_manifest("guarded", network))
+    kube.wait_condition("guarded", "Ready")
+    proxy.set_faults(FaultRule(code="OperationNotPermitted", action="StopInstances",
+                               message="The instance may not be stopped. Modify its 'disableApiStop' attribute"))
+
+    kube.patch_spec("guarded", {"desiredState": "Stopped"})
+
+    stalled = kube.wait_condition("guarded", "Stalled", reason="OperationNotPermitted")
+    assert "remove the protection" in stalled["message"]
+    assert "OperationNotPermitted" in warning_reasons(kube, "guarded")
+    start = proxy.count("StopInstances")
+    time.sleep(3)  # less than one slow-recheck period
+    assert proxy.count("StopInstances") - start <= 1
+
+    proxy.clear_faults()  # protection removed
+    kube.wait_condition("guarded", "Ready", reason="InstanceStopped", timeout=30)
+
+
+def test_termination_protection_keeps_the_finalizer_and_warns_until_removed(kube, network, aws, proxy, operator):
+    kube.apply(worker_manifest("protected", network))
+    kube.wait_condition("protected", "Ready")
+    instance_id = kube.get("protected")["status"]["instanceId"]
+    proxy.set_faults(FaultRule(code="OperationNotPermitted", action="TerminateInstances",
+                               message="The instance may not be terminated. Modify its 'disableApiTermination' "
+                                       "instance attribute and try again."))
+
+    kube.delete("protected", wait=False)
+
+    wait_for(lambda: "OperationNotPermitted" in warning_reasons(kube, "protected"), 30,
+             what="a Warning OperationNotPermitted")
+    warning = [e for e in kube.events("protected") if e["reason"] == "OperationNotPermitted"][-1]
+    assert "remove the protection" in warning["message"] and "finalizer stays" in warning["message"]
+    assert kube.exists("protected") and state_of(aws, instance_id) == "running"
+    start = proxy.count("TerminateInstances")
+    time.sleep(4)
+    # Retried on the slow recheck (capped by --max-retry-delay 2 s in tests), not in a loop.
+    assert proxy.count("TerminateInstances") - start <= 3
+
+    proxy.clear_faults()  # protection removed
+    wait_for(lambda: not kube.exists("protected"), 30, what="the finalizer to go")
+    assert state_of(aws, instance_id) in ("shutting-down", "terminated")
+
+
+def test_a_spent_client_token_bumps_creation_attempt_and_launches_once(kube, network, aws, proxy, operator):
+    proxy.set_faults(FaultRule(code="IdempotentParameterMismatch", action="RunInstances", times=1))
+    kube.apply(worker_manifest("token", network))
+
+    kube.wait_condition("token", "Ready")
+    worker = kube.get("token")
+    uid = worker["metadata"]["uid"]
+    assert worker["status"]["creationAttempt"] == 1
+    assert "InstanceCreationFailed" in warning_reasons(kube, "token")
+    assert proxy.calls()["RunInstances"] == {"fault:IdempotentParameterMismatch": 1, "200": 1}
+    live = instances_of(aws, uid)
+    assert len(live) == 1 and live[0]["ClientToken"] == f"{uid}-1"
 
 
 def test_an_adopted_instance_that_does_not_exist_stalls_instance_not_found(kube, network, proxy, operator):
@@ -110,11 +202,12 @@ def test_an_adopted_instance_that_vanished_stalls_instance_not_found(kube, netwo
     ("rule", "reason"),
     [
         (FaultRule(code="InsufficientInstanceCapacity", action="RunInstances"), "InsufficientCapacity"),
+        (FaultRule(code="InsufficientVolumeCapacity", action="RunInstances"), "InsufficientCapacity"),
         (FaultRule(code="RequestLimitExceeded", action="RunInstances"), "Throttled"),
         (FaultRule(code="InternalError", action="RunInstances"), "InstanceCreationFailed"),
         (FaultRule(code="InternalError", action="DescribeInstances"), "IntegrationError"),
     ],
-    ids=["capacity", "throttled", "creation", "integration"],
+    ids=["capacity", "volume-capacity", "throttled", "creation", "integration"],
 )
 def test_temporary_errors_before_creation_retry_and_recover_by_themselves(kube, network, aws, proxy, operator,
                                                                           rule, reason):
@@ -128,6 +221,12 @@ def test_temporary_errors_before_creation_retry_and_recover_by_themselves(kube, 
     faults = f"fault:{rule.code}"
     first = proxy.count(rule.action, faults)
     wait_for(lambda: proxy.count(rule.action, faults) > first, 20, what="a retry while the fault lasts")
+    if rule.action == "RunInstances":
+        # Retries are paced (delays capped at 2 s in tests; botocore makes up to 3 attempts per
+        # pass on a 5xx): in 6 s at most 4 passes, never a storm.
+        before = proxy.count(rule.action)
+        time.sleep(6)
+        assert proxy.count(rule.action) - before <= 4 * 3
 
     proxy.clear_faults()
     kube.wait_condition("temp", "Ready", timeout=40)
@@ -171,3 +270,20 @@ def test_status_checks_that_cannot_be_read_keep_the_worker_reconciling(kube, net
     assert kube.condition("checks", "Ready")["status"] == "False"
     proxy.clear_faults()
     kube.wait_condition("checks", "Ready", timeout=30)
+
+
+def test_an_impaired_status_check_is_reported_with_one_warning_then_clears(kube, network, proxy, operator):
+    kube.apply(worker_manifest("sick", network))
+    kube.wait_condition("sick", "Ready")
+
+    proxy.set_rewrites(IMPAIRED_INSTANCE_CHECK)  # moto never reports impaired checks itself
+
+    reconciling = kube.wait_condition("sick", "Reconciling", reason="StatusCheckImpaired", timeout=30)
+    assert "instance impaired" in reconciling["message"]
+    assert kube.condition("sick", "Ready")["status"] == "False"
+    assert kube.get("sick")["status"]["statusChecks"]["instance"] == "impaired"
+    time.sleep(3)  # several polls and a resync (3 s) while still impaired: still one Warning
+    assert warning_reasons(kube, "sick").count("StatusCheckImpaired") == 1
+
+    proxy.clear_faults()  # clears rewrites too
+    kube.wait_condition("sick", "Ready", timeout=30)

@@ -9,6 +9,8 @@ Control it over HTTP (tests run it as a separate process) or in process:
 
     PUT    /__faults__   {"rules": [{"action": "RunInstances", "code": "InstanceLimitExceeded", "times": 2}]}
     DELETE /__faults__   clear the rules
+    PUT    /__rewrites__ {"rules": [{"action": "DescribeInstanceStatus", "find": "...", "replace": "..."}]}
+                         edit moto's successful answers (states moto never reports, e.g. impaired checks)
     PUT    /__kills__    {"rules": [{"action": "RunInstances", "pid": 1234, "when": "after_response"}]}
                          SIGKILL a process around a forwarded call (crash-safety tests)
     GET    /__stats__    {"calls": {"RunInstances": {"200": 3, "fault:InstanceLimitExceeded": 2}}, ...}
@@ -36,17 +38,28 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-#: HTTP status EC2 uses for an error code; 400 for everything not listed.
+#: HTTP status EC2 answers each code with; 400 (a client error) for everything not listed.
+#: AWS's "Error codes for the Amazon EC2 API" files capacity, throttling and internal codes
+#: as server errors (5xx): botocore's standard retry mode retries those itself, so sending
+#: them as 400 would hide its retries from call counts.
 STATUS_BY_CODE = {
     "AuthFailure": 401,
     "UnauthorizedOperation": 403,
     "AccessDenied": 403,
+    "Blocked": 403,
+    "OptInRequired": 403,
     "RequestLimitExceeded": 503,
-    "Throttling": 400,
-    "InternalError": 500,
-    "InternalFailure": 500,
     "ServiceUnavailable": 503,
     "Unavailable": 503,
+    "InternalError": 500,
+    "InternalFailure": 500,
+    "InsufficientInstanceCapacity": 500,
+    "InsufficientHostCapacity": 500,
+    "InsufficientCapacity": 500,
+    "InsufficientAddressCapacity": 500,
+    "InsufficientVolumeCapacity": 500,
+    "InsufficientReservedInstanceCapacity": 500,
+    "InsufficientCapacityOnHost": 500,
 }
 
 
@@ -65,6 +78,25 @@ class FaultRule:
 
     def matches(self, action: str) -> bool:
         return (self.action == "*" or self.action == action) and (self.times is None or self.times > 0)
+
+
+@dataclass
+class RewriteRule:
+    """Replace ``find`` with ``replace`` (literal text) in moto's successful answers to ``action``."""
+
+    action: str
+    find: str
+    replace: str
+
+    def apply(self, action: str, payload: bytes) -> bytes:
+        if action != self.action:
+            return payload
+        return payload.replace(self.find.encode(), self.replace.encode())
+
+
+#: moto reports every running instance's checks as ok; this makes its instance check impaired.
+IMPAIRED_INSTANCE_CHECK = RewriteRule("DescribeInstanceStatus", "<status>ok</status></instanceStatus>",
+                                      "<status>impaired</status></instanceStatus>")
 
 
 @dataclass
@@ -93,6 +125,7 @@ class FaultState:
         self._lock = threading.Lock()
         self.rules: list[FaultRule] = []
         self.kills: list[KillRule] = []
+        self.rewrites: list[RewriteRule] = []
         self.calls: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         #: Seeds every random choice (which call a probabilistic rule fails, which code it sends), so a
         #: failing run can be replayed; the order calls arrive in is still up to the threads.
@@ -113,6 +146,17 @@ class FaultState:
                         return FaultRule(**{**asdict(rule), "code": self._random.choice(rule.codes), "codes": []})
                     return rule
         return None
+
+    def set_rewrites(self, rewrites: list[RewriteRule]) -> None:
+        with self._lock:
+            self.rewrites = list(rewrites)
+
+    def rewrite(self, action: str, payload: bytes) -> bytes:
+        with self._lock:
+            rewrites = list(self.rewrites)
+        for rule in rewrites:
+            payload = rule.apply(action, payload)
+        return payload
 
     def set_kills(self, kills: list[KillRule]) -> None:
         with self._lock:
@@ -137,6 +181,7 @@ class FaultState:
                 "calls": {action: dict(outcomes) for action, outcomes in self.calls.items()},
                 "rules": [asdict(rule) for rule in self.rules],
                 "kills": [asdict(kill) for kill in self.kills],
+                "rewrites": [asdict(rule) for rule in self.rewrites],
             }
 
     def reset_counts(self) -> None:
@@ -173,6 +218,10 @@ class _Handler(BaseHTTPRequestHandler):
             payload = json.loads(self._body() or b"{}")
             self.server.state.set_rules([FaultRule(**rule) for rule in payload.get("rules", [])])
             self._reply(200, b"{}")
+        elif self.path.startswith("/__rewrites__"):
+            payload = json.loads(self._body() or b"{}")
+            self.server.state.set_rewrites([RewriteRule(**rule) for rule in payload.get("rules", [])])
+            self._reply(200, b"{}")
         elif self.path.startswith("/__kills__"):
             payload = json.loads(self._body() or b"{}")
             self.server.state.set_kills([KillRule(**rule) for rule in payload.get("rules", [])])
@@ -184,6 +233,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.startswith("/__faults__"):
             self.server.state.set_rules([])
             self.server.state.set_kills([])
+            self.server.state.set_rewrites([])
             self._reply(200, b"{}")
         elif self.path.startswith("/__stats__"):
             self.server.state.reset_counts()
@@ -225,6 +275,8 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             connection.close()
         self.server.state.count(action or self.command, str(response.status))
+        if response.status < 300 and action:
+            payload = self.server.state.rewrite(action, payload)
         kill = self.server.state.pick_kill(action) if action and response.status < 300 else None
         if kill is not None and kill.when == "before_response":
             _kill(kill.pid)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.cluster.controlplane import parent_death_signal
-from tests.support.faultproxy import FaultRule, KillRule
+from tests.support.faultproxy import FaultRule, KillRule, RewriteRule
 
 REPO = Path(__file__).resolve().parents[2]
 #: Dummy credentials moto accepts; never real ones.
@@ -151,6 +151,9 @@ class FaultProxyProcess:
 
     def set_faults(self, *rules: FaultRule) -> None:
         self._request("PUT", "/__faults__", {"rules": [asdict(rule) for rule in rules]})
+
+    def set_rewrites(self, *rules: RewriteRule) -> None:
+        self._request("PUT", "/__rewrites__", {"rules": [asdict(rule) for rule in rules]})
 
     def set_kills(self, *rules: KillRule) -> None:
         self._request("PUT", "/__kills__", {"rules": [asdict(rule) for rule in rules]})

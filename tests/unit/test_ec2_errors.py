@@ -7,9 +7,13 @@ whole path runs for real: HTTP status, XML body, botocore's parser, ClientError,
 
 from __future__ import annotations
 
+import random
 import socket
+from pathlib import Path
 
+import boto3
 import pytest
+from botocore.config import Config
 
 from cml_operator.ec2 import (
     EC2AuthenticationException,
@@ -28,6 +32,7 @@ from cml_operator.ec2 import (
 )
 from cml_operator.ec2 import exceptions as exceptions_module
 from cml_operator.ec2.errors import ERROR_TABLE
+from cml_operator.reconcile.policy import Kind, classify
 from tests.support.faultproxy import FaultProxyServer, FaultRule
 
 REGION = "eu-west-1"
@@ -51,40 +56,88 @@ def client(proxy) -> EC2Client:
     return EC2Client(EC2ClientSettings(max_attempts=1), endpoint_url=proxy.url)
 
 
-#: (code, class, retryable) for each row DESIGN.md names, and each extra row of the table.
-EXPECTED = [
-    ("InvalidParameterValue", EC2InvalidParameterException, False),
-    ("InvalidParameter", EC2InvalidParameterException, False),
-    ("InvalidParameterCombination", EC2InvalidParameterException, False),
-    ("InvalidAMIID.NotFound", EC2InvalidParameterException, False),
-    ("InvalidAMIID.Malformed", EC2InvalidParameterException, False),
-    ("InvalidGroup.NotFound", EC2InvalidParameterException, False),
-    ("InvalidSubnetID.NotFound", EC2InvalidParameterException, False),
-    ("InvalidKeyPair.NotFound", EC2InvalidParameterException, False),
-    ("InstanceLimitExceeded", EC2QuotaExceededException, False),
-    ("VcpuLimitExceeded", EC2QuotaExceededException, False),
-    ("InsufficientInstanceCapacity", EC2QuotaExceededException, True),
-    ("RequestLimitExceeded", EC2QuotaExceededException, True),
-    ("Throttling", EC2QuotaExceededException, True),
-    ("UnauthorizedOperation", EC2AuthenticationException, False),
-    ("InvalidClientTokenId", EC2AuthenticationException, False),
-    ("SignatureDoesNotMatch", EC2AuthenticationException, False),
-    ("AccessDenied", EC2AuthenticationException, False),
-    ("AuthFailure", EC2AuthenticationException, False),
-    ("ExpiredToken", EC2AuthenticationException, False),
-    ("InvalidInstanceID.NotFound", EC2InstanceNotFoundException, False),
-    ("IncorrectInstanceState", EC2InstanceOperationException, True),
-    ("TagLimitExceeded", EC2TagOperationException, False),
-]
-EXPECTED += [
-    (code, rule.exception, rule.retryable)
-    for code, rule in ERROR_TABLE.items()
-    if code not in {row[0] for row in EXPECTED}
-]
+SLOW = "slow recheck"  # permanent, rechecked on --slow-recheck (600 s by default)
+SPEC = "spec change"  # permanent, retried only when the spec changes
+PERMANENT, TEMPORARY = Kind.PERMANENT, Kind.TEMPORARY
+
+#: A hard-coded copy of docs/errors.md's table, one row per code: (code, class, retryable, kind,
+#: reason, retry). Deliberately not derived from ERROR_TABLE or POLICY: a code that vanishes from
+#: the table, or changes its class, kind or reason, fails here. Temporary rows give (base, cap) s.
+_INVALID = (EC2InvalidParameterException, False, PERMANENT, "InvalidParameter", SPEC)
+_DEPENDENCY = (EC2InvalidParameterException, False, PERMANENT, "InvalidParameter", SLOW)
+_QUOTA = (EC2QuotaExceededException, False, PERMANENT, "QuotaExceeded", SLOW)
+_CAPACITY = (EC2QuotaExceededException, True, TEMPORARY, "InsufficientCapacity", (60, 900))
+_THROTTLED = (EC2QuotaExceededException, True, TEMPORARY, "Throttled", (5, 300))
+_AUTH = (EC2AuthenticationException, False, PERMANENT, "AuthenticationFailed", SLOW)
+_NOT_FOUND = (EC2InstanceNotFoundException, False, PERMANENT, "InstanceNotFound", SPEC)
+_IDEMPOTENCY = (EC2InstanceCreationException, True, TEMPORARY, "InstanceCreationFailed", (1, 10))
+_CREATION = (EC2InstanceCreationException, True, TEMPORARY, "InstanceCreationFailed", (15, 600))
+_NOT_PERMITTED = (EC2InstanceOperationException, False, PERMANENT, "OperationNotPermitted", SLOW)
+_WRONG_STATE = (EC2InstanceOperationException, True, TEMPORARY, "InstanceOperationFailed", (10, 120))
+_TAG_BUSY = (EC2TagOperationException, True, TEMPORARY, "TagOperationFailed", (10, 300))
+_TAG_LIMIT = (EC2TagOperationException, False, PERMANENT, "TagOperationFailed", SPEC)
+
+DOCUMENTED: dict[str, tuple] = {
+    **dict.fromkeys([
+        "InvalidParameterValue", "InvalidParameter", "InvalidParameterCombination", "MissingParameter",
+        "UnknownParameter", "ValidationError", "Unsupported", "UnsupportedOperation", "UnsupportedTenancy",
+        "InvalidAMIID.Malformed", "InvalidAMIID.Unavailable", "InvalidGroupId.Malformed",
+        "InvalidSecurityGroupId.Malformed", "InvalidSubnetID.Malformed", "InvalidSubnet", "InvalidKeyPair.Format",
+        "InvalidInstanceID", "InvalidInstanceID.Malformed", "InvalidInstanceType",
+        "InvalidIamInstanceProfileArn.Malformed", "InvalidBlockDeviceMapping", "InvalidUserData.Malformed",
+        "InvalidInstanceAttributeValue", "InvalidTagKey.Malformed", "VolumeTypeNotAvailableInZone",
+        "UnknownVolumeType", "EncryptedVolumesNotSupported", "BootForVolumeTypeUnsupported", "NonEBSInstance",
+        "SecurityGroupsPerInstanceLimitExceeded", "SecurityGroupsPerInterfaceLimitExceeded",
+    ], _INVALID),
+    **dict.fromkeys([
+        "InvalidAMIID.NotFound", "InvalidAMIName.NotFound", "InvalidGroup.NotFound",
+        "InvalidSecurityGroupID.NotFound", "InvalidSubnetID.NotFound", "InvalidSubnetId.NotFound",
+        "InvalidKeyPair.NotFound", "InvalidSnapshot.NotFound",
+    ], _DEPENDENCY),
+    **dict.fromkeys([
+        "InstanceLimitExceeded", "VcpuLimitExceeded", "VolumeLimitExceeded", "MaxIOPSLimitExceeded",
+        "VolumeIOPSLimit", "ResourceLimitExceeded", "PendingVerification",
+    ], _QUOTA),
+    **dict.fromkeys([
+        "InsufficientInstanceCapacity", "InsufficientHostCapacity", "InsufficientCapacity",
+        "InsufficientAddressCapacity", "InsufficientVolumeCapacity", "InsufficientReservedInstanceCapacity",
+        "InsufficientCapacityOnHost",
+    ], _CAPACITY),
+    **dict.fromkeys([
+        "RequestLimitExceeded", "Throttling", "ThrottlingException", "RequestThrottled", "TooManyRequestsException",
+    ], _THROTTLED),
+    **dict.fromkeys([
+        "UnauthorizedOperation", "AccessDenied", "AccessDeniedException", "AuthFailure", "ExpiredToken",
+        "ExpiredTokenException", "InvalidClientTokenId", "RequestExpired", "SignatureDoesNotMatch",
+        "UnrecognizedClientException", "OptInRequired", "Blocked",
+    ], _AUTH),
+    "InvalidInstanceID.NotFound": _NOT_FOUND,
+    "IdempotentParameterMismatch": _IDEMPOTENCY,
+    "IdempotentInstanceTerminated": _IDEMPOTENCY,
+    "InsufficientFreeAddressesInSubnet": _CREATION,
+    "OperationNotPermitted": _NOT_PERMITTED,
+    "IncorrectInstanceState": _WRONG_STATE,
+    "IncorrectState": _WRONG_STATE,
+    "ConcurrentTagAccess": _TAG_BUSY,
+    "TagLimitExceeded": _TAG_LIMIT,
+}
+PERMISSION_DENIED = ("UnauthorizedOperation", "AccessDenied", "AccessDeniedException")
 
 
-@pytest.mark.parametrize(("code", "cls", "retryable"), EXPECTED, ids=[row[0] for row in EXPECTED])
-def test_every_mapped_code_becomes_its_exception(client, proxy, code, cls, retryable):
+class _Fixed(random.Random):
+    """An rng whose ``random()`` is pinned, to read a backoff's floor (0) and ceiling (just under 1)."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__(0)
+        self.value = value
+
+    def random(self) -> float:
+        return self.value
+
+
+@pytest.mark.parametrize("code", sorted(DOCUMENTED))
+def test_every_documented_code_becomes_its_exception_and_decision(client, proxy, code):
+    cls, retryable, kind, reason, retry = DOCUMENTED[code]
     proxy.state.set_rules([FaultRule(code=code, message=f"AWS says {code}")])
 
     with pytest.raises(cls) as caught:
@@ -100,6 +153,77 @@ def test_every_mapped_code_becomes_its_exception(client, proxy, code, cls, retry
     assert error.request_id and len(error.request_id) == 36
     assert "StopInstances" in str(error) and code in str(error) and f"AWS says {code}" in str(error)
     assert isinstance(error, IntegrationException) and isinstance(error, EC2Exception)
+
+    first = classify(error, retry=0, slow_recheck_seconds=600, rng=_Fixed(0.0))
+    assert (first.kind, first.reason) == (kind, reason)
+    if retry == SLOW:
+        assert first.delay == 600
+    elif retry == SPEC:
+        assert first.delay is None
+    else:
+        base, cap = retry
+        assert first.delay == base
+        assert classify(error, retry=30, rng=_Fixed(0.999999)).delay == cap
+
+
+def test_the_error_table_holds_exactly_the_documented_codes():
+    assert set(ERROR_TABLE) == set(DOCUMENTED)
+
+
+def test_docs_errors_md_names_every_code():
+    text = (Path(__file__).parents[2] / "docs" / "errors.md").read_text()
+    missing = [code for code in DOCUMENTED if f"`{code}`" not in text]
+    assert missing == []
+
+
+@pytest.mark.parametrize("code", PERMISSION_DENIED)
+def test_a_permission_denied_names_the_missing_action_and_never_refreshes_credentials(client, proxy, code):
+    proxy.state.set_rules([FaultRule(code=code, message="You are not authorized to perform this operation.")])
+
+    with pytest.raises(EC2AuthenticationException) as caught:
+        client.start_instance(REGION, INSTANCE)
+
+    assert "ec2:StartInstances" in str(caught.value)
+    assert proxy.state.snapshot()["calls"]["StartInstances"] == {f"fault:{code}": 1}  # no refresh, no retry
+
+
+@pytest.mark.parametrize("code", ["AuthFailure", "ExpiredToken", "InvalidClientTokenId", "RequestExpired",
+                                  "SignatureDoesNotMatch"])
+def test_a_credential_error_refreshes_credentials_once(client, proxy, code):
+    proxy.state.set_rules([FaultRule(code=code)])
+
+    with pytest.raises(EC2AuthenticationException):
+        client.start_instance(REGION, INSTANCE)
+
+    assert proxy.state.snapshot()["calls"]["StartInstances"] == {f"fault:{code}": 2}
+
+
+@pytest.mark.parametrize(("code", "status"), [("InsufficientInstanceCapacity", 500), ("InsufficientVolumeCapacity", 500),
+                                               ("RequestLimitExceeded", 503), ("UnauthorizedOperation", 403),
+                                               ("InvalidParameterValue", 400)])
+def test_the_fault_proxy_answers_with_the_http_status_ec2_uses(proxy, code, status):
+    from botocore.exceptions import ClientError
+
+    proxy.state.set_rules([FaultRule(code=code)])
+    raw = boto3.client("ec2", region_name=REGION, endpoint_url=proxy.url, aws_access_key_id="k",
+                       aws_secret_access_key="s", config=Config(retries={"total_max_attempts": 1}))
+
+    with pytest.raises(ClientError) as caught:
+        raw.stop_instances(InstanceIds=[INSTANCE])
+
+    assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == status
+
+
+def test_botocore_retries_capacity_errors_as_the_5xx_they_are(proxy):
+    proxy.state.set_rules([FaultRule(code="InsufficientInstanceCapacity", action="RunInstances")])
+    proxy.state.reset_counts()
+    client = EC2Client(EC2ClientSettings(max_attempts=3), endpoint_url=proxy.url)
+
+    with pytest.raises(EC2QuotaExceededException):
+        client.create_instance(REGION, ami_id="ami-12345678", instance_type="m5.large", subnet_id="subnet-1",
+                               security_group_ids=[], client_token="t", tags={})
+
+    assert proxy.state.snapshot()["calls"]["RunInstances"] == {"fault:InsufficientInstanceCapacity": 3}
 
 
 @pytest.mark.parametrize(
@@ -149,15 +273,6 @@ def test_botocore_retries_throttling_before_giving_up(proxy):
 
     calls = proxy.state.snapshot()["calls"]["StopInstances"]
     assert calls == {"fault:RequestLimitExceeded": 2, "no-upstream": 1}  # 3 attempts in all
-
-
-def test_an_auth_failure_refreshes_credentials_once_then_raises(client, proxy):
-    proxy.state.set_rules([FaultRule(code="AuthFailure")])
-
-    with pytest.raises(EC2AuthenticationException):
-        client.start_instance(REGION, INSTANCE)
-
-    assert proxy.state.snapshot()["calls"]["StartInstances"] == {"fault:AuthFailure": 2}
 
 
 def test_an_auth_failure_cured_by_the_refresh_is_not_raised(client, proxy):

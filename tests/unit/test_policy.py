@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from cml_operator.ec2.errors import ERROR_TABLE, parse_aws_error
+from cml_operator.ec2.errors import parse_aws_error
 from cml_operator.ec2.exceptions import (
     EC2AuthenticationException,
     EC2InstanceCreationException,
@@ -19,7 +19,7 @@ from cml_operator.ec2.exceptions import (
     IntegrationException,
 )
 from cml_operator.reconcile import reasons
-from cml_operator.reconcile.policy import Backoff, Kind, classify
+from cml_operator.reconcile.policy import Backoff, Decision, Kind, classify
 
 from botocore.exceptions import ClientError
 
@@ -44,6 +44,11 @@ def error_for(code: str, operation: str = "RunInstances") -> IntegrationExceptio
         ("AuthFailure", Kind.PERMANENT, reasons.AUTHENTICATION_FAILED),
         ("InvalidInstanceID.NotFound", Kind.PERMANENT, reasons.INSTANCE_NOT_FOUND),
         ("IncorrectInstanceState", Kind.TEMPORARY, reasons.INSTANCE_OPERATION_FAILED),
+        ("OperationNotPermitted", Kind.PERMANENT, reasons.OPERATION_NOT_PERMITTED),
+        ("Unsupported", Kind.PERMANENT, reasons.INVALID_PARAMETER),
+        ("UnsupportedOperation", Kind.PERMANENT, reasons.INVALID_PARAMETER),
+        ("IdempotentParameterMismatch", Kind.TEMPORARY, reasons.INSTANCE_CREATION_FAILED),
+        ("ConcurrentTagAccess", Kind.TEMPORARY, reasons.TAG_OPERATION_FAILED),
         ("TagLimitExceeded", Kind.PERMANENT, reasons.TAG_OPERATION_FAILED),
         ("InternalError", Kind.TEMPORARY, reasons.INSTANCE_CREATION_FAILED),
         ("SomethingUnknown", Kind.TEMPORARY, reasons.INTEGRATION_ERROR),
@@ -54,10 +59,65 @@ def test_design_table_rows(code, kind, reason):
     assert (decision.kind, decision.reason) == (kind, reason)
 
 
-def test_every_code_in_the_error_table_has_a_decision():
-    for code in ERROR_TABLE:
-        decision = classify(error_for(code))
-        assert decision.reason, code
+#: A hard-coded copy of the temporary rows of docs/errors.md: reason, first delay (base), cap (s).
+DOCUMENTED_BACKOFF = [
+    (EC2QuotaExceededException("x", code="InsufficientInstanceCapacity", retryable=True),
+     reasons.INSUFFICIENT_CAPACITY, 60, 900),
+    (EC2QuotaExceededException("x", code="RequestLimitExceeded", retryable=True), reasons.THROTTLED, 5, 300),
+    (EC2InstanceCreationException("x", code="IdempotentParameterMismatch"), reasons.INSTANCE_CREATION_FAILED, 1, 10),
+    (EC2InstanceCreationException("x", code="InternalError"), reasons.INSTANCE_CREATION_FAILED, 15, 600),
+    (EC2InstanceOperationException("x", code="IncorrectInstanceState"), reasons.INSTANCE_OPERATION_FAILED, 10, 120),
+    (EC2TagOperationException("x", code="ConcurrentTagAccess"), reasons.TAG_OPERATION_FAILED, 10, 300),
+    (EC2StatusCheckException("x"), reasons.STATUS_CHECKS_PENDING, 15, 60),
+    (IntegrationException("x"), reasons.INTEGRATION_ERROR, 10, 300),
+]
+
+
+class _Pinned(random.Random):
+    def __init__(self, value: float) -> None:
+        super().__init__(0)
+        self.value = value
+
+    def random(self) -> float:
+        return self.value
+
+
+@pytest.mark.parametrize(("error", "reason", "base", "cap"), DOCUMENTED_BACKOFF,
+                         ids=[row[1] + "-" + str(row[0].code) for row in DOCUMENTED_BACKOFF])
+def test_every_temporary_row_starts_at_its_base_and_never_exceeds_its_cap(error, reason, base, cap):
+    assert classify(error, retry=0, rng=_Pinned(0.0)) == Decision(Kind.TEMPORARY, reason, base)
+    # The cap applies after the jitter: the largest jitter at every retry stays within it.
+    worst = [classify(error, retry=n, rng=_Pinned(0.999999)).delay for n in range(40)]
+    assert max(worst) == cap
+    assert worst[-1] == cap
+
+
+def test_jitter_no_longer_pushes_throttling_past_five_minutes():
+    error = EC2QuotaExceededException("x", code="RequestLimitExceeded", retryable=True)
+    rng = random.Random(7)
+    assert max(classify(error, retry=n, rng=rng).delay for n in range(12) for _ in range(50)) <= 300
+
+
+@pytest.mark.parametrize("code", ["InvalidSecurityGroupID.NotFound", "InvalidSubnetID.NotFound",
+                                  "InvalidAMIID.NotFound", "InvalidKeyPair.NotFound", "InvalidSnapshot.NotFound"])
+def test_a_dependency_that_may_still_appear_is_rechecked_slowly(code):
+    assert classify(error_for(code), slow_recheck_seconds=600) == Decision(Kind.PERMANENT,
+                                                                           reasons.INVALID_PARAMETER, 600)
+
+
+def test_an_instance_profile_iam_has_not_propagated_is_rechecked_slowly():
+    error = parse_aws_error(ClientError({"Error": {
+        "Code": "InvalidParameterValue",
+        "Message": "Value (cml-worker) for parameter iamInstanceProfile.name is invalid. Invalid IAM Instance Profile name"}},
+        "RunInstances"), "RunInstances")
+    assert classify(error, slow_recheck_seconds=600).delay == 600
+    other = error_for("InvalidParameterValue")
+    assert classify(other, slow_recheck_seconds=600).delay is None
+
+
+def test_termination_protection_stalls_operation_not_permitted_with_the_slow_recheck():
+    decision = classify(error_for("OperationNotPermitted", "TerminateInstances"), slow_recheck_seconds=600)
+    assert decision == Decision(Kind.PERMANENT, reasons.OPERATION_NOT_PERMITTED, 600)
 
 
 @pytest.mark.parametrize(
@@ -92,7 +152,7 @@ def test_capacity_backs_off_from_sixty_seconds():
     delays = [classify(error, retry=n, rng=rng).delay for n in range(5)]
     assert 60 <= delays[0] <= 72
     assert delays == sorted(delays)
-    assert delays[-1] <= 900 * 1.2
+    assert delays[-1] <= 900
 
 
 def test_throttling_backoff_is_jittered():

@@ -9,7 +9,7 @@ import pytest
 
 from cml_operator.ec2.models import CMLWorkerInstanceDto, InstanceStatusChecks
 from cml_operator.reconcile import reasons
-from cml_operator.reconcile.conditions import HealthState
+from cml_operator.reconcile.conditions import HealthState, build_conditions
 from cml_operator.reconcile.spec import SpecError, parse_spec
 from cml_operator.reconcile.worker import (
     Launch,
@@ -24,6 +24,7 @@ from cml_operator.reconcile.worker import (
     Terminate,
     WorkerRef,
     WorkerStatus,
+    attempt_of_token,
     client_token,
     decide,
     decide_deletion,
@@ -73,6 +74,28 @@ def test_no_instance_launches_with_the_uid_token_and_all_tags():
     assert tags["cml.dev/worker-uid"] == REF.uid
     assert tags["cml.dev/worker"] == "lab/w1" and tags["cml.dev/managed-by"] == "cml-operator"
     assert tags["Name"] == "lab/w1" and tags["team"] == "netops"
+
+
+def test_an_instance_found_by_uid_records_the_attempt_of_its_token():
+    found = replace(instance(), client_token=client_token(REF.uid, 3))
+
+    plan = decide(REF, spec(instance_type="m5zn.metal"), WorkerStatus(creation_attempt=1), observed(found), NOW)
+
+    assert plan.instance_id == IID and plan.creation_attempt == 3
+
+
+def test_a_found_instance_with_a_foreign_token_keeps_the_status_attempt():
+    found = replace(instance(), client_token="terraform-7")
+
+    plan = decide(REF, spec(), WorkerStatus(creation_attempt=2), observed(found), NOW)
+
+    assert plan.creation_attempt == 2
+
+
+@pytest.mark.parametrize(("token", "attempt"), [(f"{REF.uid}-0", 0), (f"{REF.uid}-12", 12), (None, None),
+                                                ("other-uid-1", None), (f"{REF.uid}-x", None)])
+def test_attempt_of_token_reads_back_client_token(token, attempt):
+    assert attempt_of_token(REF.uid, token) == attempt
 
 
 def test_a_user_name_tag_wins_over_the_default():
@@ -144,10 +167,28 @@ def test_running_with_ok_checks_is_ready_and_does_nothing():
 
 
 @pytest.mark.parametrize("checks", [None, InstanceStatusChecks(IID, "initializing", "ok"),
-                                    InstanceStatusChecks(IID, "ok", "impaired")])
+                                    InstanceStatusChecks(IID, "ok", "insufficient-data")])
 def test_running_without_ok_checks_waits_for_them(checks):
     plan = decide(REF, spec(), TRACKED, observed(instance(), checks), NOW)
     assert plan.actions == () and plan.health.reason == reasons.STATUS_CHECKS_PENDING and plan.poll_soon
+
+
+@pytest.mark.parametrize("checks", [InstanceStatusChecks(IID, "ok", "impaired"),
+                                    InstanceStatusChecks(IID, "impaired", "initializing")])
+def test_an_impaired_check_is_reported_as_such_with_one_warning_per_transition(checks):
+    first = decide(REF, spec(), TRACKED, observed(instance(), checks), NOW)
+
+    assert first.actions == ()
+    assert first.health.state is HealthState.RECONCILING and first.health.reason == reasons.STATUS_CHECK_IMPAIRED
+    assert f"system {checks.system}, instance {checks.instance}" in first.health.message
+    assert [(n.type, n.reason) for n in first.notes] == [("Warning", reasons.STATUS_CHECK_IMPAIRED)]
+
+    still = replace(TRACKED, conditions=tuple(build_conditions(None, first.health, 2)))
+    again = decide(REF, spec(), still, observed(instance(), checks), NOW)
+    assert again.health.reason == reasons.STATUS_CHECK_IMPAIRED and again.notes == ()
+
+    healed = decide(REF, spec(), still, observed(instance(), OK), NOW)
+    assert healed.health.state is HealthState.READY
 
 
 def test_pending_waits_as_provisioning_after_creation_and_starting_after_a_stop():
@@ -182,7 +223,7 @@ def test_never_fights_a_stopping_instance(desired):
 
 def test_resize_stops_a_running_instance_first():
     plan = decide(REF, spec(instanceType="m5.large"), TRACKED, observed(instance()), NOW)
-    assert plan.actions == (Stop(),) and plan.health.reason == reasons.RESIZING
+    assert plan.actions == (Stop(resize_to="m5.large"),) and plan.health.reason == reasons.RESIZING
     assert [n.reason for n in plan.notes] == [reasons.EVENT_RESIZING]
 
 

@@ -519,6 +519,37 @@ class EC2Client:
                                         Filters=[{"Name": "resource-id", "Values": [instance_id]}], MaxResults=1000)
         return {t["Key"]: t.get("Value", "") for t in response.get("Tags", [])}
 
+    # ------------------------------------------------------------------ instance types
+
+    def instance_type_offered(self, region: str, instance_type: str, availability_zone: str) -> bool:
+        """Whether EC2 offers ``instance_type`` in ``availability_zone``.
+
+        Raises:
+            EC2AuthenticationException: Invalid credentials or no permission.
+            IntegrationException: Anything else.
+        """
+        response = self._call_all_pages(
+            region, "DescribeInstanceTypeOfferings", LocationType="availability-zone",
+            Filters=[{"Name": "location", "Values": [availability_zone]},
+                     {"Name": "instance-type", "Values": [instance_type]}],
+        )
+        return any(o.get("InstanceType") == instance_type for o in response.get("InstanceTypeOfferings", []))
+
+    def instance_type_architectures(self, region: str, instance_type: str) -> tuple[str, ...]:
+        """The CPU architectures ``instance_type`` supports (x86_64, arm64, ...).
+
+        Raises:
+            EC2InvalidParameterException: No such instance type (InvalidInstanceType).
+            EC2AuthenticationException: Invalid credentials or no permission.
+        """
+        types = self._call(region, "DescribeInstanceTypes", InstanceTypes=[instance_type]).get("InstanceTypes") or []
+        if not types:
+            raise EC2InvalidParameterException(
+                f"DescribeInstanceTypes failed [InvalidInstanceType]: the instance type '{instance_type}' does not exist",
+                code="InvalidInstanceType", operation="DescribeInstanceTypes", region=region,
+            )
+        return tuple((types[0].get("ProcessorInfo") or {}).get("SupportedArchitectures") or ())
+
     # ------------------------------------------------------------------ images
 
     def describe_image(self, region: str, ami_id: str) -> ImageInfo:

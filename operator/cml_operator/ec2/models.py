@@ -18,6 +18,10 @@ class InstanceStatusChecks:
     def all_ok(self) -> bool:
         return self.system == "ok" and self.instance == "ok"
 
+    @property
+    def impaired(self) -> bool:
+        return "impaired" in (self.system, self.instance)
+
 
 @dataclass(frozen=True)
 class CMLWorkerInstanceDto:
@@ -42,6 +46,8 @@ class CMLWorkerInstanceDto:
     launch_time: str | None = None
     iam_instance_profile_arn: str | None = None
     monitoring: str | None = None  # enabled, disabled, pending, disabling
+    client_token: str | None = None  # the RunInstances ClientToken it was launched with
+    architecture: str | None = None  # x86_64, arm64, ... (the AMI's)
 
     @classmethod
     def from_api(cls, region: str, raw: dict[str, Any], ami_name: str | None = None) -> CMLWorkerInstanceDto:
@@ -66,6 +72,8 @@ class CMLWorkerInstanceDto:
             launch_time=launch.isoformat() if hasattr(launch, "isoformat") else launch,
             iam_instance_profile_arn=(raw.get("IamInstanceProfile") or {}).get("Arn"),
             monitoring=(raw.get("Monitoring") or {}).get("State"),
+            client_token=raw.get("ClientToken") or None,
+            architecture=raw.get("Architecture"),
         )
 
     def with_status_checks(self, checks: InstanceStatusChecks | None) -> CMLWorkerInstanceDto:

@@ -1,4 +1,4 @@
-"""Cached, de-duplicated reads of things many workers share: images and key pairs.
+"""Cached, de-duplicated reads of things many workers share: images, key pairs, instance types.
 
 A thousand workers created from one manifest template would otherwise ask
 DescribeImages a thousand times for the same AMI. Concurrent askers share one
@@ -54,6 +54,14 @@ class SharedLookups:
 
     async def image_by_name(self, region: str, pattern: str) -> ImageInfo:
         return await self._cache.get(("image-name", region, pattern), lambda: self._ec2.resolve_ami(region, pattern))
+
+    async def type_offered(self, region: str, instance_type: str, availability_zone: str) -> bool:
+        return await self._cache.get(("offered", region, instance_type, availability_zone),
+                                     lambda: self._ec2.instance_type_offered(region, instance_type, availability_zone))
+
+    async def type_architectures(self, region: str, instance_type: str) -> tuple[str, ...]:
+        return await self._cache.get(("arch", region, instance_type),
+                                     lambda: self._ec2.instance_type_architectures(region, instance_type))
 
     async def key_pair(self, region: str, key_name: str) -> str:
         return await self._cache.get(("key", region, key_name),

@@ -84,6 +84,8 @@ async def _reconcile(runtime: Runtime, body: kopf.Body, patch: kopf.Patch, retry
     else:
         max_age = 0.0  # a change or a restart: look at EC2 now (batched with the others)
     async with memory.lock:
+        if timer and not memory.due(ref.generation, runtime.clock()):
+            return  # a pass that held the lock meanwhile (create, update) blocked or deferred the worker
         with runtime.metrics.reconcile_duration.labels(trigger).time():
             result = await reconcile_pass(runtime, ref, body.get("spec"), _freshest_status(body, memory),
                                           max_age=max_age, retry=retry)

@@ -42,10 +42,13 @@ class PassResult:
 class Failed(Exception):
     """Carries an error together with what the pass had learned before it."""
 
-    def __init__(self, error: Exception, observation: Observation | None) -> None:
+    def __init__(self, error: Exception, observation: Observation | None, *,
+                 launch_attempt: int | None = None) -> None:
         super().__init__(str(error))
         self.error = error
         self.observation = observation
+        #: Set when RunInstances itself failed: the creationAttempt its ClientToken was built from.
+        self.launch_attempt = launch_attempt
 
 
 

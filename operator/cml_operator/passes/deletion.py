@@ -106,8 +106,11 @@ def _deletion_failure(runtime: Runtime, ref: WorkerRef, raw_status: Mapping[str,
     decision = capped(runtime, Decision(Kind.TEMPORARY, decision.reason, delay))
     runtime.metrics.exceptions.labels(type(error).__name__, "temporary").inc()
     runtime.metrics.retries.labels(decision.reason).inc()
-    health = Health.reconciling(decision.reason, f"Deleting: {error}")
-    warning = Note("Warning", decision.reason, f"Deletion blocked: {error}")
+    message = reasons.with_hint(decision.reason, f"Deletion blocked: {error}")
+    if decision.reason == reasons.OPERATION_NOT_PERMITTED:
+        message += "; the finalizer stays until the instance can be terminated"
+    health = Health.reconciling(decision.reason, message)
+    warning = Note("Warning", decision.reason, message)
     return PassResult(dict(raw_status or {}), health, (warning,), decision=decision, error=error, poll_soon=True)
 
 

@@ -18,7 +18,7 @@ from ..ec2.models import CMLWorkerInstanceDto
 from ..fleet.observer import RegionObserver
 from ..reconcile import reasons
 from ..reconcile.conditions import Health, HealthState, health_of
-from ..reconcile.policy import Decision, Kind, classify
+from ..reconcile.policy import IDEMPOTENCY_CODES, Decision, Kind, classify
 from ..reconcile.spec import SpecError, WorkerSpec, parse_spec
 from ..reconcile.status import PassOutcome, render_status
 from ..reconcile.worker import (
@@ -37,6 +37,7 @@ from ..reconcile.worker import (
 )
 from ..runtime import Runtime, WorkerMemory
 from .common import Failed, PassResult, apply_action, as_integration, capped
+from .resize import check_new_type, restart_after_failed_modify
 
 #: Actions after which the instance's state is read again at once (batched).
 _STATE_CHANGING = (Start, Stop, ModifyType, Terminate)
@@ -72,7 +73,7 @@ async def reconcile_pass(
         plan = _follow_up(ref, spec, status, plan, observation)
     except Failed as failed:
         return _failure(runtime, ref, raw_status, status, spec, failed.error, failed.observation or observation,
-                        notes, retry, memory)
+                        notes, retry, memory, launch_attempt=failed.launch_attempt)
 
     memory.hot = plan.poll_soon
     memory.clear()
@@ -132,14 +133,26 @@ async def _act(
     for action in plan.actions:
         try:
             if isinstance(action, Launch):
-                created, image_id = await _launch(runtime, spec, status, action)
+                try:
+                    created, image_id = await _launch(runtime, spec, status, action)
+                except IntegrationException as error:
+                    raise Failed(error, observation, launch_attempt=plan.creation_attempt) from error
                 memory.launched_instance_id = instance_id = created.aws_instance_id
                 memory.launched_attempt = plan.creation_attempt
                 observation = Observation(instance_id, created, None)
                 observer.seed(created)
                 continue
             assert instance_id is not None, f"{action} needs an instance"
-            await apply_action(runtime, spec.region, instance_id, action)
+            if isinstance(action, Stop) and action.resize_to and observation and observation.instance:
+                await check_new_type(runtime, spec.region, observation.instance, action.resize_to)
+            try:
+                await apply_action(runtime, spec.region, instance_id, action)
+            except IntegrationException as error:
+                if not (isinstance(action, ModifyType) and spec.wants_running):
+                    raise
+                # Never leave a worker stopped that should run: start it again with its old type.
+                old_type = observation.instance.instance_type if observation and observation.instance else None
+                raise await restart_after_failed_modify(runtime, spec.region, instance_id, old_type, error) from error
         except IntegrationException as error:
             if isinstance(error, EC2InstanceNotFoundException) and instance_id and not spec.instance_id:
                 observer.forget(instance_id)  # next pass sees it gone and replaces it
@@ -219,15 +232,22 @@ def _result(
 def _failure(
     runtime: Runtime, ref: WorkerRef, raw_status: Mapping[str, Any] | None, status: WorkerStatus,
     spec: WorkerSpec, error: Exception, observation: Observation | None, notes: list[Note], retry: int,
-    memory: WorkerMemory,
+    memory: WorkerMemory, *, launch_attempt: int | None = None,
 ) -> PassResult:
     integration = as_integration(error)
     decision = capped(runtime, classify(integration, retry=retry, slow_recheck_seconds=runtime.settings.slow_recheck))
     if isinstance(integration, EC2InstanceNotFoundException) and not spec.instance_id:
         # Our own instance vanished mid-pass: the next pass launches a replacement.
         decision = Decision(Kind.TEMPORARY, reasons.PROVISIONING, 1.0)
-    health = (Health.reconciling(decision.reason, str(integration)) if decision.temporary
-              else Health.stalled(decision.reason, str(integration)))
+    message = reasons.with_hint(decision.reason, str(integration))
+    attempt = status.creation_attempt
+    if launch_attempt is not None and integration.code in IDEMPOTENCY_CODES:
+        # This pass looked for an instance by the worker's uid tag before launching and found
+        # none alive: the token is spent. The next pass looks again, then launches with a new one.
+        attempt = launch_attempt + 1
+        message += f"; no live instance carries this worker's uid tag: the next launch uses creationAttempt {attempt}"
+    health = (Health.reconciling(decision.reason, message) if decision.temporary
+              else Health.stalled(decision.reason, message))
     runtime.metrics.exceptions.labels(type(integration).__name__, decision.kind.value).inc()
     if decision.temporary:
         runtime.metrics.retries.labels(decision.reason).inc()
@@ -237,8 +257,8 @@ def _failure(
     memory.hot = True
     plan = Plan((), health, instance_id=status.instance_id or spec.instance_id,
                 adopted=status.adopted or bool(spec.instance_id),
-                creation_attempt=status.creation_attempt)
-    warning = Note("Warning", decision.reason, str(integration))
+                creation_attempt=attempt)
+    warning = Note("Warning", decision.reason, message)
     result = _result(runtime, ref, raw_status, status, plan, observation, None,
                      spec_keys=status.managed_tag_keys, notes=(*notes, warning))
     return replace(result, decision=decision, error=integration)

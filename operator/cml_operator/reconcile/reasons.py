@@ -16,6 +16,7 @@ RESIZING = "Resizing"
 UPDATING = "Updating"
 WAITING_FOR_TRANSITION = "WaitingForTransition"
 STATUS_CHECKS_PENDING = "StatusChecksPending"
+STATUS_CHECK_IMPAIRED = "StatusCheckImpaired"  # running, a status check says impaired (also a Warning event)
 DELETING = "Deleting"
 # Reconciling=True: retrying a temporary error
 INSUFFICIENT_CAPACITY = "InsufficientCapacity"
@@ -79,3 +80,17 @@ EVENT_CERTIFICATE_PINNED = "CertificatePinned"
 EVENT_LICENSE_REGISTERED = "LicenseRegistered"
 EVENT_LICENSE_RELEASED = "LicenseReleased"
 EVENT_LICENSE_RELEASE_FAILED = "LicenseReleaseFailed"  # Warning: stopped anyway after bounded retries
+
+# What to do, appended to the message of a condition or Warning with that reason.
+HINTS = {
+    OPERATION_NOT_PERMITTED: (
+        "remove the protection (aws ec2 modify-instance-attribute --instance-id <id> "
+        "--no-disable-api-termination, or --no-disable-api-stop); the operator rechecks on its own"
+    ),
+}
+
+
+def with_hint(reason: str, message: str) -> str:
+    """``message`` plus what to do about ``reason``, when there is a standard answer."""
+    hint = HINTS.get(reason)
+    return f"{message}; {hint}" if hint else message

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..ec2.models import CMLWorkerInstanceDto, InstanceStatusChecks
 from . import reasons
-from .conditions import Health
+from .conditions import Health, health_of
 from .spec import SpecError, WorkerSpec
 
 MANAGED_BY = "cml-operator"
@@ -111,7 +111,9 @@ class Start:
 
 @dataclass(frozen=True)
 class Stop:
-    pass
+    #: Set when stopping to change the type: the new type is checked against the AZ and the
+    #: instance's architecture first, so a type that cannot run there never stops the instance.
+    resize_to: str | None = None
 
 
 @dataclass(frozen=True)
@@ -208,6 +210,14 @@ def client_token(uid: str, attempt: int) -> str:
     return f"{uid}-{attempt}"[:64]
 
 
+def attempt_of_token(uid: str, token: str | None) -> int | None:
+    """The creationAttempt ``client_token(uid, n)`` was built from; None for a token not of this worker."""
+    prefix = f"{uid}-"
+    if not token or not token.startswith(prefix) or not token[len(prefix):].isdigit():
+        return None
+    return int(token[len(prefix):])
+
+
 # ---------------------------------------------------------------- live workers
 
 
@@ -276,9 +286,13 @@ def _with_instance(
     instance_id = instance.aws_instance_id
     notes: list[Note] = []
     adopted = status.adopted or bool(spec.instance_id)
+    attempt = status.creation_attempt
     if status.instance_id != instance_id:
         how = "named by spec.instanceId" if spec.instance_id else "found by its cml.dev/worker-uid tag"
         notes.append(Note("Normal", reasons.EVENT_ADOPTED, f"Tracking instance {instance_id} ({how})"))
+        # Record the attempt of the token it was launched with, so a later launch never reuses a spent one.
+        launched_with = attempt_of_token(ref.uid, instance.client_token)
+        attempt = attempt if launched_with is None else launched_with
 
     actions: list[Action] = []
     sync = tag_changes(ref, spec, instance.tags, status.managed_tag_keys)
@@ -297,7 +311,7 @@ def _with_instance(
     health, more, poll, more_notes = _lifecycle(spec, status, observation, instance)
     return Plan(
         tuple(actions + more), health, poll_soon=poll, notes=tuple(notes + more_notes),
-        instance_id=instance_id, adopted=adopted, creation_attempt=status.creation_attempt,
+        instance_id=instance_id, adopted=adopted, creation_attempt=attempt,
     )
 
 
@@ -317,7 +331,7 @@ def _lifecycle(
     if state == "running":
         if resize:
             message = f"Stopping instance {instance_id} to change its type {instance.instance_type} -> {spec.instance_type}"
-            return (Health.reconciling(reasons.RESIZING, message), [Stop()], True,
+            return (Health.reconciling(reasons.RESIZING, message), [Stop(resize_to=spec.instance_type)], True,
                     [Note("Normal", reasons.EVENT_RESIZING, message)])
         if not spec.wants_running:
             message = f"Stopping instance {instance_id} (desiredState Stopped)"
@@ -326,6 +340,8 @@ def _lifecycle(
         checks = observation.checks
         if checks is not None and checks.all_ok:
             return Health.ready(reasons.INSTANCE_READY, f"Instance {instance_id} is running and healthy"), [], False, []
+        if checks is not None and checks.impaired:
+            return _impaired(status, instance_id, checks)
         detail = f"system {checks.system}, instance {checks.instance}" if checks else "not reported yet"
         return (Health.reconciling(reasons.STATUS_CHECKS_PENDING,
                                    f"Instance {instance_id} is running; status checks {detail}"), [], True, [])
@@ -343,6 +359,18 @@ def _lifecycle(
         return (Health.reconciling(reasons.STARTING, message), [Start()], True,
                 [Note("Normal", reasons.EVENT_STARTING, message)])
     return Health.ready(reasons.INSTANCE_STOPPED, f"Instance {instance_id} is stopped"), [], False, []
+
+
+def _impaired(status: WorkerStatus, instance_id: str,
+              checks: InstanceStatusChecks) -> tuple[Health, list[Action], bool, list[Note]]:
+    """A failing status check: EC2 (system) or the guest (instance) needs attention; warn once per transition."""
+    message = (f"Instance {instance_id} is running but a status check is impaired "
+               f"(system {checks.system}, instance {checks.instance}); a system failure clears when AWS "
+               "repairs the host (or stop and start the worker), an instance failure needs the guest looked at")
+    previous = health_of(status.conditions)
+    notes = [] if previous is not None and previous.reason == reasons.STATUS_CHECK_IMPAIRED else [
+        Note("Warning", reasons.STATUS_CHECK_IMPAIRED, message)]
+    return Health.reconciling(reasons.STATUS_CHECK_IMPAIRED, message), [], False, notes  # not a transition: resync pace
 
 
 def _describe_updates(actions: list[Action]) -> str:
