@@ -174,6 +174,16 @@ def test_template_changes_roll_mutable_fields_and_count_outdated_children(kube, 
     assert len(fresh) == 1 and fresh[0]["spec"]["amiId"] == image
     assert pool(kube, "roll")["status"]["updatedReplicas"] == 1
 
+    # updateStrategy RollingUpdate: the operator replaces the last outdated child itself.
+    [last_old] = [name for name in before if name != old]
+    kube.run("patch", "cmlworkerpool", "roll", "--type=merge", "-p",
+             json.dumps({"spec": {"updateStrategy": {"type": "RollingUpdate"}}}))
+    wait_for(lambda: not kube.exists(last_old), 60, what=f"outdated {last_old} replaced")
+    body = wait_pool_ready(kube, "roll", 2)
+    assert (body["status"]["updatedReplicas"], body["status"]["outdatedReplicas"]) == (2, 0)
+    assert all(c["spec"]["amiId"] == image for c in children(kube, "roll"))
+    assert state_of(aws, before[last_old]) in ("shutting-down", "terminated")
+
 
 def test_deleting_the_pool_deletes_its_children_and_terminates_their_instances(kube, network, aws, operator):
     kube.apply(pool_manifest("gone", network, 2))

@@ -196,3 +196,37 @@ def test_child_from_body_reads_readiness_stall_and_activity():
     parsed = Child.from_body(body)
     assert parsed.deleting and not parsed.ready and parsed.stalled_reason == "QuotaExceeded"
     assert parsed.instance_state == "stopped" and parsed.last_activity == "2026-11-25T09:00:00Z"
+
+
+NEW_IMAGE = Template(labels={"course": "ccna"}, annotations={}, spec={**SPEC, "amiId": "ami-87654321"})
+
+
+def test_on_delete_never_replaces_outdated_children():
+    plan = plan_pool("p", 2, NEW_IMAGE, [child("p-a"), child("p-b")])
+    assert plan.create == 0 and plan.delete == ()
+    assert plan.status.outdated_replicas == 2 and plan.status.health.state is HealthState.READY
+
+
+def test_rolling_update_replaces_one_outdated_child_at_a_time():
+    plan = plan_pool("p", 2, NEW_IMAGE, [child("p-a"), child("p-b", created="2026-11-25T11:00:00Z")],
+                     rolling_update=True)
+    assert [c.name for c in plan.delete] == ["p-b"] and plan.create == 1  # the scale-down order picks first
+    assert (plan.status.replicas, plan.status.outdated_replicas, plan.status.updated_replicas) == (2, 1, 1)
+    assert plan.status.health.reason == reasons.POOL_ROLLING_UPDATE
+
+
+@pytest.mark.parametrize("children", [
+    [child("p-a"), child("p-b", deleting=True), child("p-new", spec={**SPEC, "amiId": "ami-87654321"})],
+    [child("p-a"), child("p-new", ready=False, spec={**SPEC, "amiId": "ami-87654321"})],
+])
+def test_rolling_update_waits_while_a_child_is_going_or_not_ready(children):
+    plan = plan_pool("p", 2, NEW_IMAGE, children, rolling_update=True)
+    assert plan.delete == () and plan.create == 0
+    assert plan.status.outdated_replicas == 1
+    assert plan.status.health.state is HealthState.RECONCILING
+
+
+def test_rolling_update_is_done_when_nothing_is_outdated():
+    new = {**SPEC, "amiId": "ami-87654321"}
+    plan = plan_pool("p", 2, NEW_IMAGE, [child("p-c", spec=new), child("p-d", spec=new)], rolling_update=True)
+    assert plan.delete == () and plan.create == 0 and plan.status.health.state is HealthState.READY

@@ -50,7 +50,8 @@ async def pool_pass(kube: KubeApi, pool: Mapping[str, Any]) -> PoolResult:
     order = tuple((spec.get("scaleDown") or {}).get("order") or DEFAULT_SCALE_DOWN_ORDER)
     bodies = await kube.list(CMLWORKERS, namespace, label_selector=f"{POOL_LABEL}={name}")
     children = [Child.from_body(body) for body in bodies if owned_by(body, uid)]
-    plan = plan_pool(name, int(spec.get("replicas", 1)), template, children, order)
+    rolling = (spec.get("updateStrategy") or {}).get("type") == "RollingUpdate"
+    plan = plan_pool(name, int(spec.get("replicas", 1)), template, children, order, rolling_update=rolling)
 
     notes: list[Note] = []
     error: KubeApiError | None = None

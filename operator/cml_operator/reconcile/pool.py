@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import reasons
-from .conditions import Health, condition
+from .conditions import Health, HealthState, condition
 
 POOL_LABEL = "cml.dev/pool"
 #: Top-level spec fields a CMLWorker applies in place, so a template change reaches every child.
@@ -112,22 +112,40 @@ class PoolPlan:
 
 
 def plan_pool(pool_name: str, replicas: int, template: Template, children: Iterable[Child],
-              order: Sequence[str] = DEFAULT_SCALE_DOWN_ORDER) -> PoolPlan:
-    """How to bring the pool's children to ``replicas`` copies of ``template``."""
+              order: Sequence[str] = DEFAULT_SCALE_DOWN_ORDER, rolling_update: bool = False) -> PoolPlan:
+    """How to bring the pool's children to ``replicas`` copies of ``template``.
+
+    ``rolling_update``: replace outdated children one at a time, each only when every
+    other child is Ready and none is still going (one extra instance at a time).
+    """
+    children = list(children)
     live = [child for child in children if not child.deleting]
     excess = len(live) - replicas
     delete = tuple(scale_down_order(live, order)[:excess]) if excess > 0 else ()
+    create = max(0, replicas - len(live))
+    settled = not delete and not create and not any(child.deleting for child in children)
+    replacing = None
+    if rolling_update and settled and all(child.ready for child in live):
+        outdated_now = [child for child in live if is_outdated(child, template)]
+        if outdated_now:
+            replacing = scale_down_order(outdated_now, order)[0]
+            delete, create = (replacing,), 1
     removed = {child.uid for child in delete}
     kept = [child for child in live if child.uid not in removed]
     patches = tuple((child, patch) for child in kept if (patch := roll_patch(child, template, pool_name)))
-    create = max(0, replicas - len(live))
     outdated = sum(1 for child in kept if is_outdated(child, template))
     ready = sum(1 for child in kept if child.ready)
     total = len(kept) + create
+    if replacing is not None:
+        health = Health.reconciling(reasons.POOL_ROLLING_UPDATE, f"Replacing outdated worker {replacing.name}; "
+                                                                 f"{outdated} more outdated")
+    else:
+        health = pool_health(replicas, kept, create=create, deleting=len(delete))
+        if rolling_update and outdated and health.state is HealthState.READY:
+            health = Health.reconciling(reasons.POOL_ROLLING_UPDATE, f"{outdated} outdated worker(s) left to replace")
     status = PoolStatus(
         replicas=total, ready_replicas=ready, updated_replicas=total - outdated, outdated_replicas=outdated,
-        selector=f"{POOL_LABEL}={pool_name}",
-        health=pool_health(replicas, kept, create=create, deleting=len(delete)),
+        selector=f"{POOL_LABEL}={pool_name}", health=health,
     )
     return PoolPlan(create=create, delete=delete, patches=patches, status=status)
 

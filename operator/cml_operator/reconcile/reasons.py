@@ -44,6 +44,7 @@ OPERATION_NOT_PERMITTED = "OperationNotPermitted"  # termination / stop protecti
 POOL_REPLICAS_READY = "ReplicasReady"  # Ready=True: every wanted child exists and is Ready
 POOL_SCALING = "Scaling"  # creating or removing children
 POOL_REPLICAS_NOT_READY = "ReplicasNotReady"  # the children exist; some are not Ready yet
+POOL_ROLLING_UPDATE = "RollingUpdate"  # updateStrategy RollingUpdate: replacing outdated children one at a time
 POOL_CREATE_FAILED = "WorkerCreationFailed"  # the API server refused a child (Stalled when it is the template)
 
 # The False side of Reconciling and Stalled
