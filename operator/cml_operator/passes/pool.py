@@ -48,7 +48,13 @@ async def pool_pass(kube: KubeApi, pool: Mapping[str, Any]) -> PoolResult:
     spec = pool.get("spec") or {}
     template = Template.from_pool_spec(spec)
     order = tuple((spec.get("scaleDown") or {}).get("order") or DEFAULT_SCALE_DOWN_ORDER)
-    bodies = await kube.list(CMLWORKERS, namespace, label_selector=f"{POOL_LABEL}={name}")
+    try:
+        bodies = await kube.list(CMLWORKERS, namespace, label_selector=f"{POOL_LABEL}={name}")
+    except KubeApiError as error:  # nothing known about the children: only the conditions change
+        health = _failed(error)
+        conditions = build_conditions((pool.get("status") or {}).get("conditions"), health, generation)
+        return PoolResult({"conditions": conditions}, health, (Note("Warning", health.reason, health.message),),
+                          error)
     children = [Child.from_body(body) for body in bodies if owned_by(body, uid)]
     rolling = (spec.get("updateStrategy") or {}).get("type") == "RollingUpdate"
     plan = plan_pool(name, int(spec.get("replicas", 1)), template, children, order, rolling_update=rolling)
@@ -105,7 +111,7 @@ async def _create(kube: KubeApi, pool: Mapping[str, Any], template: Template, pl
 
 
 def _failed(error: KubeApiError) -> Health:
-    message = f"The API server refused a change to the pool's workers: {error}"
+    message = f"The API server refused a request about the pool's workers: {error}"
     if error.permanent:
         return Health.stalled(reasons.POOL_CREATE_FAILED, message)
     return Health.reconciling(reasons.POOL_CREATE_FAILED, message)
