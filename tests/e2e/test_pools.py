@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from cml_operator.reconcile.pool import Child, scale_down_order
+from tests.support.faultproxy import FaultRule
 from tests.support.processes import wait_for
 
 from .conftest import REGION, Kube, instances_of, state_of, tags_of
@@ -194,3 +195,21 @@ def test_deleting_the_pool_deletes_its_children_and_terminates_their_instances(k
     wait_for(lambda: not children(kube, "gone", live_only=False), 60, what="the children gone")
     for instance_id in instances.values():
         assert state_of(aws, instance_id) in ("shutting-down", "terminated")
+
+
+def test_a_pool_whose_children_all_stall_for_one_reason_is_stalled_with_it(kube, network, proxy, operator):
+    proxy.set_faults(FaultRule(code="InstanceLimitExceeded", action="RunInstances"))
+    kube.apply(pool_manifest("quota", network, 2))
+
+    def stalled() -> dict | None:
+        status = pool(kube, "quota").get("status") or {}
+        condition = {c["type"]: c for c in status.get("conditions", [])}.get("Stalled", {})
+        return condition if condition.get("status") == "True" else None
+
+    condition = wait_for(stalled, 60, what="the pool Stalled")
+    assert condition["reason"] == "QuotaExceeded" and "2 of 2 workers stalled (QuotaExceeded)" in condition["message"]
+    ready = {c["type"]: c for c in pool(kube, "quota")["status"]["conditions"]}["Ready"]
+    assert ready["status"] == "False" and ready["reason"] == "QuotaExceeded"
+
+    proxy.clear_faults()  # the quota is raised: the children retry on their slow recheck and the pool follows
+    wait_pool_ready(kube, "quota", 2)
