@@ -37,9 +37,10 @@ def ec2_proxy(moto_server: MotoServer) -> Iterator[FaultProxyProcess]:
 
 @pytest.fixture
 def proxy(ec2_proxy: FaultProxyProcess, moto: MotoServer) -> Iterator[FaultProxyProcess]:
-    """The fault proxy with no faults and zeroed counters (moto itself reset too)."""
+    """The fault proxy with no faults, zeroed counters and no remembered tokens (moto itself reset too)."""
     ec2_proxy.clear_faults()
     ec2_proxy.reset_counts()
+    ec2_proxy.clear_tokens()
     yield ec2_proxy
     ec2_proxy.clear_faults()
 

@@ -5,6 +5,19 @@ real error response exactly as it would from AWS. Everything else is forwarded
 to the upstream (moto_server). Calls are counted by EC2 Action and outcome, from
 outside the operator, so benchmarks and tests do not trust the operator's counters.
 
+RunInstances idempotency as AWS defines it (moto ignores ClientToken): the proxy
+remembers every successful RunInstances by its ClientToken; a repeat with the same
+parameters is answered with the original reservation without reaching moto (outcome
+``replayed``), one with other parameters with ``IdempotentParameterMismatch``. So a
+token that changes between retries shows up as a second instance.
+
+A fault rule's ``effect`` says what a matching call meets:
+
+* ``error`` (default): the error, instead of forwarding the call;
+* ``forward_then_error``: moto acts, then the caller gets the error (say InternalError 500);
+* ``forward_then_drop``: moto acts, then the connection closes with no answer at all;
+* ``empty``: an empty result instead of forwarding (EC2 not listing a new instance yet).
+
 Control it over HTTP (tests run it as a separate process) or in process:
 
     PUT    /__faults__   {"rules": [{"action": "RunInstances", "code": "InstanceLimitExceeded", "times": 2}]}
@@ -15,6 +28,8 @@ Control it over HTTP (tests run it as a separate process) or in process:
                          SIGKILL a process around a forwarded call (crash-safety tests)
     GET    /__stats__    {"calls": {"RunInstances": {"200": 3, "fault:InstanceLimitExceeded": 2}}, ...}
     DELETE /__stats__    reset the counters
+    GET    /__log__      {"calls": [[t, action, outcome, [filter names]], ...]} every call since the reset
+    DELETE /__tokens__   forget the remembered ClientTokens
 
 Run: python -m tests.support.faultproxy --port 0 --upstream http://127.0.0.1:5000 --port-file f
 """
@@ -27,12 +42,13 @@ import json
 import os
 import random
 import signal
+import socket
 import sys
 import threading
 import time
 import urllib.parse
 import uuid
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -63,6 +79,10 @@ STATUS_BY_CODE = {
 }
 
 
+#: Calls kept in the log (GET /__log__): a 1000-worker benchmark makes a few tens of thousands.
+LOG_LIMIT = 200_000
+
+
 @dataclass
 class FaultRule:
     """Answer matching calls with an EC2 error instead of forwarding them."""
@@ -75,9 +95,18 @@ class FaultRule:
     probability: float = 1.0  # chance that a matching call fails
     codes: list[str] = field(default_factory=list)  # if set, pick one at random per fault
     delay: float = 0.0  # seconds to wait before answering (slow EC2)
+    effect: str = "error"  # error | forward_then_error | forward_then_drop | empty (see the module doc)
+    #: If set, only calls with a parameter of exactly this value match (say "tag:cml.dev/worker-uid").
+    param_value: str = ""
 
-    def matches(self, action: str) -> bool:
-        return (self.action == "*" or self.action == action) and (self.times is None or self.times > 0)
+    def matches(self, action: str, params: dict[str, str] | None = None) -> bool:
+        if self.effect not in EFFECTS:
+            raise ValueError(f"unknown fault effect {self.effect!r}; one of {sorted(EFFECTS)}")
+        return ((self.action == "*" or self.action == action) and (self.times is None or self.times > 0)
+                and (not self.param_value or self.param_value in (params or {}).values()))
+
+
+EFFECTS = frozenset({"error", "forward_then_error", "forward_then_drop", "empty"})
 
 
 @dataclass
@@ -110,6 +139,52 @@ class KillRule:
     times: int = 1
 
 
+@dataclass
+class _Launch:
+    """A successful RunInstances: what was asked (minus the token) and what moto answered."""
+
+    fingerprint: tuple[tuple[str, str], ...]
+    status: int
+    headers: list[tuple[str, str]]
+    payload: bytes
+
+
+class ClientTokens:
+    """RunInstances by ClientToken, as EC2 keeps them; one lock per token so concurrent repeats wait."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._launches: dict[str, _Launch] = {}
+        self._locks: dict[str, threading.Lock] = {}
+
+    def lock(self, token: str) -> threading.Lock:
+        with self._lock:
+            return self._locks.setdefault(token, threading.Lock())
+
+    def get(self, token: str) -> _Launch | None:
+        with self._lock:
+            return self._launches.get(token)
+
+    def remember(self, token: str, launch: _Launch) -> None:
+        with self._lock:
+            self._launches[token] = launch
+
+    def clear(self) -> None:
+        with self._lock:
+            self._launches.clear()
+            self._locks.clear()
+
+
+def fingerprint(params: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((k, v) for k, v in params.items() if k != "ClientToken"))
+
+
+def empty_result_xml(action: str, request_id: str) -> bytes:
+    inner = "<reservationSet/>" if action == "DescribeInstances" else ""
+    return (f'<?xml version="1.0" encoding="UTF-8"?>\n<{action}Response xmlns="http://ec2.amazonaws.com/doc/'
+            f'2016-11-15/"><requestId>{request_id}</requestId>{inner}</{action}Response>').encode()
+
+
 def ec2_error_xml(code: str, message: str, request_id: str) -> bytes:
     return (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
@@ -127,6 +202,8 @@ class FaultState:
         self.kills: list[KillRule] = []
         self.rewrites: list[RewriteRule] = []
         self.calls: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        #: (monotonic seconds, action, outcome, filter names) per call since the last reset, newest last.
+        self.log: deque[tuple[float, str, str, list[str]]] = deque(maxlen=LOG_LIMIT)
         #: Seeds every random choice (which call a probabilistic rule fails, which code it sends), so a
         #: failing run can be replayed; the order calls arrive in is still up to the threads.
         self.seed = random.randrange(2**32) if seed is None else seed
@@ -136,10 +213,10 @@ class FaultState:
         with self._lock:
             self.rules = list(rules)
 
-    def pick_fault(self, action: str) -> FaultRule | None:
+    def pick_fault(self, action: str, params: dict[str, str] | None = None) -> FaultRule | None:
         with self._lock:
             for rule in self.rules:
-                if rule.matches(action) and self._random.random() < rule.probability:
+                if rule.matches(action, params) and self._random.random() < rule.probability:
                     if rule.times is not None:
                         rule.times -= 1
                     if rule.codes:
@@ -170,9 +247,15 @@ class FaultState:
                     return kill
         return None
 
-    def count(self, action: str, outcome: str) -> None:
+    def count(self, action: str, outcome: str, params: dict[str, str] | None = None) -> None:
+        filters = [v for k, v in (params or {}).items() if k.startswith("Filter.") and k.endswith(".Name")]
         with self._lock:
             self.calls[action][outcome] += 1
+            self.log.append((time.monotonic(), action, outcome, filters))
+
+    def call_log(self) -> list[tuple[float, str, str, list[str]]]:
+        with self._lock:
+            return list(self.log)
 
     def snapshot(self) -> dict:
         with self._lock:
@@ -187,6 +270,7 @@ class FaultState:
     def reset_counts(self) -> None:
         with self._lock:
             self.calls.clear()
+            self.log.clear()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -210,6 +294,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path.startswith("/__stats__"):
             self._reply(200, json.dumps(self.server.state.snapshot()).encode())
+        elif self.path.startswith("/__log__"):
+            self._reply(200, json.dumps({"calls": self.server.state.call_log()}).encode())
         else:
             self._forward(b"")
 
@@ -238,27 +324,57 @@ class _Handler(BaseHTTPRequestHandler):
         elif self.path.startswith("/__stats__"):
             self.server.state.reset_counts()
             self._reply(200, b"{}")
+        elif self.path.startswith("/__tokens__"):
+            self.server.tokens.clear()
+            self._reply(200, b"{}")
         else:
             self._forward(b"")
 
     def do_POST(self) -> None:
         body = self._body()
-        action = _action(body, self.path)
-        fault = self.server.state.pick_fault(action)
-        if fault is not None:
-            if fault.delay:
-                time.sleep(fault.delay)
-            status = fault.status or STATUS_BY_CODE.get(fault.code, 400)
-            message = fault.message or f"injected {fault.code} by the test fault proxy"
-            self.server.state.count(action, f"fault:{fault.code}")
-            self._reply(status, ec2_error_xml(fault.code, message, str(uuid.uuid4())), "text/xml;charset=UTF-8")
+        params = _params(body, self.path)
+        action = params.get("Action", "?")
+        state = self.server.state
+        fault = state.pick_fault(action, params)
+        if fault is not None and fault.delay:
+            time.sleep(fault.delay)
+        if fault is not None and fault.effect == "error":
+            state.count(action, f"fault:{fault.code}", params)
+            self._error(fault)
             return
-        self._forward(body, action)
+        if fault is not None and fault.effect == "empty":
+            state.count(action, "fault:empty", params)
+            self._reply(200, empty_result_xml(action, str(uuid.uuid4())), "text/xml;charset=UTF-8")
+            return
+        token = params.get("ClientToken") if action == "RunInstances" else None
+        if not token:
+            self._forward(body, action, params, fault)
+            return
+        with self.server.tokens.lock(token):  # a concurrent repeat waits for the first to finish
+            launch = self.server.tokens.get(token)
+            if launch is None:
+                self._forward(body, action, params, fault, token=token)
+            elif launch.fingerprint != fingerprint(params):
+                state.count(action, "fault:IdempotentParameterMismatch", params)
+                self._reply(400, ec2_error_xml(
+                    "IdempotentParameterMismatch",
+                    f"The client token {token} was used before with different parameters", str(uuid.uuid4())),
+                    "text/xml;charset=UTF-8")
+            else:
+                state.count(action, "replayed", params)
+                self._send(launch.status, launch.headers, launch.payload)
 
-    def _forward(self, body: bytes, action: str = "") -> None:
+    def _error(self, fault: FaultRule) -> None:
+        status = fault.status or STATUS_BY_CODE.get(fault.code, 400)
+        message = fault.message or f"injected {fault.code} by the test fault proxy"
+        self._reply(status, ec2_error_xml(fault.code, message, str(uuid.uuid4())), "text/xml;charset=UTF-8")
+
+    def _forward(self, body: bytes, action: str = "", params: dict[str, str] | None = None,
+                 fault: FaultRule | None = None, token: str | None = None) -> None:
         upstream = self.server.upstream
+        state = self.server.state
         if upstream is None:
-            self.server.state.count(action or "?", "no-upstream")
+            state.count(action or "?", "no-upstream", params)
             self._reply(502, b"no upstream configured", "text/plain")
             return
         connection = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=60)
@@ -269,29 +385,50 @@ class _Handler(BaseHTTPRequestHandler):
             response = connection.getresponse()
             payload = response.read()
         except OSError as exc:
-            self.server.state.count(action or "?", "upstream-error")
+            state.count(action or "?", "upstream-error", params)
             self._reply(502, str(exc).encode(), "text/plain")
             return
         finally:
             connection.close()
-        self.server.state.count(action or self.command, str(response.status))
         if response.status < 300 and action:
-            payload = self.server.state.rewrite(action, payload)
-        kill = self.server.state.pick_kill(action) if action and response.status < 300 else None
+            payload = state.rewrite(action, payload)
+        kept = [(key, value) for key, value in response.getheaders()
+                if key.lower() not in ("transfer-encoding", "connection", "content-length", "server", "date")]
+        if token and response.status < 300:
+            self.server.tokens.remember(token, _Launch(fingerprint(params or {}), response.status, kept, payload))
+        if fault is not None:  # moto acted; the caller never hears so
+            state.count(action, f"{response.status}+fault:{fault.effect}", params)
+            if fault.effect == "forward_then_error":
+                self._error(fault)
+            else:
+                self._drop()
+            return
+        state.count(action or self.command, str(response.status), params)
+        kill = state.pick_kill(action) if action and response.status < 300 else None
         if kill is not None and kill.when == "before_response":
             _kill(kill.pid)
-        self.send_response(response.status)
-        for key, value in response.getheaders():
-            if key.lower() not in ("transfer-encoding", "connection", "content-length", "server", "date"):
-                self.send_header(key, value)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
         try:
-            self.wfile.write(payload)
-            self.wfile.flush()
+            self._send(response.status, kept, payload)
         finally:
             if kill is not None and kill.when == "after_response":
                 _kill(kill.pid)
+
+    def _send(self, status: int, headers: list[tuple[str, str]], payload: bytes) -> None:
+        self.send_response(status)
+        for key, value in headers:
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+        self.wfile.flush()
+
+    def _drop(self) -> None:
+        """Close the connection without a byte of answer (a reply lost on the way back)."""
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
 
 def _kill(pid: int) -> None:
@@ -301,11 +438,12 @@ def _kill(pid: int) -> None:
         pass
 
 
-def _action(body: bytes, path: str) -> str:
-    fields = urllib.parse.parse_qs(body.decode("utf-8", "replace")) if body else {}
+def _params(body: bytes, path: str) -> dict[str, str]:
+    """The call's query parameters (first value of each), from the form body or the URL."""
+    fields = urllib.parse.parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True) if body else {}
     if "Action" not in fields:
-        fields = urllib.parse.parse_qs(urllib.parse.urlsplit(path).query)
-    return (fields.get("Action") or ["?"])[0]
+        fields = urllib.parse.parse_qs(urllib.parse.urlsplit(path).query, keep_blank_values=True)
+    return {key: values[0] for key, values in fields.items()}
 
 
 class FaultProxyServer(ThreadingHTTPServer):
@@ -315,6 +453,7 @@ class FaultProxyServer(ThreadingHTTPServer):
     def __init__(self, port: int = 0, upstream: str | None = None, seed: int | None = None) -> None:
         super().__init__(("127.0.0.1", port), _Handler)
         self.state = FaultState(seed)
+        self.tokens = ClientTokens()
         self.upstream = urllib.parse.urlsplit(upstream) if upstream else None
 
     @property

@@ -169,7 +169,16 @@ class FaultProxyProcess:
         return sum(outcomes.values()) if outcome is None else outcomes.get(outcome, 0)
 
     def reset_counts(self) -> None:
+        """Zero the counters and the call log."""
         self._request("DELETE", "/__stats__")
+
+    def call_log(self) -> list[tuple[float, str, str, list[str]]]:
+        """(monotonic time in the proxy, action, outcome, filter names) of every call since reset_counts."""
+        return [tuple(entry) for entry in self._request("GET", "/__log__")["calls"]]
+
+    def clear_tokens(self) -> None:
+        """Forget the RunInstances ClientTokens the proxy remembers."""
+        self._request("DELETE", "/__tokens__")
 
 
 def _port_taken(log: str) -> bool:
