@@ -3,12 +3,15 @@
 Chosen points are set at the fault proxy, which kills the operator process around
 a forwarded EC2 call: ``before_response`` (EC2 acted, the operator never heard)
 or ``after_response`` (it heard, and nothing after that ran: no status patch).
-Random points kill it at random moments while workers are being created.
+Random points kill it at a random moment (0-2 s) after the new process's first EC2
+call, while workers are being created; after every kill no worker has two live
+instances, and at the end moto launched exactly one instance per worker.
 ``CML_KILL_POINTS`` sets the number of random kills (``make soak`` runs 200).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import time
@@ -111,27 +114,63 @@ def test_killed_while_terminating_still_releases_and_leaks_nothing(kube, network
     assert state_of(aws, worker["status"]["instanceId"]) in ("shutting-down", "terminated")
 
 
+def ec2_calls_made(operator) -> float:
+    """EC2 calls this operator process has completed, from its own /metrics (0 until it serves them)."""
+    text = operator.metrics()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("cml_ec2_api_calls_total{"))
+
+
+def live_instances_by_worker(kube, aws) -> tuple[dict[str, list[str]], int]:
+    """Every applied worker's live instances at moto, and how many workers are not Ready yet; in two
+    calls (one kubectl, one paged DescribeInstances)."""
+    workers = json.loads(kube.run("get", "cmlworkers", "-o", "json").stdout)["items"]
+    not_ready = sum(1 for w in workers if not any(
+        c["type"] == "Ready" and c["status"] == "True" for c in (w.get("status") or {}).get("conditions", [])))
+    uids = {w["metadata"]["uid"]: w["metadata"]["name"] for w in workers}
+    live: dict[str, list[str]] = {name: [] for name in uids.values()}
+    pages = aws.get_paginator("describe_instances").paginate(
+        Filters=[{"Name": "tag-key", "Values": ["cml.dev/worker-uid"]},
+                 {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}])
+    for page in pages:
+        for reservation in page["Reservations"]:
+            for instance in reservation["Instances"]:
+                uid = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}.get("cml.dev/worker-uid")
+                if uid in uids:
+                    live[uids[uid]].append(instance["InstanceId"])
+    return live, not_ready
+
+
 def test_random_kills_while_creating_never_duplicate(kube, network, aws, proxy, operator_factory):
     seed = int(os.environ.get("CML_KILL_SEED", str(int(time.time()))))
     rng = random.Random(seed)
     print(f"random kill seed {seed} (CML_KILL_SEED), {RANDOM_KILLS} kills")
     names = [f"rand-{n}" for n in range(6)]
     kills = 0
+    kills_mid_creation = 0  # kills while some worker was not Ready yet (pending ones count too)
     pending = list(names)
     while kills < RANDOM_KILLS:
         operator = operator_factory(wait=False)
-        if pending:  # new workers keep arriving between kills
+        if pending and kills % 2 == 0:  # new workers keep arriving, one every other kill
             kube.apply(worker_manifest(pending.pop(0), network))
-        time.sleep(rng.uniform(0.3, 3.0))
+        # Start the clock once this process has talked to EC2: a kill during start-up (imports, Kopf
+        # login) would prove nothing about the work.
+        wait_for(lambda: ec2_calls_made(operator) > 0, 60, interval=0.05, what="the operator's first EC2 call")
+        time.sleep(rng.uniform(0.0, 2.0))
         operator.kill()
         kills += 1
-        if kills % 5 == 0:  # now and then, check the invariant mid-way (never two live instances)
-            for name in names[: len(names) - len(pending)]:
-                assert len(instances_of(aws, kube.get(name)["metadata"]["uid"])) <= 1, name
+        # After every restart point: never two live instances for one worker.
+        live, not_ready = live_instances_by_worker(kube, aws)
+        kills_mid_creation += bool(not_ready or pending)
+        doubled = {name: ids for name, ids in live.items() if len(ids) > 1}
+        assert not doubled, f"after kill {kills}: {doubled}"
     for name in pending:
         kube.apply(worker_manifest(name, network))
 
     operator_factory()
     wait_for(lambda: all_ready(kube, names), 90, what="every worker Ready after the last kill")
     assert_one_instance_each(kube, aws, names)
-    print(f"{kills} random kills; {len(names)} workers; {proxy.count('RunInstances')} RunInstances calls")
+    launches = proxy.count("RunInstances", "200")  # replayed tokens are not launches
+    print(f"{kills} random kills ({kills_mid_creation} while workers were still being created); {len(names)} "
+          f"workers; RunInstances outcomes {proxy.calls().get('RunInstances')}")
+    assert launches == len(names), f"{launches} successful RunInstances for {len(names)} workers"
