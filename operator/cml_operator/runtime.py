@@ -80,7 +80,8 @@ class DiscoveryMemory:
     """What this process remembers about one CMLWorkerDiscovery between scans."""
 
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    orphans: OrphanClock = field(default_factory=OrphanClock)
+    #: The region it scans (its orphans are judged there, not by the operator-wide watch).
+    region: str | None = None
     #: Monotonic time before which a failed scan is not repeated.
     next_attempt: float = 0.0
     #: Monotonic time this process last finished a scan: a timer's body may not show that scan yet.
@@ -100,6 +101,10 @@ class Runtime:
     #: One pass at a time per pool or discovery object (an update and a timer may fire together).
     object_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     discoveries: dict[str, DiscoveryMemory] = field(default_factory=dict)
+    #: When each orphan was first seen, per region (the --orphan-grace clock).
+    orphan_clocks: dict[str, OrphanClock] = field(default_factory=dict)
+    #: Operator-wide background loops (the orphan watch), cancelled at close.
+    tasks: list[asyncio.Task] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.lookups is None:
@@ -123,6 +128,19 @@ class Runtime:
             memory = self.discoveries[uid] = DiscoveryMemory()
         return memory
 
+    def own_cluster_id(self) -> str | None:
+        """This cluster's ``cml.dev/cluster`` tag value: resolved at start-up (issue 10), else the setting, else none."""
+        return getattr(self, "cluster_id", None) or getattr(self.settings, "cluster_id", None)
+
+    def discovery_regions(self) -> set[str]:
+        return {memory.region for memory in self.discoveries.values() if memory.region}
+
+    def orphan_clock(self, region: str) -> OrphanClock:
+        clock = self.orphan_clocks.get(region)
+        if clock is None:
+            clock = self.orphan_clocks[region] = OrphanClock()
+        return clock
+
     def forget(self, uid: str) -> None:
         self.workers.pop(uid, None)
         self.metrics.set_phase(uid, None)
@@ -132,6 +150,9 @@ class Runtime:
         return time.monotonic()
 
     async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.observers.stop()
         if self.kube is not None:
             await self.kube.close()

@@ -50,7 +50,8 @@ async def _scan(runtime: Runtime, body: kopf.Body, patch: kopf.Patch, *, force: 
         now = runtime.clock()
         if not force and not _due(memory, status, interval, now):
             return
-        result = await discovery_pass(runtime, body, cluster_id=_cluster_id(runtime), clock=memory.orphans)
+        memory.region = (body.get("spec") or {}).get("region")
+        result = await discovery_pass(runtime, body, cluster_id=runtime.own_cluster_id())
         memory.next_attempt = now + result.delay if result.delay is not None else 0.0
         if result.delay is None:
             memory.last_scan_at = runtime.clock()
@@ -68,7 +69,3 @@ def _due(memory: DiscoveryMemory, status: dict, interval: float, now: float) -> 
         return False  # this process scanned lately, whatever the (possibly older) body says
     return scan_due(status.get("lastScanTime"), interval, datetime.now(timezone.utc))
 
-
-def _cluster_id(runtime: Runtime) -> str | None:
-    """This cluster's ``cml.dev/cluster`` tag value: resolved at start-up (issue 10), else the flag, else none."""
-    return getattr(runtime, "cluster_id", None) or getattr(runtime.settings, "cluster_id", None)

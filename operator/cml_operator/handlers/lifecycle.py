@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -10,6 +11,7 @@ import kopf
 from ..kube import connection_info, login_with_bounded_pool
 from ..kubeapi import KubeApi
 from ..metrics import Metrics
+from ..passes.orphans import orphan_watch
 from ..runtime import Runtime, build_runtime
 from ..settings import OperatorSettings
 from .worker import FINALIZER
@@ -32,6 +34,9 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings, metrics:
         settings.watching.server_timeout = 300  # re-list now and then even if the API server stays quiet
         memo.runtime = build_runtime(config, metrics)
         memo.runtime.kube = KubeApi(lambda: connection_info(settings=settings, logger=logger))
+        runtime = memo.runtime
+        runtime.tasks.append(asyncio.create_task(
+            orphan_watch(runtime, runtime.own_cluster_id, config.resync_interval), name="orphan-watch"))
 
     @kopf.on.login(id="login", registry=registry)
     async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
