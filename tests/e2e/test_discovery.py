@@ -36,6 +36,11 @@ def launch(aws: Any, network: dict[str, str], image: str, tags: dict[str, str] |
     return aws.run_instances(**spec)["Instances"][0]["InstanceId"]
 
 
+def amazon_image(aws: Any) -> dict:
+    """An image of an AWS-owned account (moto preloads them), never this account's."""
+    return aws.describe_images(Owners=["amazon"])["Images"][0]
+
+
 @pytest.fixture
 def own_image(aws: Any, network: dict[str, str]) -> str:
     """An image of this account (owner self), as a CML AMI would be."""
@@ -51,7 +56,7 @@ def test_discovery_imports_each_unmanaged_instance_once_without_touching_it(kube
     stopped = launch(aws, network, own_image, {"env": "lab"})
     aws.stop_instances(InstanceIds=[stopped])
     untagged = launch(aws, network, own_image)  # lacks the selector's tag
-    foreign = launch(aws, network, network["ami"], {"env": "lab"})  # an image of another owner
+    foreign = launch(aws, network, amazon_image(aws)["ImageId"], {"env": "lab"})  # an image of another owner
     operator = operator_factory()
     # A worker the operator launched from the same image is managed already.
     kube.apply(worker_manifest("managed", network, amiId=own_image, tags={"env": "lab"}))
@@ -103,8 +108,9 @@ def test_discovery_imports_each_unmanaged_instance_once_without_touching_it(kube
 
 
 def test_an_image_of_an_owner_not_allowed_is_never_matched(kube, network, aws, operator):
-    launch(aws, network, network["ami"], {"env": "lab"})  # the image belongs to an AWS-owned account
-    kube.apply(discovery_manifest("amazon-name", network["ami_name"]))  # amiOwners defaults to [self]
+    image = amazon_image(aws)
+    launch(aws, network, image["ImageId"], {"env": "lab"})
+    kube.apply(discovery_manifest("amazon-name", image["Name"]))  # amiOwners defaults to [self]
     kube.run("wait", "--for=condition=Ready", "cmlworkerdiscovery/amazon-name", "--timeout=45s")
     status = discovery(kube, "amazon-name")["status"]
     assert (status["matched"], status["imported"]) == (0, 0)
@@ -116,3 +122,4 @@ def test_bad_discoveries_are_refused_at_apply_time(kube):
     assert refused.returncode != 0 and "spec.intervalSeconds" in refused.stderr
     refused = kube.apply(discovery_manifest("bad", "cml-*", amiOwners=["someone"]), check=False)
     assert refused.returncode != 0 and "spec.amiOwners" in refused.stderr
+
