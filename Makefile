@@ -31,7 +31,7 @@ test: install control-plane ## the whole suite: unit, cluster and end-to-end (wh
 unit: install ## unit tests only (no cluster)
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
-bench: install control-plane ## scale benchmark: N=100,500,1000 workers, batched vs unbatched (BENCH_ARGS=--sizes 100); BENCH_ARGS=--pool: pool 0 -> 50 -> 5
+bench: install control-plane ## scale benchmark: N=100,500,1000 workers, batched vs unbatched; fails when a target is missed (BENCH_ARGS=--sizes 100); BENCH_ARGS=--pool: pool 0 -> 50 -> 5
 	$(BIN)/python -m tests.bench.scale $(BENCH_ARGS)
 
 soak: install control-plane ## long failure soaks: 200 random SIGKILLs, a 2-minute 30% EC2 fault soak with 30 workers

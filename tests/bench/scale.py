@@ -1,20 +1,35 @@
-"""Scale benchmark: N CMLWorkers against the real control plane and moto_server; prints figures.
+"""Scale benchmark: N CMLWorkers against the real control plane and moto_server; prints figures, enforces targets.
 
-    python -m tests.bench.scale [--sizes 100,500,1000] [--resync 20] [--cycles 2]   (make bench)
+    python -m tests.bench.scale [--sizes 100,500,1000] [--resync 20] [--max-rss-mb 250 ...]   (make bench)
 
 For each N, the same workload runs twice in this invocation: with batched reads
-(the default) and with ``--no-batching`` (every read its own call). Measured:
+(the default) and with ``--no-batching`` (every read its own call). Measured, from
+outside the operator (tests/bench/measure.py):
 
 * ready_s: seconds from the first create request to every worker Ready;
-* EC2 calls by operation, counted at the HTTP proxy in front of moto (outside the operator);
-* EC2 read calls per resync cycle at steady state (all Ready; counted over ``--cycles`` cycles);
+* EC2 calls by operation, counted at the HTTP proxy in front of moto;
+* EC2 reads per resync pass at steady state: the proxy's call log split into the
+  observer's full passes (a DescribeInstances filtered by the managed-by tag starts
+  one); the figure is the most any measured pass made. The unbatched baseline has no
+  such passes and is estimated as reads over ``--cycles`` resync intervals;
 * Kubernetes API writes per worker from apply to Ready, from kube-apiserver's own
   ``apiserver_request_total`` (PATCH/PUT/POST/DELETE on cmlworkers, their status, and events;
   the benchmark's own N creates are not counted);
-* the operator's peak RSS (VmHWM).
+* memory: the run keeps going, pass after pass, until the RSS has not grown for
+  ``--plateau`` passes in a row (``rss_steady_mb``: the plateau; ``steady_after``: the
+  passes it took); also the peak (VmHWM);
+* the operator's CPU, as a share of one core, between passes and during them;
+* afterwards, live instances per worker counted at moto: any duplicate or missing one fails.
+
+Targets (the batched run of every N is held to them; ``--max-... 0`` disables one):
+``--max-ready-s`` 120, ``--max-reads-per-resync`` 15, ``--max-writes-per-worker`` 5,
+``--max-rss-mb`` 250 (the steady-state RSS). The exit status is 1 and a ``FAILED`` line
+names each figure over its limit, each duplicate or missing instance, and a memory that
+never settled; 0 otherwise.
 
 The last lines are one machine-readable summary per N:
-``SUMMARY n=<N> ready_s=<s> ec2_reads_per_resync=<x> unbatched_reads_per_resync=<y> k8s_writes_per_worker=<w> rss_mb=<m>``
+``SUMMARY n=<N> ready_s=<s> ec2_reads_per_resync=<x> unbatched_reads_per_resync=<y> k8s_writes_per_worker=<w>
+rss_mb=<peak> rss_steady_mb=<m> live_instances=<i> cpu_idle_pct=<c> cpu_resync_pct=<r>``
 """
 
 from __future__ import annotations
@@ -36,12 +51,16 @@ import boto3
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
+from tests.bench.measure import (Limits, ProcessSampler, instance_problems, live_instances, peak_rss_mb, plateau,
+                                 resync_passes)
 from tests.cluster.controlplane import ControlPlane, ControlPlaneConfig
 from tests.support.motoserver import MotoServer
 from tests.support.processes import FAKE_AWS_ENV, FaultProxyProcess, OperatorProcess, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 READ_PREFIXES = ("Describe",)
+#: RSS growth below this between passes is allocator noise, not growth.
+RSS_TOLERANCE_MB = 1.0
 WRITE_VERBS = ("POST", "PATCH", "PUT", "DELETE")
 _METRIC = re.compile(r'^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>[0-9.e+]+)$')
 
@@ -55,9 +74,17 @@ class RunResult:
     reads_per_resync: float
     k8s_writes: dict[str, int]
     writes_per_worker: float
-    rss_mb: float
+    rss_mb: float  # peak (VmHWM)
     steady_calls: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    rss_steady_mb: float = float("nan")
+    steady_after: int | None = None  # passes until RSS stopped growing; None: it never did
+    rss_by_pass: list[float] = field(default_factory=list)
+    reads_by_pass: list[int] = field(default_factory=list)
+    live_instances: int = 0
+    problems: list[str] = field(default_factory=list)  # duplicates, missing instances, no plateau
+    cpu_idle_pct: float = float("nan")
+    cpu_resync_pct: float = float("nan")
 
 
 RUNTIME_VENV = REPO / ".venv-runtime"
@@ -102,13 +129,6 @@ def diff(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
             if after.get(k, 0) - before.get(k, 0)}
 
 
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def network(moto_url: str) -> dict[str, str]:
     ec2 = boto3.client("ec2", region_name="us-east-1", endpoint_url=moto_url,
                        aws_access_key_id=FAKE_AWS_ENV["AWS_ACCESS_KEY_ID"],
@@ -138,7 +158,8 @@ def run_workload(plane: ControlPlane, moto: MotoServer, proxy: FaultProxyProcess
     namespace = f"bench-{n}-{'batched' if batching else 'unbatched'}-{int(time.time())}"
     plane.kubectl("create", "namespace", namespace)
     operator_args = [
-        "--resync-interval", str(args.resync), "--poll-interval", str(args.poll), "--fast-interval", "5",
+        "--resync-interval", str(args.resync), "--poll-interval", str(args.poll),
+        "--fast-interval", str(min(5.0, args.resync)),  # the observer's loop ticks at this; passes need it
         "--mutating-rate", str(args.mutating_rate), "--mutating-burst", str(args.mutating_burst),
         "--mutating-concurrency", "16", "--read-rate", str(args.read_rate), "--read-burst", str(int(args.read_rate)),
         "--log-level", args.log_level,
@@ -166,26 +187,99 @@ def run_workload(plane: ControlPlane, moto: MotoServer, proxy: FaultProxyProcess
         writes.pop("POST cmlworkers", None)  # the benchmark's own creates
         per_worker = sum(writes.values()) / n
 
-        time.sleep(args.resync)  # let the first full pass after Ready settle
-        proxy.reset_counts()
-        time.sleep(args.resync * args.cycles)
-        steady = proxy.calls()
-        reads = sum(sum(outcomes.values()) for action, outcomes in steady.items()
-                    if action.startswith(READ_PREFIXES))
-        rss = peak_rss_mb(operator.pid)
+        result = RunResult(
+            n=n, batching=batching, ready_s=ready_s,
+            ec2_calls_to_ready={a: sum(o.values()) for a, o in sorted(to_ready.items())},
+            reads_per_resync=float("nan"), k8s_writes=writes, writes_per_worker=per_worker, rss_mb=float("nan"),
+            notes=[f"create requests took {applied_s:.1f}s"],
+        )
+        if batching:
+            measure_passes(operator, proxy, args, result)
+        else:
+            proxy.reset_counts()  # no full passes to find: reads over wall-clock resync intervals
+            time.sleep(args.resync * args.cycles)
+            steady = proxy.calls()
+            result.steady_calls = {a: sum(o.values()) for a, o in sorted(steady.items())}
+            result.reads_per_resync = sum(n for a, n in result.steady_calls.items()
+                                          if a.startswith(READ_PREFIXES)) / args.cycles
+        result.rss_mb = peak_rss_mb(operator.pid)
         if args.profile_memory:
             os.kill(operator.pid, signal.SIGUSR1)
             wait_for(profile.exists, 120, what="the memory profile")
             print(profile.read_text(), flush=True)
-        return RunResult(
-            n=n, batching=batching, ready_s=ready_s,
-            ec2_calls_to_ready={a: sum(o.values()) for a, o in sorted(to_ready.items())},
-            reads_per_resync=reads / args.cycles, k8s_writes=writes, writes_per_worker=per_worker, rss_mb=rss,
-            steady_calls={a: sum(o.values()) for a, o in sorted(steady.items())},
-            notes=[f"create requests took {applied_s:.1f}s"],
-        )
+        count_instances(api, namespace, moto, result)
+        return result
     finally:
         operator.stop()
+
+
+def measure_passes(operator: OperatorProcess, proxy: FaultProxyProcess, args: argparse.Namespace,
+                   result: RunResult) -> None:
+    """Follow the observer's full passes until RSS has not grown for ``args.plateau`` passes in a row
+    (at most ``args.max_resyncs``); fill in reads per pass, RSS and CPU."""
+    proxy.reset_counts()
+    began = time.monotonic()
+    calls: list = []
+    cursor = 0
+    with ProcessSampler(operator.pid) as sampler:
+        deadline = began + args.resync * (args.max_resyncs + 3)
+        while True:
+            time.sleep(1.0)
+            new, cursor = proxy.call_log(cursor)
+            calls += new
+            _, passes = resync_passes(calls, min_gap=args.resync / 2)
+            done = passes[1:-1]  # the first may have begun before the log did; the last may be running
+            levels = [sampler.max_rss(p.started, later.started) for p, later in zip(passes[1:], passes[2:])]
+            result.steady_after = plateau(levels, args.plateau, RSS_TOLERANCE_MB)
+            if result.steady_after is not None or len(done) >= args.max_resyncs or time.monotonic() > deadline:
+                break
+        ended = time.monotonic()
+    if not done:
+        result.problems.append(f"no full resync pass seen in {ended - began:.0f}s (resync {args.resync}s)")
+        return
+    result.reads_by_pass = [p.reads for p in done]
+    result.reads_per_resync = float(max(result.reads_by_pass))
+    result.rss_by_pass = [round(level, 1) for level in levels]
+    result.rss_steady_mb = max(levels)
+    if result.steady_after is None:
+        result.problems.append(f"rss_steady_mb: RSS still grew within the last {args.plateau} of "
+                               f"{len(levels)} passes: {result.rss_by_pass}")
+    busy = [(start - 0.5, end + 0.5) for start, end in (p.read_window(gap=2.0) for p in done)]
+    result.cpu_idle_pct, result.cpu_resync_pct = sampler.cpu_shares(busy, done[0].started, ended)
+    result.steady_calls = {}
+    for p in done:
+        for call in p.calls:
+            result.steady_calls[call[1]] = result.steady_calls.get(call[1], 0) + 1
+
+
+def count_instances(api: k8s.CustomObjectsApi, namespace: str, moto: MotoServer, result: RunResult) -> None:
+    """Live instances per worker at moto: exactly one each, or a problem is recorded."""
+    items = api.list_namespaced_custom_object("cml.dev", "v1alpha1", namespace, "cmlworkers")["items"]
+    ec2 = boto3.client("ec2", region_name="us-east-1", endpoint_url=moto.url,
+                       aws_access_key_id=FAKE_AWS_ENV["AWS_ACCESS_KEY_ID"],
+                       aws_secret_access_key=FAKE_AWS_ENV["AWS_SECRET_ACCESS_KEY"])
+    per_uid = live_instances(ec2, [item["metadata"]["uid"] for item in items])
+    result.live_instances = sum(len(ids) for ids in per_uid.values())
+    result.problems += instance_problems(per_uid)
+    if len(items) != result.n:
+        result.problems.append(f"live_instances: {len(items)} CMLWorkers found, {result.n} created")
+
+
+def failures(results: list[RunResult], limits: Limits) -> list[str]:
+    """Every figure over its limit (batched runs), and every run's instance and memory problems."""
+    found = []
+    for r in results:
+        mode = "batched" if r.batching else "unbatched"
+        if r.batching:
+            found += [f"n={r.n} {mode}: {v}" for v in limits.violations(
+                ready_s=r.ready_s, reads_per_resync=r.reads_per_resync, writes_per_worker=r.writes_per_worker,
+                rss_steady_mb=r.rss_steady_mb)]
+        found += [f"n={r.n} {mode}: {p}" for p in r.problems]
+    return found
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None or value != value else f"{value:.{digits}f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,7 +291,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="100,500,1000")
     parser.add_argument("--resync", type=float, default=20.0, help="operator --resync-interval for the run")
     parser.add_argument("--poll", type=float, default=10.0, help="operator --poll-interval")
-    parser.add_argument("--cycles", type=int, default=2, help="resync cycles to count steady-state reads over")
+    parser.add_argument("--cycles", type=int, default=2,
+                        help="resync intervals the unbatched baseline's reads are counted over")
+    parser.add_argument("--plateau", type=int, default=5,
+                        help="RSS is steady once it has not grown for this many resync passes in a row")
+    parser.add_argument("--max-resyncs", type=int, default=30,
+                        help="give up waiting for the RSS plateau after this many passes (a failure)")
+    limits = parser.add_argument_group("targets (0 disables one)")
+    limits.add_argument("--max-ready-s", type=float, default=Limits.max_ready_s)
+    limits.add_argument("--max-reads-per-resync", type=float, default=Limits.max_reads_per_resync)
+    limits.add_argument("--max-writes-per-worker", type=float, default=Limits.max_writes_per_worker)
+    limits.add_argument("--max-rss-mb", type=float, default=Limits.max_rss_mb, help="steady-state RSS")
     parser.add_argument("--mutating-rate", type=float, default=25.0,
                         help="operator --mutating-rate (AWS's own RunInstances bucket refills at 2/s; "
                              "moto has no limit, so the benchmark measures the operator, not the quota)")
@@ -210,9 +314,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-memory", action="store_true",
                         help="run the operator under tracemalloc and print its top allocation sites "
                              "(tracemalloc itself adds memory: RSS figures of such a run are not comparable)")
+    parser.add_argument("--operator-python", dest="python", default=None,
+                        help="interpreter to run the operator with (default: a runtime-only virtualenv, "
+                             ".venv-runtime, so RSS counts what the image loads)")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
-    args.python = runtime_python()
+    args.python = args.python or runtime_python()
 
     print(f"machine: {os.cpu_count()} cores; sizes {sizes}; resync {args.resync}s; poll {args.poll}s; "
           f"mutating {args.mutating_rate}/s burst {args.mutating_burst}; reads {args.read_rate}/s", flush=True)
@@ -230,25 +337,40 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             proxy.stop()
 
-    print("\n| N | mode | ready s | EC2 reads / resync | k8s writes / worker | peak RSS MB |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("\n| N | mode | ready s | EC2 reads / resync | k8s writes / worker | steady RSS MB (after passes) | "
+          "peak RSS MB | live instances | CPU % idle / resync |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
         mode = "batched" if r.batching else "unbatched"
-        print(f"| {r.n} | {mode} | {r.ready_s:.1f} | {r.reads_per_resync:.1f} | {r.writes_per_worker:.2f} | "
-              f"{r.rss_mb:.0f} |")
+        print(f"| {r.n} | {mode} | {r.ready_s:.1f} | {_fmt(r.reads_per_resync)} | {r.writes_per_worker:.2f} | "
+              f"{_fmt(r.rss_steady_mb, 0)} ({r.steady_after or '-'}) | {r.rss_mb:.0f} | {r.live_instances} | "
+              f"{_fmt(r.cpu_idle_pct)} / {_fmt(r.cpu_resync_pct)} |")
     print()
-    for n in sizes if args.modes == "batched,unbatched" else []:
-        batched = next(r for r in results if r.n == n and r.batching)
-        unbatched = next(r for r in results if r.n == n and not r.batching)
-        ratio = unbatched.reads_per_resync / batched.reads_per_resync if batched.reads_per_resync else float("inf")
-        print(f"n={n}: unbatched/batched reads per resync = {ratio:.1f}x")
-    for n in sizes if args.modes == "batched,unbatched" else []:
-        batched = next(r for r in results if r.n == n and r.batching)
-        unbatched = next(r for r in results if r.n == n and not r.batching)
-        print(f"SUMMARY n={n} ready_s={batched.ready_s:.1f} ec2_reads_per_resync={batched.reads_per_resync:.1f} "
-              f"unbatched_reads_per_resync={unbatched.reads_per_resync:.1f} "
-              f"k8s_writes_per_worker={batched.writes_per_worker:.2f} rss_mb={batched.rss_mb:.0f}")
-    return 0
+    for batched in (r for r in results if r.batching):
+        unbatched = next((r for r in results if r.n == batched.n and not r.batching), None)
+        if unbatched is not None and batched.reads_per_resync:
+            print(f"n={batched.n}: unbatched/batched reads per resync = "
+                  f"{unbatched.reads_per_resync / batched.reads_per_resync:.1f}x")
+    for batched in (r for r in results if r.batching):
+        unbatched = next((r for r in results if r.n == batched.n and not r.batching), None)
+        print(f"SUMMARY n={batched.n} ready_s={batched.ready_s:.1f} "
+              f"ec2_reads_per_resync={_fmt(batched.reads_per_resync)} "
+              f"unbatched_reads_per_resync={_fmt(unbatched.reads_per_resync if unbatched else None)} "
+              f"k8s_writes_per_worker={batched.writes_per_worker:.2f} rss_mb={batched.rss_mb:.0f} "
+              f"rss_steady_mb={_fmt(batched.rss_steady_mb, 0)} live_instances={batched.live_instances} "
+              f"cpu_idle_pct={_fmt(batched.cpu_idle_pct)} cpu_resync_pct={_fmt(batched.cpu_resync_pct)}")
+    found = failures(results, limits_from(args))
+    for line in found:
+        print(f"FAILED {line}")
+    return 1 if found else 0
+
+
+def limits_from(args: argparse.Namespace) -> Limits:
+    def limit(value: float) -> float | None:
+        return value if value > 0 else None
+
+    return Limits(max_ready_s=limit(args.max_ready_s), max_reads_per_resync=limit(args.max_reads_per_resync),
+                  max_writes_per_worker=limit(args.max_writes_per_worker), max_rss_mb=limit(args.max_rss_mb))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ Control it over HTTP (tests run it as a separate process) or in process:
                          SIGKILL a process around a forwarded call (crash-safety tests)
     GET    /__stats__    {"calls": {"RunInstances": {"200": 3, "fault:InstanceLimitExceeded": 2}}, ...}
     DELETE /__stats__    reset the counters
-    GET    /__log__      {"calls": [[t, action, outcome, [filter names]], ...]} every call since the reset
+    GET    /__log__?since=K  {"calls": [[t, action, outcome, [filter names]], ...], "logged": n}: calls after
+                         the first K since the reset (t: the proxy's time.monotonic(), when it answered)
     DELETE /__tokens__   forget the remembered ClientTokens
 
 Run: python -m tests.support.faultproxy --port 0 --upstream http://127.0.0.1:5000 --port-file f
@@ -204,6 +205,7 @@ class FaultState:
         self.calls: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         #: (monotonic seconds, action, outcome, filter names) per call since the last reset, newest last.
         self.log: deque[tuple[float, str, str, list[str]]] = deque(maxlen=LOG_LIMIT)
+        self.logged = 0  # calls logged since the reset (the log keeps the newest LOG_LIMIT)
         #: Seeds every random choice (which call a probabilistic rule fails, which code it sends), so a
         #: failing run can be replayed; the order calls arrive in is still up to the threads.
         self.seed = random.randrange(2**32) if seed is None else seed
@@ -252,10 +254,14 @@ class FaultState:
         with self._lock:
             self.calls[action][outcome] += 1
             self.log.append((time.monotonic(), action, outcome, filters))
+            self.logged += 1
 
-    def call_log(self) -> list[tuple[float, str, str, list[str]]]:
+    def call_log(self, since: int = 0) -> tuple[list[tuple[float, str, str, list[str]]], int]:
+        """The calls logged after the first ``since`` ones (as far as the log still holds them), and
+        how many were logged in all: pass that back as ``since`` to read only what is new."""
         with self._lock:
-            return list(self.log)
+            dropped = self.logged - len(self.log)
+            return list(self.log)[max(0, since - dropped):], self.logged
 
     def snapshot(self) -> dict:
         with self._lock:
@@ -271,6 +277,7 @@ class FaultState:
         with self._lock:
             self.calls.clear()
             self.log.clear()
+            self.logged = 0
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -295,7 +302,9 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.startswith("/__stats__"):
             self._reply(200, json.dumps(self.server.state.snapshot()).encode())
         elif self.path.startswith("/__log__"):
-            self._reply(200, json.dumps({"calls": self.server.state.call_log()}).encode())
+            query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+            calls, logged = self.server.state.call_log(int((query.get("since") or ["0"])[0]))
+            self._reply(200, json.dumps({"calls": calls, "logged": logged}).encode())
         else:
             self._forward(b"")
 

@@ -145,9 +145,11 @@ def test_the_call_log_names_each_calls_filters(stack):
     stack.via_proxy.describe_instances(Filters=[{"Name": "tag:cml.dev/managed-by", "Values": ["cml-operator"]}])
     stack.via_proxy.describe_instances()
 
-    log = stack.proxy.state.call_log()
+    log, logged = stack.proxy.state.call_log()
     assert [(action, outcome, filters) for _, action, outcome, filters in log] == [
         ("DescribeInstances", "200", ["tag:cml.dev/managed-by"]), ("DescribeInstances", "200", [])]
+    assert logged == 2
+    assert [entry[1:] for entry in stack.proxy.state.call_log(since=1)[0]] == [("DescribeInstances", "200", [])]
 
 
 def test_the_same_seed_makes_the_same_random_choices():

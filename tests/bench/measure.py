@@ -1,0 +1,216 @@
+"""What the benchmarks measure from outside the operator, and the limits they hold it to.
+
+* ``resync_passes``: the EC2 calls of each full resync pass, split from the fault proxy's
+  call log. A DescribeInstances filtered by the managed-by tag starts a pass (its later
+  pages carry the same filter and belong to it); every read until the next pass starts
+  counts for that pass.
+* ``ProcessSampler``: the operator's CPU time (utime + stime) and RSS (VmRSS) sampled in a
+  thread; CPU is split into "during a resync pass" and "between passes" by the passes' time
+  windows (the proxy logs ``time.monotonic()``, the same clock as this process's on Linux).
+* ``plateau``: after how many passes RSS stopped growing; ``peak_rss_mb``: VmHWM.
+* ``live_instances``: live instances per worker uid, read straight from moto.
+* ``Limits``: the targets; ``Limits.violations`` names every figure over its limit.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: The tag filter of the observer's full pass (DescribeInstances by the managed-by tag).
+PASS_MARKER = "tag:cml.dev/managed-by"
+READ_PREFIXES = ("Describe",)
+#: Live = not shutting-down or terminated.
+LIVE_STATES = ["pending", "running", "stopping", "stopped"]
+
+Call = Sequence[Any]  # (proxy time.monotonic(), action, outcome, [filter names])
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The targets `make bench` enforces (docs/scale.md); None: not checked."""
+
+    max_ready_s: float | None = 120.0
+    max_reads_per_resync: float | None = 15.0
+    max_writes_per_worker: float | None = 5.0
+    max_rss_mb: float | None = 250.0
+
+    def violations(self, *, ready_s: float, reads_per_resync: float, writes_per_worker: float,
+                   rss_steady_mb: float) -> list[str]:
+        """One line per figure over its limit, naming the figure, its value and the limit."""
+        checks = [("ready_s", ready_s, self.max_ready_s, "--max-ready-s"),
+                  ("ec2_reads_per_resync", reads_per_resync, self.max_reads_per_resync, "--max-reads-per-resync"),
+                  ("k8s_writes_per_worker", writes_per_worker, self.max_writes_per_worker,
+                   "--max-writes-per-worker"),
+                  ("rss_steady_mb", rss_steady_mb, self.max_rss_mb, "--max-rss-mb")]
+        return [f"{name}={value:.2f} is over its limit {limit:g} ({flag})"
+                for name, value, limit, flag in checks if limit is not None and value > limit]
+
+
+# ---------------------------------------------------------------- resync passes from the call log
+
+
+@dataclass
+class Pass:
+    """One full resync pass: its calls, in the proxy's order."""
+
+    calls: list[Call] = field(default_factory=list)
+
+    @property
+    def started(self) -> float:
+        return float(self.calls[0][0])
+
+    @property
+    def reads(self) -> int:
+        return sum(1 for call in self.calls if str(call[1]).startswith(READ_PREFIXES))
+
+    def read_window(self, gap: float) -> tuple[float, float]:
+        """From the pass's first call to its last read before a quiet ``gap`` (later reads are workers')."""
+        last = self.started
+        for call in self.calls:
+            if float(call[0]) - last > gap:
+                break
+            if str(call[1]).startswith(READ_PREFIXES):
+                last = float(call[0])
+        return self.started, last
+
+
+def is_pass_start(call: Call) -> bool:
+    return call[1] == "DescribeInstances" and PASS_MARKER in call[3]
+
+
+def resync_passes(calls: Iterable[Call], min_gap: float) -> tuple[list[Call], list[Pass]]:
+    """(calls before the first pass, the passes). A marker call less than ``min_gap`` seconds after
+    the previous marker is another page of the same pass."""
+    before: list[Call] = []
+    passes: list[Pass] = []
+    last_marker: float | None = None
+    for call in calls:
+        if is_pass_start(call):
+            if last_marker is None or float(call[0]) - last_marker >= min_gap:
+                passes.append(Pass())
+            last_marker = float(call[0])
+        (passes[-1].calls if passes else before).append(call)
+    return before, passes
+
+
+# ---------------------------------------------------------------- the operator process
+
+
+def _status_kb(pid: int, key: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return float(line.split()[1])
+    return float("nan")
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory now (VmRSS)."""
+    return _status_kb(pid, "VmRSS") / 1024
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The highest resident memory so far (VmHWM)."""
+    return _status_kb(pid, "VmHWM") / 1024
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of the process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class ProcessSampler:
+    """Samples a process's CPU time and RSS every ``interval`` seconds in a thread."""
+
+    def __init__(self, pid: int, interval: float = 0.1) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.samples: list[tuple[float, float, float]] = []  # (time.monotonic(), cpu seconds, RSS MB)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="process-sampler", daemon=True)
+
+    def __enter__(self) -> ProcessSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.samples.append((time.monotonic(), cpu_seconds(self.pid), rss_mb(self.pid)))
+            except (OSError, ValueError, IndexError):
+                return  # the process is gone
+            self._stop.wait(self.interval)
+
+    def max_rss(self, start: float, end: float) -> float:
+        """The highest RSS sampled in [start, end), NaN if none."""
+        values = [rss for t, _, rss in list(self.samples) if start <= t < end]
+        return max(values) if values else float("nan")
+
+    def cpu_shares(self, busy: Sequence[tuple[float, float]], start: float, end: float) -> tuple[float, float]:
+        """(% of one core outside the ``busy`` windows, % inside them), over [start, end]."""
+        totals = {True: [0.0, 0.0], False: [0.0, 0.0]}  # inside a window?: [cpu, wall]
+        samples = [s for s in list(self.samples) if start <= s[0] <= end]
+        for (t0, c0, _), (t1, c1, _) in zip(samples, samples[1:]):
+            middle = (t0 + t1) / 2
+            inside = any(first <= middle <= last for first, last in busy)
+            totals[inside][0] += c1 - c0
+            totals[inside][1] += t1 - t0
+
+        def share(cpu_wall: list[float]) -> float:
+            return 100 * cpu_wall[0] / cpu_wall[1] if cpu_wall[1] else float("nan")
+
+        return share(totals[False]), share(totals[True])
+
+
+def plateau(levels: Sequence[float], window: int, tolerance_mb: float) -> int | None:
+    """The number of passes after which RSS had not grown for ``window`` passes in a row, or None.
+
+    Pass k grew when its RSS exceeds the highest RSS of the passes before it by more than
+    ``tolerance_mb`` (allocator noise)."""
+    quiet = 0
+    for k in range(1, len(levels)):
+        quiet = 0 if levels[k] > max(levels[:k]) + tolerance_mb else quiet + 1
+        if quiet >= window:
+            return k + 1
+    return None
+
+
+# ---------------------------------------------------------------- moto, the ground truth
+
+
+def live_instances(ec2: Any, uids: Iterable[str]) -> dict[str, list[str]]:
+    """Live instances per worker uid, read from moto (paged), for every uid asked about."""
+    found: dict[str, list[str]] = {uid: [] for uid in uids}
+    pages = ec2.get_paginator("describe_instances").paginate(
+        Filters=[{"Name": "tag-key", "Values": ["cml.dev/worker-uid"]},
+                 {"Name": "instance-state-name", "Values": LIVE_STATES}])
+    for page in pages:
+        for reservation in page["Reservations"]:
+            for instance in reservation["Instances"]:
+                uid = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}.get("cml.dev/worker-uid")
+                if uid in found:
+                    found[uid].append(instance["InstanceId"])
+    return found
+
+
+def instance_problems(per_uid: dict[str, list[str]]) -> list[str]:
+    """Workers with no live instance or with more than one."""
+    duplicated = {uid: ids for uid, ids in per_uid.items() if len(ids) > 1}
+    missing = [uid for uid, ids in per_uid.items() if not ids]
+    problems = []
+    if duplicated:
+        problems.append(f"live_instances: {len(duplicated)} workers with more than one instance "
+                        f"(e.g. {next(iter(duplicated.items()))})")
+    if missing:
+        problems.append(f"live_instances: {len(missing)} workers without an instance (e.g. {missing[0]})")
+    return problems

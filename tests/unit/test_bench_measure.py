@@ -1,0 +1,57 @@
+"""The benchmark's own arithmetic: passes from the proxy log, the RSS plateau, limits, instance counts."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.bench.measure import Limits, instance_problems, plateau, resync_passes
+
+MARK = ["tag:cml.dev/managed-by"]
+
+
+def call(t: float, action: str = "DescribeInstances", filters: list[str] | None = None):
+    return (t, action, "200", filters or [])
+
+
+def test_a_managed_by_query_starts_a_pass_and_its_later_pages_belong_to_it():
+    log = [call(0.0, "RunInstances"), call(1.0, filters=MARK), call(1.1, filters=MARK),
+           call(1.2, "DescribeInstanceStatus"), call(3.0, "DescribeInstances"),  # a worker's own read
+           call(21.0, filters=MARK), call(21.2, "DescribeInstanceStatus"), call(21.3, "CreateTags")]
+
+    before, passes = resync_passes(log, min_gap=10)
+
+    assert before == [call(0.0, "RunInstances")]
+    assert [p.reads for p in passes] == [4, 2]  # CreateTags is not a read
+    assert passes[0].read_window(gap=1.0) == (1.0, 1.2)  # the worker's read 1.8 s later is not the pass
+
+
+@pytest.mark.parametrize(("levels", "after"), [
+    ([100, 110, 110.5, 110, 110, 110, 110], 7),  # grew once (by 10), then 5 quiet passes
+    ([100, 100, 100, 100, 100, 100], 6),
+    ([100, 101.5, 103, 104.5, 106, 107.5, 109], None),  # creeping up by more than the tolerance
+    ([100, 110, 110, 110, 110], None),  # only 3 quiet passes so far
+])
+def test_rss_is_steady_after_5_passes_without_growth(levels, after):
+    assert plateau(levels, window=5, tolerance_mb=1.0) == after
+
+
+def test_limits_name_every_figure_over_its_limit_and_only_those():
+    found = Limits().violations(ready_s=130, reads_per_resync=11, writes_per_worker=5.0, rss_steady_mb=251)
+    assert found == ["ready_s=130.00 is over its limit 120 (--max-ready-s)",
+                     "rss_steady_mb=251.00 is over its limit 250 (--max-rss-mb)"]
+    assert Limits(max_ready_s=None).violations(ready_s=1e9, reads_per_resync=0, writes_per_worker=0,
+                                               rss_steady_mb=0) == []
+
+
+def test_a_nan_figure_is_not_a_pass():
+    # No pass seen means no figure; the benchmark reports that as a problem of its own, and NaN > limit
+    # is False, so the limit check alone would let it through.
+    assert Limits().violations(ready_s=1, reads_per_resync=float("nan"), writes_per_worker=1,
+                               rss_steady_mb=1) == []
+
+
+def test_duplicate_and_missing_instances_are_problems():
+    assert instance_problems({"a": ["i-1"], "b": ["i-2"]}) == []
+    problems = instance_problems({"a": ["i-1", "i-3"], "b": [], "c": ["i-2"]})
+    assert len(problems) == 2
+    assert "1 workers with more than one instance" in problems[0] and "1 workers without an instance" in problems[1]
