@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                      default=_env("MUTATING_CONCURRENCY", int, r.mutating_concurrency),
                      help="mutating EC2 calls in flight per region")
     ec2.add_argument("--no-batching", dest="batching", action="store_false",
-                     default=_env("BATCHING", _flag, o.batching),
+                     # The twin of --no-batching is CML_NO_BATCHING=true; CML_BATCHING=false still works.
+                     default=not _env("NO_BATCHING", _flag, not _env("BATCHING", _flag, o.batching)),
                      help="read each instance with its own calls (benchmark baseline only)")
     ec2.add_argument("--ec2-threads", type=int, default=_env("EC2_THREADS", int, d.ec2_threads),
                      help="threads running blocking boto3 calls")
@@ -106,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="coordinate with other instances of the operator through this Kopf peering object "
                               "(needs deploy/peering/): the highest --priority works, the others pause; equal "
                               "priorities all pause. Keep one replica; use it so a debug instance can take over")
-    peering.add_argument("--standalone", action="store_true", help="no peering, one replica (the default)")
+    peering.add_argument("--standalone", action="store_true", default=_env("STANDALONE", _flag, False),
+                         help="no peering, one replica (the default)")
     ops.add_argument("--priority", type=int, default=_env("PRIORITY", int, d.priority),
                      help="this instance's peering priority (with --peering)")
     return parser
