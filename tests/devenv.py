@@ -1,9 +1,11 @@
 """``make dev``: the whole thing on one machine, for a newcomer, in one command.
 
 Starts the local control plane (etcd + kube-apiserver), moto_server as EC2,
-applies crds/, runs the operator, applies deploy/samples/cmlworker.yaml (its
-subnet, security group and AMI replaced by ones that exist in moto), waits for
-Ready, shows the worker and its events, then keeps running until Ctrl-C.
+applies crds/, runs the CML simulator (tests/support/cmlsim.py) and the operator,
+applies deploy/samples/cmlworker.yaml (its subnet, security group and AMI replaced
+by ones that exist in moto, spec.cml.endpoint pointed at the simulator, idle stop
+after 2 minutes), waits for Ready (CMLStarting first: the simulated controller
+boots for 20 s), shows the worker and its events, then keeps running until Ctrl-C.
 
 While it runs, a second shell can use it:
 
@@ -24,6 +26,7 @@ import yaml
 
 from tests.cluster.__main__ import wait_for_signal
 from tests.cluster.controlplane import ControlPlane, ControlPlaneConfig
+from tests.support.cmlsim import DEFAULT_PASSWORD, DEFAULT_USERNAME, CMLSimProcess
 from tests.support.motoserver import MotoServer
 from tests.support.processes import FAKE_AWS_ENV, OperatorProcess
 
@@ -36,8 +39,14 @@ def _say(text: str) -> None:
     print(f"==> {text}", flush=True)
 
 
-def _sample_for_moto(moto_url: str) -> str:
-    """The sample manifest with ids that exist in this moto."""
+SIM_PREFIX = "cml-worker-1"
+#: The simulated controller says ready this long after the first look (so CMLStarting shows).
+SIM_BOOT_SECONDS = 20
+DEV_IDLE_MINUTES = 2
+
+
+def _sample_for_moto(moto_url: str, cml_endpoint: str) -> str:
+    """The sample manifest with ids that exist in this moto, and its CML pointed at the simulator."""
     ec2 = boto3.client("ec2", region_name="us-east-1", endpoint_url=moto_url,
                        aws_access_key_id=FAKE_AWS_ENV["AWS_ACCESS_KEY_ID"],
                        aws_secret_access_key=FAKE_AWS_ENV["AWS_SECRET_ACCESS_KEY"])
@@ -46,7 +55,10 @@ def _sample_for_moto(moto_url: str) -> str:
     image = ec2.describe_images(Owners=["amazon"])["Images"][0]
     manifest = yaml.safe_load(SAMPLE.read_text())
     manifest["spec"].update(subnetId=subnet["SubnetId"], securityGroupIds=[group["GroupId"]], amiId=image["ImageId"])
-    return yaml.safe_dump(manifest, sort_keys=False)
+    manifest["spec"]["cml"].update(endpoint=cml_endpoint, idleStop={"afterMinutes": DEV_IDLE_MINUTES})
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "cml-worker-1-login", "namespace": "default"},
+              "stringData": {"username": DEFAULT_USERNAME, "password": DEFAULT_PASSWORD}}
+    return yaml.safe_dump(secret, sort_keys=False) + "---\n" + yaml.safe_dump(manifest, sort_keys=False)
 
 
 def _write_env(kubeconfig: Path, moto_url: str, kubectl_dir: Path) -> Path:
@@ -67,22 +79,26 @@ def main(argv: list[str] | None = None) -> int:
     kubeconfig = DEV / "kubeconfig"
 
     _say("starting the control plane (etcd + kube-apiserver)")
+    sim = CMLSimProcess(ready_after=SIM_BOOT_SECONDS).start()
     with ControlPlane(ControlPlaneConfig()) as plane, MotoServer() as moto:
         plane.install_crds(REPO / "crds")
         kubeconfig.write_bytes(plane.kubeconfig_path.read_bytes())
         kubeconfig.chmod(0o600)
         env_file = _write_env(kubeconfig, moto.url, plane.kubectl_path.parent)
-        _say(f"control plane ready in {plane.startup_seconds:.1f}s; moto_server (EC2) at {moto.url}")
+        _say(f"control plane ready in {plane.startup_seconds:.1f}s; moto_server (EC2) at {moto.url}; "
+             f"CML simulator at {sim.url} (control {sim.control})")
 
         operator = OperatorProcess(kubeconfig, moto.url, log_path=DEV / "operator.log",
-                                   args=("--poll-interval", "2", "--fast-interval", "1"))
+                                   args=("--poll-interval", "2", "--fast-interval", "1", "--cml-interval", "10",
+                                         "--cml-starting-interval", "5"))
         operator.metrics_port = 0
         _say("starting the operator (log: .dev/operator.log)")
         operator.start()
         try:
             _say(f"applying {SAMPLE.relative_to(REPO)} (ids filled in from moto)")
-            print(plane.kubectl("apply", "-f", "-", input=_sample_for_moto(moto.url)).stdout, end="")
-            _say("waiting for Ready")
+            print(plane.kubectl("apply", "-f", "-", input=_sample_for_moto(moto.url, sim.endpoint(SIM_PREFIX))).stdout,
+                  end="")
+            _say(f"waiting for Ready (Reconciling CMLStarting for about {SIM_BOOT_SECONDS}s while CML boots)")
             waited = plane.kubectl("wait", "--for=condition=Ready", "cmlworker/cml-worker-1", "-n", "default",
                                    f"--timeout={int(args.timeout)}s", check=False)
             print(waited.stdout or waited.stderr, end="")
@@ -100,6 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     kubectl patch cmlw cml-worker-1 --type=merge -p '{{"spec":{{"desiredState":"Stopped"}}}}'
     kubectl delete cmlw cml-worker-1
     tail -f .dev/operator.log
+
+CML on the worker is the simulator; start and stop a lab there to watch the idle stop
+(after {DEV_IDLE_MINUTES} minutes without a running lab: Ready stays True with reason IdleStopped):
+
+    python -m tests.support.cmlsim lab start --control {sim.control} --prefix {SIM_PREFIX}
+    python -m tests.support.cmlsim lab stop --control {sim.control} --prefix {SIM_PREFIX}
+    kubectl annotate cmlw cml-worker-1 --overwrite cml.dev/wake="$(date -u +%FT%TZ)"   # wake it again
     curl -s localhost:{operator.metrics_port}/metrics | grep ^cml_
 
 Press Ctrl-C here to stop everything.""", flush=True)
@@ -109,6 +132,7 @@ Press Ctrl-C here to stop everything.""", flush=True)
             _say("stopping")
             plane.kubectl("delete", "cmlworker", "--all", "-A", "--timeout=20s", check=False)
             operator.stop()
+            sim.stop()
             for path in (kubeconfig, DEV / "env"):
                 path.unlink(missing_ok=True)
     return 0

@@ -86,6 +86,20 @@ def build_parser() -> argparse.ArgumentParser:
     ec2.add_argument("--ec2-threads", type=int, default=_env("EC2_THREADS", int, d.ec2_threads),
                      help="threads running blocking boto3 calls")
 
+    c = _DEFAULTS.cml
+    cml = run.add_argument_group("CML controllers (workers with spec.cml)")
+    cml.add_argument("--cml-interval", type=float, default=_env("CML_INTERVAL", float, c.interval),
+                     help="seconds between looks at a ready controller (each look: at most 3 requests)")
+    cml.add_argument("--cml-starting-interval", type=float,
+                     default=_env("CML_STARTING_INTERVAL", float, c.starting_interval),
+                     help="seconds between looks at a controller that is not ready yet")
+    cml.add_argument("--cml-boot-timeout", type=float, default=_env("CML_BOOT_TIMEOUT", float, c.boot_timeout),
+                     help="seconds after the instance became ready before CMLStarting turns into CMLUnreachable")
+    cml.add_argument("--cml-timeout", type=float, default=_env("CML_TIMEOUT", float, c.timeout),
+                     help="timeout of every CML request, seconds")
+    cml.add_argument("--cml-concurrency", type=int, default=_env("CML_CONCURRENCY", int, c.concurrency),
+                     help="CML looks in flight at once across all workers")
+
     ops = run.add_argument_group("operations")
     ops.add_argument("--api-connections", type=int, default=_env("API_CONNECTIONS", int, d.api_connections),
                      help="connections to the Kubernetes API server at most (watches included)")
@@ -142,6 +156,8 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
             read_burst=args.read_burst, mutating_concurrency=args.mutating_concurrency),
         observer=ObserverSettings(resync_interval=args.resync_interval, fast_interval=args.fast_interval,
                                   batching=args.batching),
+        cml=replace(_DEFAULTS.cml, interval=args.cml_interval, starting_interval=args.cml_starting_interval,
+                    boot_timeout=args.cml_boot_timeout, timeout=args.cml_timeout, concurrency=args.cml_concurrency),
     )
 
 

@@ -89,6 +89,10 @@ class KubeApi:
                 return items
             params["continue"] = token
 
+    async def get_secret(self, namespace: str, name: str) -> dict[str, Any]:
+        """One Secret by name (the ones spec.cml names): GET only, never list or watch."""
+        return await self._request("GET", f"/api/v1/namespaces/{quote(namespace)}/secrets/{quote(name)}")
+
     async def create(self, kind: Kind, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
         return await self._request("POST", kind.path(namespace), body=body)
 

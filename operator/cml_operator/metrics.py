@@ -9,6 +9,8 @@ Series (all prefixed ``cml_``):
     workers{phase}                                   workers this replica tracks, by status.phase
     ec2_batch_size{kind}                             ids per batched read (describe/status/uid)
     orphan_instances{region}                         instances this cluster manages whose worker is gone (last scan)
+    cml_api_calls_total{operation,outcome}           every CML request; outcome "ok", "HTTP503", "Timeout", ...
+    cml_idle_stops_total                             instances stopped by the idle rule (spec.cml.idleStop)
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ class Metrics:
         self.orphan_instances = Gauge("cml_orphan_instances",
                                       "Instances tagged for this cluster whose CMLWorker no longer exists, by region "
                                       "(at the last discovery scan)", ["region"], registry=self.registry)
+        self.cml_calls = Counter("cml_api_calls", "CML controller requests by operation and outcome",
+                                 ["operation", "outcome"], registry=self.registry)
+        self.idle_stops = Counter("cml_idle_stops", "Instances stopped for inactivity (spec.cml.idleStop)",
+                                  registry=self.registry)
         self._phases: dict[str, str] = {}
         self._lock = threading.Lock()
         for phase in PHASES:
@@ -47,6 +53,9 @@ class Metrics:
 
     def ec2_call(self, operation: str, region: str, outcome: str) -> None:
         self.ec2_calls.labels(operation, region, outcome).inc()
+
+    def cml_call(self, operation: str, outcome: str) -> None:
+        self.cml_calls.labels(operation, outcome).inc()
 
     def set_phase(self, uid: str, phase: str | None) -> None:
         """Track one worker's phase (None: forget it) and keep the per-phase gauge exact."""

@@ -13,10 +13,12 @@ import time
 from dataclasses import dataclass, field
 
 from .ec2.client import EC2Client
+from .fleet.cml import CMLService
 from .fleet.gateway import EC2Api, EC2Gateway
 from .fleet.lookups import SharedLookups
 from .fleet.observer import Observers
 from .fleet.ratelimit import EC2RateLimiter
+from .kube_secrets import SecretReader
 from .kubeapi import KubeApi
 from .metrics import Metrics
 from .settings import OperatorSettings
@@ -105,6 +107,8 @@ class Runtime:
     orphan_clocks: dict[str, OrphanClock] = field(default_factory=dict)
     #: Operator-wide background loops (the orphan watch), cancelled at close.
     tasks: list[asyncio.Task] = field(default_factory=list)
+    #: CML controllers of workers with spec.cml (None: a runtime built without it, e.g. in unit tests).
+    cml: CMLService | None = None
 
     def __post_init__(self) -> None:
         if self.lookups is None:
@@ -143,6 +147,8 @@ class Runtime:
 
     def forget(self, uid: str) -> None:
         self.workers.pop(uid, None)
+        if self.cml is not None:
+            self.cml.forget(uid)
         self.metrics.set_phase(uid, None)
 
     @staticmethod
@@ -156,12 +162,14 @@ class Runtime:
         await self.observers.stop()
         if self.kube is not None:
             await self.kube.close()
+        if self.cml is not None:
+            await self.cml.close()
         if isinstance(self.ec2, EC2Gateway):
             self.ec2.close()
 
 
 def build_runtime(settings: OperatorSettings, metrics: Metrics | None = None) -> Runtime:
-    """Wire the real EC2 client, rate limiter, gateway and observers."""
+    """Wire the real EC2 client, rate limiter, gateway and observers, and CML access."""
     metrics = metrics or Metrics()
     limiter = EC2RateLimiter(settings.rate_limits)
 
@@ -174,4 +182,5 @@ def build_runtime(settings: OperatorSettings, metrics: Metrics | None = None) ->
     gateway = EC2Gateway(client, limiter, threads=settings.ec2_threads)
     observers = Observers(gateway, settings.observer,
                           on_batch=lambda region, kind, size: metrics.batch_size.labels(kind).observe(size))
-    return Runtime(settings=settings, ec2=gateway, observers=observers, metrics=metrics)
+    cml = CMLService(settings.cml, SecretReader(), on_call=metrics.cml_call)
+    return Runtime(settings=settings, ec2=gateway, observers=observers, metrics=metrics, cml=cml)

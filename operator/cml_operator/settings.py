@@ -14,6 +14,24 @@ from .fleet.ratelimit import RateLimitSettings
 
 
 @dataclass(frozen=True)
+class CMLSettings:
+    """Talking to CML controllers (workers with ``spec.cml``); seconds unless noted."""
+
+    #: A ready controller is looked at this often (each look: at most 3 requests).
+    interval: float = 60.0
+    #: A controller that is not ready yet (booting) is looked at this often (one unauthenticated request).
+    starting_interval: float = 15.0
+    #: After the instance became ready, CMLStarting turns into CMLUnreachable (with a Warning) after this long.
+    boot_timeout: float = 1800.0
+    #: Timeout of every CML request.
+    timeout: float = 10.0
+    #: CML looks in flight at once, across all workers.
+    concurrency: int = 20
+    #: Failed licence deregistrations before an operator-made stop goes ahead anyway (with a Warning).
+    release_attempts: int = 3
+
+
+@dataclass(frozen=True)
 class OperatorSettings:
     #: Namespaces to watch; empty means all namespaces (cluster-wide).
     namespaces: tuple[str, ...] = ()
@@ -44,6 +62,7 @@ class OperatorSettings:
     ec2: EC2ClientSettings = field(default_factory=EC2ClientSettings)
     rate_limits: RateLimitSettings = field(default_factory=RateLimitSettings)
     observer: ObserverSettings = field(default_factory=ObserverSettings)
+    cml: CMLSettings = field(default_factory=CMLSettings)
 
     @property
     def resync_interval(self) -> float:

@@ -18,7 +18,8 @@ from .conftest import instances_of, state_of, tags_of, worker_manifest
 
 pytestmark = pytest.mark.e2e
 
-WIDE = ["NAME", "PHASE", "INSTANCE", "STATE", "READY", "REASON", "IP", "TYPE", "REGION", "PUBLIC-IP", "AGE"]
+WIDE = ["NAME", "PHASE", "INSTANCE", "STATE", "READY", "REASON", "IP", "TYPE", "REGION", "PUBLIC-IP", "CML", "LABS",
+        "AGE"]  # CML and LABS: status.cml (issue 12)
 
 
 def table(text: str) -> tuple[list[str], list[list[str]]]:
@@ -38,7 +39,9 @@ def test_wide_output_adds_type_region_and_public_ip(kube, network, operator):
 
     header, [row] = table(kube.run("get", "cmlw", "wide", "-o", "wide").stdout)
     assert header == WIDE
-    shown = dict(zip(header, row))
+    # Without spec.cml the CML and LABS cells are blank (kubectl prints nothing for a missing value).
+    assert len(row) == len(header) - 2
+    shown = dict(zip([h for h in header if h not in ("CML", "LABS")], row))
     assert shown["NAME"] == "wide" and shown["PHASE"] == "Running" and shown["STATE"] == "running"
     assert shown["INSTANCE"] == status["instanceId"] and shown["IP"] == status["privateIp"]
     assert (shown["READY"], shown["REASON"]) == ("True", "InstanceReady")
@@ -46,7 +49,7 @@ def test_wide_output_adds_type_region_and_public_ip(kube, network, operator):
     assert shown["PUBLIC-IP"] == status.get("publicIp", "<none>")
 
     narrow, _ = table(kube.run("get", "cmlw", "wide").stdout)
-    assert narrow == [c for c in WIDE if c not in ("TYPE", "REGION", "PUBLIC-IP")]
+    assert narrow == [c for c in WIDE if c not in ("TYPE", "REGION", "PUBLIC-IP", "CML", "LABS")]
 
 
 def test_security_groups_changed_outside_are_put_back_and_spec_changes_applied(kube, network, aws, operator):

@@ -240,10 +240,11 @@ ALLOWED = [
     ("create", "events", "-n", "default"),
     ("list", "customresourcedefinitions.apiextensions.k8s.io"),
     ("watch", "customresourcedefinitions.apiextensions.k8s.io"),
+    ("get", "secrets", "-n", "default"),  # only the Secrets spec.cml names, one by one
 ]
 FORBIDDEN = [
     ("list", "secrets", "--all-namespaces"),
-    ("get", "secrets", "-n", SYSTEM_NAMESPACE),
+    ("watch", "secrets", "--all-namespaces"),
     ("list", "pods", "--all-namespaces"),
     ("create", "configmaps", "-n", "default"),
     ("update", "cmlworkers.cml.dev", "-n", "default"),

@@ -37,6 +37,8 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings, metrics:
         runtime = memo.runtime
         runtime.tasks.append(asyncio.create_task(
             orphan_watch(runtime, runtime.own_cluster_id, config.resync_interval), name="orphan-watch"))
+        if memo.runtime.cml is not None:  # spec.cml's Secrets are read through the same API access
+            memo.runtime.cml.secrets.attach(memo.runtime.kube)
 
     @kopf.on.login(id="login", registry=registry)
     async def login(**kwargs: Any) -> kopf.AiohttpSession | None:

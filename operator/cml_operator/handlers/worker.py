@@ -88,7 +88,8 @@ async def _reconcile(runtime: Runtime, body: kopf.Body, patch: kopf.Patch, retry
             return  # a pass that held the lock meanwhile (create, update) blocked or deferred the worker
         with runtime.metrics.reconcile_duration.labels(trigger).time():
             result = await reconcile_pass(runtime, ref, body.get("spec"), _freshest_status(body, memory),
-                                          max_age=max_age, retry=retry)
+                                          max_age=max_age, retry=retry,
+                                          annotations=(body.get("metadata") or {}).get("annotations") or {})
     _patch_status(body, patch, result.status, memory)
     _post(body, result)
     decision = result.decision

@@ -17,11 +17,13 @@ from ..reconcile.worker import (
     Note,
     Observation,
     RemoveOwnershipTags,
+    Terminate,
     WorkerRef,
     WorkerStatus,
     decide_deletion,
 )
 from ..runtime import Runtime
+from .cml import release_before_terminate
 from .common import PassResult, apply_action, capped
 from .worker import trust_memory
 
@@ -53,6 +55,8 @@ async def deletion_pass(
         for observation in observations:
             plan = decide_deletion(policy, status, observation)
             notes.extend(plan.notes)
+            if any(isinstance(action, Terminate) for action in plan.actions):
+                notes.extend(await _release_licence(runtime, ref, raw_spec, raw_status, observation))
             if not plan.release or plan.actions:
                 release = await _delete_one(runtime, observer, region, observation, plan.actions) and release
     except IntegrationException as error:
@@ -67,6 +71,16 @@ async def deletion_pass(
     status_now = dict(raw_status or {})
     status_now.update({"phase": "Terminating"})
     return PassResult(status_now, health, tuple(notes), poll_soon=not release, release=release)
+
+
+async def _release_licence(runtime: Runtime, ref: WorkerRef, raw_spec: Mapping[str, Any],
+                           raw_status: Mapping[str, Any] | None, observation: Observation) -> list[Note]:
+    """spec.cml.license with deregisterOnStop: free the seat before terminating (bounded retries)."""
+    try:
+        spec = parse_spec(raw_spec)
+    except SpecError:
+        return []
+    return await release_before_terminate(runtime, ref, spec, raw_status, observation)
 
 
 async def _deletion_targets(observer: RegionObserver, ref: WorkerRef, tracked: str | None,

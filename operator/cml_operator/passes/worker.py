@@ -36,6 +36,7 @@ from ..reconcile.worker import (
     decide,
 )
 from ..runtime import Runtime, WorkerMemory
+from .cml import CMLStep
 from .common import Failed, PassResult, apply_action, as_integration, capped
 from .resize import check_new_type, restart_after_failed_modify
 
@@ -45,9 +46,13 @@ _STATE_CHANGING = (Start, Stop, ModifyType, Terminate)
 
 async def reconcile_pass(
     runtime: Runtime, ref: WorkerRef, raw_spec: Mapping[str, Any] | None, raw_status: Mapping[str, Any] | None,
-    *, max_age: float, retry: int = 0,
+    *, max_age: float, retry: int = 0, annotations: Mapping[str, str] | None = None,
 ) -> PassResult:
-    """Bring one worker a step closer to its spec; ``max_age``: how stale an observation may be."""
+    """Bring one worker a step closer to its spec; ``max_age``: how stale an observation may be.
+
+    With ``spec.cml`` a ``CMLStep`` (passes/cml.py) may hold an idle-stopped worker stopped,
+    releases the licence before a stop, and decides readiness from the CML controller.
+    """
     memory = runtime.memory(ref.uid)
     status = trust_memory(WorkerStatus.from_dict(raw_status), memory)
     try:
@@ -58,13 +63,22 @@ async def reconcile_pass(
         plan = decide(ref, spec, status, None)
         return _result(runtime, ref, raw_status, status, plan, None, None, spec_keys=status.managed_tag_keys)
 
+    cml = CMLStep.begin(runtime, ref, spec, raw_status, annotations)
+    full_spec, spec = spec, cml.ec2_spec if cml else spec  # an idle-stopped worker is held stopped
     observer = runtime.observers(spec.region)
     observation: Observation | None = None
-    notes: list[Note] = []
+    notes: list[Note] = list(cml.notes) if cml else []
+    if cml:
+        cml.notes.clear()
     try:
         observation = await _observe(observer, ref, spec, status, memory, max_age)
         plan = decide(ref, spec, status, observation)
         notes.extend(plan.notes)
+        if cml:
+            try:
+                await cml.before_actions(plan, observation)
+            except IntegrationException as error:
+                raise Failed(error, observation) from error
         observation, image_id, created = await _act(runtime, observer, ref, spec, status, memory, plan, observation)
         if created is not None:
             notes.append(Note("Normal", reasons.EVENT_CREATED,
@@ -72,18 +86,31 @@ async def reconcile_pass(
                               f"{created.ami_id}) in {created.availability_zone or spec.region}"))
         plan = _follow_up(ref, spec, status, plan, observation)
     except Failed as failed:
-        return _failure(runtime, ref, raw_status, status, spec, failed.error, failed.observation or observation,
-                        notes, retry, memory, launch_attempt=failed.launch_attempt)
+        result = _failure(runtime, ref, raw_status, status, spec, failed.error, failed.observation or observation,
+                          notes + (cml.notes if cml else []), retry, memory, launch_attempt=failed.launch_attempt)
+        return _with_cml(result, cml.status_dict() if cml else None)
 
     memory.hot = plan.poll_soon
     memory.clear()
+    if plan.health.state is HealthState.STALLED:  # EC2 stalls only: a CML stall must not stop the timer
+        memory.block(ref.generation, None, runtime.clock())
+    if cml:
+        plan = await cml.finish(plan, observation, status.conditions)
+        notes.extend(cml.notes)
+        memory.hot = memory.hot or plan.poll_soon
     previous = health_of(status.conditions)
     if plan.health.state is HealthState.READY and (previous is None or previous.state is not HealthState.READY):
         notes.append(Note("Normal", reasons.EVENT_READY, plan.health.message))
-    if plan.health.state is HealthState.STALLED:
-        memory.block(ref.generation, None, runtime.clock())
-    return _result(runtime, ref, raw_status, status, plan, observation, image_id,
-                   spec_keys=tuple(sorted(spec.tags)), notes=tuple(notes))
+    result = _result(runtime, ref, raw_status, status, plan, observation, image_id,
+                     spec_keys=tuple(sorted(full_spec.tags)), notes=tuple(notes))
+    return _with_cml(result, cml.status_dict() if cml else None)
+
+
+def _with_cml(result: PassResult, cml_status: dict[str, Any] | None) -> PassResult:
+    """``status.cml`` for a worker with spec.cml; without it the key is dropped (and nulled by the patch)."""
+    if cml_status is not None:
+        result.status["cml"] = cml_status
+    return result
 
 
 def trust_memory(status: WorkerStatus, memory: WorkerMemory) -> WorkerStatus:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..ec2.tags import tag_problems
+from .cml_spec import CMLSpec, CMLSpecError, parse_cml_spec
 
 DEFAULT_INSTANCE_TYPE = "m5zn.metal"
 MAX_USER_TAGS = 40
@@ -61,6 +62,7 @@ class WorkerSpec:
     desired_state: str = "Running"
     deletion_policy: str = "Delete"
     instance_id: str | None = None
+    cml: CMLSpec | None = None  # spec.cml: CML-aware readiness, idle stop, licensing
 
     @property
     def wants_running(self) -> bool:
@@ -109,7 +111,15 @@ def parse_spec(raw: Mapping[str, Any] | None) -> WorkerSpec:
         desired_state=desired_state,
         deletion_policy=deletion_policy,
         instance_id=_string(raw, "instanceId"),
+        cml=_cml(raw.get("cml")),
     )
+
+
+def _cml(raw: Any) -> CMLSpec | None:
+    try:
+        return parse_cml_spec(raw)
+    except CMLSpecError as error:
+        raise SpecError(error.field, error.message) from error
 
 
 def _string(raw: Mapping[str, Any], key: str, *, required: bool = False) -> str | None:

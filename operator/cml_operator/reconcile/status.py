@@ -113,7 +113,9 @@ def _checks(
 
 
 #: Keys a pass may drop (a stopped instance has no public IP); a merge patch must null them.
-_REMOVABLE = (*_INSTANCE_FIELDS, "instanceId", "amiId", "statusChecks")
+_REMOVABLE = (*_INSTANCE_FIELDS, "instanceId", "amiId", "statusChecks", "cml")
+#: Objects whose own keys a merge patch must null when they go away (status.cml).
+_NESTED = ("cml",)
 
 
 def status_patch(current: Mapping[str, Any] | None, rendered: Mapping[str, Any]) -> dict[str, Any]:
@@ -124,4 +126,8 @@ def status_patch(current: Mapping[str, Any] | None, rendered: Mapping[str, Any])
     current = current or {}
     changes = {key: value for key, value in rendered.items() if current.get(key) != value}
     changes.update({key: None for key in _REMOVABLE if key in current and key not in rendered})
+    for key in _NESTED:
+        old, new = current.get(key), changes.get(key)
+        if isinstance(old, Mapping) and isinstance(new, Mapping):
+            changes[key] = {**{k: None for k in old if k not in new}, **new}
     return changes

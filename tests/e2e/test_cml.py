@@ -1,0 +1,200 @@
+"""CML-aware workers end to end: the operator process, moto's EC2 and the CML simulator over HTTPS.
+
+moto gives instances fake IPs nobody can reach, so each worker names the
+simulator in spec.cml.endpoint with its own path prefix (one simulated controller
+per worker). The operator runs with short CML intervals so a test takes seconds.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.support.cmlsim import DEFAULT_PASSWORD, DEFAULT_USERNAME, CMLSimProcess
+from tests.support.processes import wait_for
+
+from .conftest import state_of, worker_manifest
+
+pytestmark = pytest.mark.e2e
+
+CML_ARGS = ("--cml-interval", "2", "--cml-starting-interval", "1", "--cml-timeout", "3")
+LICENCE_TOKEN = "sentinel-licence-token-7f3a9c"  # must never show up outside the Secret
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[CMLSimProcess]:
+    process = CMLSimProcess().start()
+    yield process
+    process.stop()
+
+
+def secret(kube, name: str, **data: str) -> None:
+    kube.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+                "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}})
+
+
+def cml_worker(kube, name: str, network, sim: CMLSimProcess, prefix: str, **cml: Any) -> dict:
+    secret(kube, f"{name}-login", username=DEFAULT_USERNAME, password=DEFAULT_PASSWORD)
+    spec_cml = {"endpoint": sim.endpoint(prefix), "credentialsSecretRef": {"name": f"{name}-login"}, **cml}
+    manifest = worker_manifest(name, network, cml=spec_cml)
+    kube.apply(manifest)
+    return manifest
+
+
+def unique(prefix: str, kube) -> str:
+    return f"{prefix}-{kube.namespace[-6:]}"
+
+
+def annotate(kube, name: str, key: str, value: str) -> None:
+    kube.run("annotate", "--overwrite", "cmlworker", name, f"{key}={value}")
+
+
+def test_ready_waits_for_cml_then_shows_its_status(kube, network, sim, operator_factory):
+    prefix = unique("ready", kube)
+    sim.configure(prefix, ready_after=600)  # the controller boots "forever" until told otherwise
+    operator_factory(*CML_ARGS)
+    sim.set_lab(prefix, "lab-1", "STARTED")
+    cml_worker(kube, "cml-ready", network, sim, prefix)
+
+    kube.wait_condition("cml-ready", "Reconciling", reason="CMLStarting", timeout=90)
+    assert kube.condition("cml-ready", "Ready")["status"] == "False"
+    assert kube.get("cml-ready")["status"]["instanceState"] == "running"  # EC2 alone would say Ready
+
+    sim.configure(prefix, ready_after=0)
+    kube.wait_condition("cml-ready", "Ready", reason="CMLReady", timeout=60)
+    cml = kube.get("cml-ready")["status"]["cml"]
+    assert cml["ready"] is True and cml["version"] == "2.10.0" and cml["endpoint"] == sim.endpoint(prefix)
+    assert cml["labs"] == {"total": 1, "running": 1} and cml["runningNodes"] == 2
+    assert re.fullmatch(r"[0-9a-f]{64}", cml["certificateSHA256"]) and cml["checkedAt"] and cml["lastActivityTime"]
+    wide = kube.run("get", "cmlw", "cml-ready", "-o", "wide").stdout
+    assert "2.10.0" in wide and "CMLReady" in wide
+    assert "CertificatePinned" in kube.event_reasons("cml-ready")
+
+
+def test_wrong_credentials_stall_until_the_secret_is_fixed(kube, network, sim, operator_factory):
+    prefix = unique("auth", kube)
+    operator_factory(*CML_ARGS)
+    cml_worker(kube, "cml-auth", network, sim, prefix)
+    secret(kube, "cml-auth-login", username=DEFAULT_USERNAME, password="wrong-password-5d1e")
+
+    kube.wait_condition("cml-auth", "Stalled", reason="CMLAuthenticationFailed", timeout=90)
+    assert "CMLAuthenticationFailed" in kube.event_reasons("cml-auth", "Warning")
+    assert "wrong-password-5d1e" not in json.dumps(kube.get("cml-auth")["status"])
+
+    secret(kube, "cml-auth-login", username=DEFAULT_USERNAME, password=DEFAULT_PASSWORD)
+    kube.wait_condition("cml-auth", "Ready", reason="CMLReady", timeout=60)  # well under the 10-minute recheck
+
+
+def test_a_changed_certificate_stalls_until_the_pin_is_reset(kube, network, control_plane, operator_factory):
+    own = CMLSimProcess().start()  # rotating the certificate affects every prefix: a simulator of its own
+    try:
+        operator_factory(*CML_ARGS)
+        cml_worker(kube, "cml-pin", network, own, "pin")
+        kube.wait_condition("cml-pin", "Ready", reason="CMLReady", timeout=90)
+        first = kube.get("cml-pin")["status"]["cml"]["certificateSHA256"]
+
+        own.rotate_certificate()
+        kube.wait_condition("cml-pin", "Stalled", reason="CMLCertificateChanged", timeout=60)
+        assert first in kube.condition("cml-pin", "Stalled")["message"]
+        assert "CMLCertificateChanged" in kube.event_reasons("cml-pin", "Warning")
+
+        annotate(kube, "cml-pin", "cml.dev/reset-certificate-pin", "1")
+        kube.wait_condition("cml-pin", "Ready", reason="CMLReady", timeout=60)
+        second = kube.get("cml-pin")["status"]["cml"]["certificateSHA256"]
+        assert second != first and re.fullmatch(r"[0-9a-f]{64}", second)
+    finally:
+        own.stop()
+
+
+def test_an_idle_worker_stops_itself_and_wakes_on_the_annotation(kube, network, aws, sim, operator_factory):
+    prefix = unique("idle", kube)
+    operator = operator_factory(*CML_ARGS)
+    sim.set_lab(prefix, "lab-1", "STARTED")
+    cml_worker(kube, "cml-idle", network, sim, prefix, idleStop={"afterMinutes": 1})
+    kube.wait_condition("cml-idle", "Ready", reason="CMLReady", timeout=90)
+    instance_id = kube.get("cml-idle")["status"]["instanceId"]
+
+    sim.set_lab(prefix, "lab-1", "STOPPED")  # nothing runs any more: the idle clock starts
+    wait_for(lambda: kube.get("cml-idle")["status"]["cml"].get("idleSince"), 30, what="idleSince")
+    kube.wait_condition("cml-idle", "Ready", reason="IdleStopped", timeout=150)
+    wait_for(lambda: state_of(aws, instance_id) == "stopped", 60, what="the instance to stop")
+    status = kube.get("cml-idle")["status"]
+    assert status["cml"]["idleStoppedAt"] and kube.condition("cml-idle", "Ready")["status"] == "True"
+    assert "IdleStopped" in kube.event_reasons("cml-idle")
+    assert re.search(r"^cml_idle_stops_total 1\.0$", operator.metrics(), re.M)
+    # It stays stopped: the operator never wakes a worker by itself.
+    assert kube.condition("cml-idle", "Ready")["reason"] == "IdleStopped" and state_of(aws, instance_id) == "stopped"
+
+    annotate(kube, "cml-idle", "cml.dev/wake", "2026-11-25T17:00:00Z")
+    kube.wait_condition("cml-idle", "Ready", reason="CMLReady", timeout=90)
+    assert state_of(aws, instance_id) == "running"
+    cml = kube.get("cml-idle")["status"]["cml"]
+    assert "idleStoppedAt" not in cml and "Woken" in kube.event_reasons("cml-idle")
+
+
+def test_the_licence_is_registered_and_released_around_stop_and_terminate(kube, network, aws, sim,
+                                                                        operator_factory):
+    prefix = unique("lic", kube)
+    sim.configure(prefix, registration_seconds=1.0)
+    operator = operator_factory(*CML_ARGS)
+    secret(kube, "cml-lic-token", token=LICENCE_TOKEN)
+    cml_worker(kube, "cml-lic", network, sim, prefix,
+               license={"tokenSecretRef": {"name": "cml-lic-token", "key": "token"}})
+    kube.wait_condition("cml-lic", "Ready", reason="CMLReady", timeout=90)
+    assert kube.get("cml-lic")["status"]["cml"]["license"] == {"registration": "COMPLETED",
+                                                               "authorization": "IN_COMPLIANCE"}
+    assert sim.worker(prefix)["calls"]["POST licensing/registration"] == 1
+
+    kube.patch_spec("cml-lic", {"desiredState": "Stopped"})
+    kube.wait_condition("cml-lic", "Ready", reason="InstanceStopped", timeout=60)
+    assert sim.worker(prefix)["license"]["registration"] == "NOT_REGISTERED"
+    assert sim.worker(prefix)["calls"]["DELETE licensing/deregistration"] == 1
+    assert "LicenseReleased" in kube.event_reasons("cml-lic")
+
+    kube.patch_spec("cml-lic", {"desiredState": "Running"})
+    kube.wait_condition("cml-lic", "Ready", reason="CMLReady", timeout=90)
+    assert sim.worker(prefix)["calls"]["POST licensing/registration"] == 2
+
+    kube.delete("cml-lic", timeout="90s")
+    assert sim.worker(prefix)["calls"]["DELETE licensing/deregistration"] == 2
+    assert sim.worker(prefix)["license"]["registration"] == "NOT_REGISTERED"
+
+    # The token never leaves its Secret: not in events, logs or metrics.
+    events = kube.run("get", "events", "-o", "json").stdout
+    assert LICENCE_TOKEN not in events
+    assert LICENCE_TOKEN not in operator.logs() and LICENCE_TOKEN not in operator.metrics()
+    assert DEFAULT_PASSWORD not in operator.logs() and DEFAULT_PASSWORD not in events
+
+
+def test_a_failing_deregistration_does_not_block_the_stop_forever(kube, network, aws, sim, operator_factory):
+    prefix = unique("relfail", kube)
+    sim.configure(prefix, registration_seconds=0.0)
+    operator_factory(*CML_ARGS)
+    secret(kube, "cml-relfail-token", token=LICENCE_TOKEN)
+    cml_worker(kube, "cml-relfail", network, sim, prefix,
+               license={"tokenSecretRef": {"name": "cml-relfail-token", "key": "token"}})
+    kube.wait_condition("cml-relfail", "Ready", reason="CMLReady", timeout=90)
+    instance_id = kube.get("cml-relfail")["status"]["instanceId"]
+    sim.configure(prefix, deregister_fail_count=100)
+
+    kube.patch_spec("cml-relfail", {"desiredState": "Stopped"})
+    kube.wait_condition("cml-relfail", "Ready", reason="InstanceStopped", timeout=90)
+    assert state_of(aws, instance_id) == "stopped"
+    assert sim.worker(prefix)["calls"]["DELETE licensing/deregistration"] == 3  # --cml release attempts
+    assert "LicenseReleaseFailed" in kube.event_reasons("cml-relfail", "Warning")
+
+
+def test_an_unreachable_controller_turns_starting_into_unreachable(kube, network, operator_factory):
+    operator_factory(*CML_ARGS, "--cml-boot-timeout", "5")
+    secret(kube, "cml-gone-login", username=DEFAULT_USERNAME, password=DEFAULT_PASSWORD)
+    kube.apply(worker_manifest("cml-gone", network, cml={"endpoint": "https://127.0.0.1:9/nothing/",
+                                                         "credentialsSecretRef": {"name": "cml-gone-login"}}))
+    kube.wait_condition("cml-gone", "Reconciling", reason="CMLStarting", timeout=90)
+    kube.wait_condition("cml-gone", "Reconciling", reason="CMLUnreachable", timeout=60)
+    assert kube.condition("cml-gone", "Ready")["status"] == "False"
+    assert "CMLUnreachable" in kube.event_reasons("cml-gone", "Warning")
