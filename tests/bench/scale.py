@@ -287,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     if "--pool" in argv:  # the pool benchmark (tests/bench/pool.py) has its own options
         from tests.bench import pool
         return pool.main([arg for arg in argv if arg != "--pool"])
+    if "--cml" in argv:  # the CML benchmark (tests/bench/cml.py) has its own options
+        from tests.bench import cml
+        return cml.main([arg for arg in argv if arg != "--cml"])
     parser = argparse.ArgumentParser(prog="make bench", description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100,500,1000")
     parser.add_argument("--resync", type=float, default=20.0, help="operator --resync-interval for the run")

@@ -74,6 +74,11 @@ def test_ready_waits_for_cml_then_shows_its_status(kube, network, sim, operator_
     wide = kube.run("get", "cmlw", "cml-ready", "-o", "wide").stdout
     assert "2.10.0" in wide and "CMLReady" in wide
     assert "CertificatePinned" in kube.event_reasons("cml-ready")
+    # Several looks later the first token is still in use: one authentication, no re-pinning.
+    wait_for(lambda: sim.worker(prefix)["calls"].get("GET system_stats", 0) >= 4, 60, what="four looks")
+    calls = sim.worker(prefix)["calls"]
+    assert calls["POST authenticate"] == 1 and calls["GET populate_lab_tiles"] >= 4
+    assert kube.event_reasons("cml-ready").count("CertificatePinned") == 1
 
 
 def test_wrong_credentials_stall_until_the_secret_is_fixed(kube, network, sim, operator_factory):
@@ -198,3 +203,28 @@ def test_an_unreachable_controller_turns_starting_into_unreachable(kube, network
     kube.wait_condition("cml-gone", "Reconciling", reason="CMLUnreachable", timeout=60)
     assert kube.condition("cml-gone", "Ready")["status"] == "False"
     assert "CMLUnreachable" in kube.event_reasons("cml-gone", "Warning")
+
+
+def test_a_refused_licence_token_stalls_until_the_token_secret_changes(kube, network, sim, operator_factory):
+    prefix = unique("badtoken", kube)
+    sim.configure(prefix, registration_seconds=0.5, refused_tokens=["refused-token"])
+    operator_factory(*CML_ARGS)
+    secret(kube, "cml-badtoken-token", token="refused-token")
+    cml_worker(kube, "cml-badtoken", network, sim, prefix,
+               license={"tokenSecretRef": {"name": "cml-badtoken-token", "key": "token"}})
+    kube.wait_condition("cml-badtoken", "Stalled", reason="LicenseInvalid", timeout=90)
+    assert "refused-token" not in json.dumps(kube.get("cml-badtoken")["status"])
+
+    secret(kube, "cml-badtoken-token", token=LICENCE_TOKEN)
+    kube.wait_condition("cml-badtoken", "Ready", reason="CMLReady", timeout=60)
+    assert sim.worker(prefix)["calls"]["POST licensing/registration"] == 2
+
+
+@pytest.mark.parametrize(("cml", "field"), [
+    ({"credentialsSecretRef": {"name": "x"}, "idleStop": {"afterMinutes": 0}}, "spec.cml.idleStop.afterMinutes"),
+    ({"credentialsSecretRef": {"name": "x"}, "endpoint": "http://10.0.0.1/"}, "spec.cml.endpoint"),
+    ({"idleStop": {"afterMinutes": 5}}, "spec.cml.credentialsSecretRef"),
+])
+def test_bad_spec_cml_is_refused_at_apply_naming_the_field(kube, network, cml, field):
+    refused = kube.apply(worker_manifest("cml-bad", network, cml=cml), check=False)
+    assert refused.returncode != 0 and field in refused.stderr, refused.stderr

@@ -36,6 +36,8 @@ class CMLMemory:
     refused_secret_version: str | None = None
     secret_checked_at: float = 0.0
     release_failures: int = 0
+    #: The licence token Secret's resourceVersion at the last registration (a refused token: retry when it changes).
+    token_version: str | None = None
 
 
 class CMLService:

@@ -72,6 +72,7 @@ class CMLStep:
     annotations: Mapping[str, str]
     hold: bool = False
     notes: list[Note] = field(default_factory=list)
+    looked: bool = False  # this pass asked the controller (idle stops act only on a fresh look)
 
     # ------------------------------------------------------------ before EC2 decides
 
@@ -132,7 +133,7 @@ class CMLStep:
         health = cml_health(outcome, self.status, step, now, self.service.settings.boot_timeout,
                             was_ready=was_ready)
         self.status = replace(self.status, ready=health.state is HealthState.READY)
-        if health.state is HealthState.READY and outcome.snapshot is not None:
+        if health.state is HealthState.READY and outcome.snapshot is not None and self.looked:
             health = await self._maybe_idle_stop(instance, health, now)
         self._warn_on_transition(health, conditions)
         poll_soon = plan.poll_soon or health.state is not HealthState.READY
@@ -160,7 +161,7 @@ class CMLStep:
         memory.looked_generation, memory.looked_instance = self.ref.generation, instance.aws_instance_id
         async with self.service.semaphore:
             outcome = await self._look_now(memory, endpoint, instance.aws_instance_id, pin)
-        memory.last_look = outcome
+        memory.last_look, self.looked = outcome, True
         self.status = replace(self.status, checked_at=now_rfc3339(now), endpoint=endpoint)
         return outcome
 
@@ -173,6 +174,8 @@ class CMLStep:
             if not memory.seen_ready:
                 memory.info = await client.system_information()
                 self._keep_pin(client, instance_id)
+                if memory.client_key is not None:  # the pin this client just took is the one it keeps using
+                    memory.client_key = (*memory.client_key[:4], client.pin if client.ca_pem is None else None)
                 if not memory.info.ready:
                     raise CMLUnavailableException(f"CML at {endpoint} says ready: false (still booting)",
                                                   code="NotReady", operation="system_information")
@@ -180,8 +183,11 @@ class CMLStep:
             labs = await client.lab_counts()
             stats = await client.system_stats()
             license_status = await client.licensing() if self.cml.license else None
-            if license_step(self.cml.license, license_status, self.status.license_requested) is LicenseStep.REGISTER:
-                license_status = await self._register(client, license_status)
+            step = license_step(self.cml.license, license_status, self.status.license_requested)
+            if step is LicenseStep.INVALID and await self._token_changed(memory):
+                self.status, step = replace(self.status, license_requested=False), LicenseStep.REGISTER
+            if step is LicenseStep.REGISTER:
+                license_status = await self._register(client, license_status, memory)
         except IntegrationException as error:
             if client is not None:
                 self._keep_pin(client, instance_id)
@@ -216,7 +222,7 @@ class CMLStep:
                 f"Secret {namespace}/{credentials.name} needs the keys username and password",
                 code="SecretIncomplete", operation="credentials")
         ca_pem, ca_version = await self._ca()
-        key = (endpoint, instance_id, credentials.resource_version, ca_version, pin)
+        key = (endpoint, instance_id, credentials.resource_version, ca_version, pin if ca_pem is None else None)
         if memory.client is None or memory.client_key != key:
             memory.client = CMLClient(self.service.session(), endpoint, Trust(ca_pem=ca_pem, pin=pin),
                                       Credentials(username, password), timeout=self.service.settings.timeout,
@@ -257,15 +263,25 @@ class CMLStep:
             self.notes.append(Note("Normal", reasons.EVENT_CERTIFICATE_PINNED,
                                    f"Pinned the CML certificate of instance {instance_id}: SHA-256 {client.pin}"))
 
-    async def _register(self, client: CMLClient, current: LicenseStatus | None) -> LicenseStatus:
+    async def _register(self, client: CMLClient, current: LicenseStatus | None, memory: CMLMemory) -> LicenseStatus:
         assert self.cml.license is not None
-        token = await self._secret_value(self.cml.license.token, "spec.cml.license.tokenSecretRef")
+        token, memory.token_version = await self._secret_value(self.cml.license.token,
+                                                               "spec.cml.license.tokenSecretRef")
         await client.register_license(token)
         self.status = replace(self.status, license_requested=True)
         self.notes.append(Note("Normal", reasons.EVENT_LICENSE_REGISTERED, "Licence registration sent to CML"))
         return LicenseStatus("IN_PROGRESS", current.authorization if current else "UNKNOWN")
 
-    async def _secret_value(self, ref: SecretKeyRef, field_name: str) -> str:
+    async def _token_changed(self, memory: CMLMemory) -> bool:
+        """A refused token: a new version of its Secret is worth one more registration."""
+        assert self.cml.license is not None
+        try:
+            _, version = await self._secret_value(self.cml.license.token, "spec.cml.license.tokenSecretRef")
+        except IntegrationException:
+            return False
+        return version != memory.token_version
+
+    async def _secret_value(self, ref: SecretKeyRef, field_name: str) -> tuple[str, str]:
         try:
             secret = await self.service.secrets.read(self.ref.namespace, ref.name)
         except SecretNotFound as error:
@@ -275,7 +291,7 @@ class CMLStep:
         if not value:
             raise CMLLicensingException(f"Secret {self.ref.namespace}/{ref.name} has no key {ref.key} ({field_name})",
                                         code="SecretIncomplete", operation="licensing", retryable=False)
-        return value.strip()
+        return value.strip(), secret.resource_version
 
     def _record(self, outcome: CheckOutcome, instance: CMLWorkerInstanceDto, now: datetime) -> None:
         status = self.status
