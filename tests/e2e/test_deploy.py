@@ -519,6 +519,9 @@ def test_the_iam_policy_scopes_every_change_to_instances_the_operator_manages():
             assert not any(":instance/" in r or ":volume/" in r for r in resources)
         elif actions == ["ec2:CreateTags"] and "ec2:CreateAction" in conditions.get("StringEquals", {}):
             assert conditions == {"StringEquals": {"ec2:CreateAction": "RunInstances"}}
+        elif actions == ["ec2:ModifyInstanceAttribute"] and resources == ["arn:aws:ec2:*:*:security-group/*"]:
+            # The groups a security-group change names; the instance itself needs the managed-tag statement.
+            assert not conditions
         elif actions == ["iam:PassRole"]:
             assert resources and all(r.startswith("arn:aws:iam::") and ":role/" in r for r in resources)
             assert conditions == {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}
@@ -527,3 +530,14 @@ def test_the_iam_policy_scopes_every_change_to_instances_the_operator_manages():
             assert conditions == {"StringEquals": managed}, statement
     mutating = {a for s in statements for a in _actions(s) if not a.startswith("ec2:Describe")}
     assert {"ec2:TerminateInstances", "ec2:StopInstances", "ec2:DeleteTags", "iam:PassRole"} <= mutating
+
+
+def test_the_kms_policy_lets_ec2_use_a_customer_key_for_root_volumes_and_nothing_more():
+    statements = _statements(IAM_POLICY.parent / "iam-policy-kms.json")
+    actions = {a for s in statements for a in _actions(s)}
+    assert actions == {"kms:CreateGrant", "kms:GenerateDataKeyWithoutPlaintext", "kms:Decrypt", "kms:DescribeKey"}
+    for statement in statements:
+        conditions = statement.get("Condition", {})
+        assert conditions.get("StringLike") == {"kms:ViaService": "ec2.*.amazonaws.com"}
+        if "kms:CreateGrant" in _actions(statement):
+            assert conditions.get("Bool") == {"kms:GrantIsForAWSResource": "true"}

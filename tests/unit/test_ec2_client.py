@@ -17,6 +17,7 @@ from cml_operator.ec2 import (
     EC2InvalidParameterException,
     EC2StatusCheckException,
     EC2TagOperationException,
+    MetadataOptions,
     RootVolume,
 )
 from tests.support.faultproxy import FaultProxyServer, FaultRule
@@ -57,6 +58,53 @@ def test_create_instance_returns_dto_with_tags_and_placement(client, network, mo
     assert volume["Size"] == 64 and volume["VolumeType"] == "gp3"
     user_data = moto_ec2.describe_instance_attribute(InstanceId=dto.aws_instance_id, Attribute="userData")
     assert user_data["UserData"]["Value"]  # stored (base64) by EC2
+
+
+def _root_volume(moto_ec2, instance_id: str) -> dict:
+    raw = moto_ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    return moto_ec2.describe_volumes(VolumeIds=[raw["BlockDeviceMappings"][0]["Ebs"]["VolumeId"]])["Volumes"][0]
+
+
+def test_create_instance_sends_imds_options_and_an_encrypted_root_volume(client, network, moto_ec2):
+    dto = launch(client, network, metadata_options=MetadataOptions("required", 1),
+                 root_volume=RootVolume(32, "gp3", encrypted=True, kms_key_id="alias/cml-workers"))
+
+    raw = moto_ec2.describe_instances(InstanceIds=[dto.aws_instance_id])["Reservations"][0]["Instances"][0]
+    assert (raw["MetadataOptions"]["HttpTokens"], raw["MetadataOptions"]["HttpPutResponseHopLimit"]) == ("required", 1)
+    assert (dto.metadata_http_tokens, dto.metadata_hop_limit) == ("required", 1)
+    volume = _root_volume(moto_ec2, dto.aws_instance_id)
+    assert volume["Encrypted"] is True and volume["KmsKeyId"] == "alias/cml-workers" and volume["Size"] == 32
+
+
+def test_without_a_size_the_root_volume_keeps_the_ami_size_and_is_still_encrypted(client, network, moto_ec2):
+    image = client.describe_image(REGION, network["ami"])
+    assert image.root_volume_size and image.architecture
+
+    dto = launch(client, network, root_volume=RootVolume(image.root_volume_size, None, encrypted=True),
+                 root_device_name=image.root_device_name)
+
+    volume = _root_volume(moto_ec2, dto.aws_instance_id)
+    assert volume["Encrypted"] is True and volume["Size"] == image.root_volume_size
+
+
+def test_metadata_options_can_be_changed_on_a_running_instance(client, network, moto_ec2):
+    dto = launch(client, network, metadata_options=MetadataOptions())
+
+    assert client.modify_metadata_options(REGION, dto.aws_instance_id, MetadataOptions("optional", 2)) is True
+
+    after = client.describe_instance(REGION, dto.aws_instance_id)
+    assert (after.metadata_http_tokens, after.metadata_hop_limit) == ("optional", 2)
+
+
+def test_instance_type_checks_read_offerings_and_architectures(client, network, moto_ec2):
+    dto = launch(client, network)
+
+    assert client.instance_type_offered(REGION, "m5.large", dto.availability_zone) is True
+    assert client.instance_type_offered(REGION, "zz9.bogus", dto.availability_zone) is False
+    assert client.instance_type_architectures(REGION, "m6g.large") == ("arm64",)
+    assert dto.architecture == "x86_64"
+    with pytest.raises(EC2InvalidParameterException):
+        client.instance_type_architectures(REGION, "zz9.bogus")
 
 
 def test_create_instance_with_unknown_subnet_is_invalid_parameter(client, network):

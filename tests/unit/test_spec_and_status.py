@@ -18,6 +18,15 @@ def test_defaults():
     spec = parse_spec(BASE)
     assert spec.instance_type == "m5zn.metal" and spec.desired_state == "Running"
     assert spec.deletion_policy == "Delete" and spec.detailed_monitoring is True and spec.tags == {}
+    # secure by default: IMDSv2 only, one hop, an encrypted root volume
+    assert (spec.metadata_options.http_tokens, spec.metadata_options.hop_limit) == ("required", 1)
+    assert spec.root_encrypted is True
+
+
+def test_root_volume_encryption_and_kms_key():
+    spec = parse_spec({**BASE, "rootVolume": {"sizeGiB": 20, "kmsKeyId": "alias/cml"}})
+    assert spec.root_volume.encrypted is True and spec.root_volume.kms_key_id == "alias/cml"
+    assert parse_spec({**BASE, "rootVolume": {"sizeGiB": 20, "encrypted": False}}).root_encrypted is False
 
 
 @pytest.mark.parametrize(
@@ -42,6 +51,12 @@ def test_defaults():
         ({"tags": {"cml.dev/worker-uid": "v"}}, "spec.tags[cml.dev/worker-uid]"),
         ({"instanceId": "i-1"}, "spec.instanceId"),
         ({"instanceType": 5}, "spec.instanceType"),
+        ({"rootVolume": {"sizeGiB": 20, "encrypted": "yes"}}, "spec.rootVolume.encrypted"),
+        ({"rootVolume": {"sizeGiB": 20, "kmsKeyId": "my key"}}, "spec.rootVolume.kmsKeyId"),
+        ({"rootVolume": {"sizeGiB": 20, "encrypted": False, "kmsKeyId": "alias/cml"}}, "spec.rootVolume.kmsKeyId"),
+        ({"metadataOptions": {"httpTokens": "maybe"}}, "spec.metadataOptions.httpTokens"),
+        ({"metadataOptions": {"httpPutResponseHopLimit": 65}}, "spec.metadataOptions.httpPutResponseHopLimit"),
+        ({"metadataOptions": "v2"}, "spec.metadataOptions"),
     ],
 )
 def test_bad_fields_are_named(patch, field):

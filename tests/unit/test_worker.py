@@ -14,6 +14,7 @@ from cml_operator.reconcile.spec import SpecError, parse_spec
 from cml_operator.reconcile.worker import (
     Launch,
     ModifySecurityGroups,
+    SetMetadataOptions,
     ModifyType,
     Observation,
     RemoveOwnershipTags,
@@ -96,6 +97,20 @@ def test_a_found_instance_with_a_foreign_token_keeps_the_status_attempt():
                                                 ("other-uid-1", None), (f"{REF.uid}-x", None)])
 def test_attempt_of_token_reads_back_client_token(token, attempt):
     assert attempt_of_token(REF.uid, token) == attempt
+
+
+@pytest.mark.parametrize(("observed_imds", "wanted", "action"), [
+    (("optional", 1), {}, SetMetadataOptions("required", 1)),  # IMDSv1 opened outside: closed again
+    (("required", 1), {"httpTokens": "optional", "httpPutResponseHopLimit": 2}, SetMetadataOptions("optional", 2)),
+    (("required", 1), {}, None),
+    ((None, None), {}, None),  # EC2 did not report them: nothing to compare
+])
+def test_metadata_options_are_kept_in_sync(observed_imds, wanted, action):
+    dto = replace(instance(), metadata_http_tokens=observed_imds[0], metadata_hop_limit=observed_imds[1])
+
+    plan = decide(REF, spec(instanceType="m5zn.metal", metadataOptions=wanted), TRACKED, observed(dto), NOW)
+
+    assert [a for a in plan.actions if isinstance(a, SetMetadataOptions)] == ([action] if action else [])
 
 
 def test_a_user_name_tag_wins_over_the_default():

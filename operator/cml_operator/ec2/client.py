@@ -80,8 +80,23 @@ class EC2ClientSettings:
 
 @dataclass(frozen=True)
 class RootVolume:
-    size_gib: int
-    volume_type: str = "gp3"
+    """The root EBS volume at launch; None fields keep the AMI's own value."""
+
+    size_gib: int | None
+    volume_type: str | None = "gp3"
+    encrypted: bool = True
+    kms_key_id: str | None = None  # None: the account's default EBS key (aws/ebs)
+
+
+@dataclass(frozen=True)
+class MetadataOptions:
+    """Instance metadata service (IMDS): tokens required (IMDSv2 only) and the PUT hop limit."""
+
+    http_tokens: str = "required"
+    hop_limit: int = 1
+
+    def api(self) -> dict[str, Any]:
+        return {"HttpTokens": self.http_tokens, "HttpPutResponseHopLimit": self.hop_limit, "HttpEndpoint": "enabled"}
 
 
 class EC2Client:
@@ -181,6 +196,7 @@ class EC2Client:
         root_device_name: str | None = None,
         detailed_monitoring: bool = True,
         ami_name: str | None = None,
+        metadata_options: MetadataOptions | None = None,
     ) -> CMLWorkerInstanceDto:
         """Launch one instance, tagged at creation, idempotent per ``client_token``.
 
@@ -212,6 +228,8 @@ class EC2Client:
             params["IamInstanceProfile"] = {key: iam_instance_profile}
         if user_data:
             params["UserData"] = user_data  # boto3 base64-encodes it
+        if metadata_options is not None:
+            params["MetadataOptions"] = metadata_options.api()
         if root_volume is not None:
             device = root_device_name or self.describe_image(region, ami_id).root_device_name or "/dev/sda1"
             params["BlockDeviceMappings"] = [{"DeviceName": device, "Ebs": _ebs(root_volume)}]
@@ -281,6 +299,19 @@ class EC2Client:
             EC2AuthenticationException: Invalid credentials.
         """
         self._call(region, "ModifyInstanceAttribute", instance_id, InstanceId=instance_id, Groups=list(group_ids))
+        return True
+
+    def modify_metadata_options(self, region: str, instance_id: str, options: MetadataOptions) -> bool:
+        """Set the instance metadata options (IMDSv2 tokens, hop limit) of a running or stopped instance.
+
+        Raises:
+            EC2InstanceNotFoundException: Instance not found.
+            EC2InvalidParameterException: A value EC2 does not accept.
+            EC2AuthenticationException: Invalid credentials or no permission.
+        """
+        self._call(region, "ModifyInstanceMetadataOptions", instance_id, InstanceId=instance_id,
+                   HttpTokens=options.http_tokens, HttpPutResponseHopLimit=options.hop_limit,
+                   HttpEndpoint="enabled")
         return True
 
     def set_detailed_monitoring(self, region: str, instance_id: str, enabled: bool) -> bool:
@@ -628,21 +659,30 @@ def _tag_list(tags: Mapping[str, str]) -> list[dict[str, str]]:
 
 
 def _ebs(volume: RootVolume) -> dict[str, Any]:
-    ebs: dict[str, Any] = {
-        "VolumeSize": volume.size_gib, "VolumeType": volume.volume_type, "DeleteOnTermination": True,
-    }
+    ebs: dict[str, Any] = {"DeleteOnTermination": True, "Encrypted": volume.encrypted}
+    if volume.encrypted and volume.kms_key_id:
+        ebs["KmsKeyId"] = volume.kms_key_id
+    if volume.size_gib is not None:
+        ebs["VolumeSize"] = volume.size_gib
+    if volume.volume_type is not None:
+        ebs["VolumeType"] = volume.volume_type
     # Provisioned-IOPS types require Iops; take 3000 (gp3's baseline) within each type's per-GiB ratio.
-    if volume.volume_type == "io1":
+    if volume.volume_type == "io1" and volume.size_gib:
         ebs["Iops"] = min(3000, 50 * volume.size_gib)
-    elif volume.volume_type == "io2":
+    elif volume.volume_type == "io2" and volume.size_gib:
         ebs["Iops"] = min(3000, 500 * volume.size_gib)
     return ebs
 
 
 def _image(raw: Mapping[str, Any]) -> ImageInfo:
+    root = raw.get("RootDeviceName")
+    sizes = [m.get("Ebs", {}).get("VolumeSize") for m in raw.get("BlockDeviceMappings") or []
+             if m.get("DeviceName") == root]
     return ImageInfo(
         image_id=raw["ImageId"], name=raw.get("Name"),
-        root_device_name=raw.get("RootDeviceName"), creation_date=raw.get("CreationDate"),
+        root_device_name=root, creation_date=raw.get("CreationDate"),
+        root_volume_size=sizes[0] if sizes and isinstance(sizes[0], int) else None,
+        architecture=raw.get("Architecture"),
     )
 
 

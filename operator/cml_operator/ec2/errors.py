@@ -170,8 +170,9 @@ _OPERATION_FAMILY: dict[str, type[IntegrationException]] = {
     **dict.fromkeys(
         (
             "StartInstances", "StopInstances", "TerminateInstances", "ModifyInstanceAttribute",
-            "MonitorInstances", "UnmonitorInstances",
+            "MonitorInstances", "UnmonitorInstances", "ModifyInstanceMetadataOptions",
             "start_instance", "stop_instance", "terminate_instance", "modify_instance_type",
+            "modify_metadata_options",
         ),
         EC2InstanceOperationException,
     ),

@@ -48,6 +48,8 @@ class CMLWorkerInstanceDto:
     monitoring: str | None = None  # enabled, disabled, pending, disabling
     client_token: str | None = None  # the RunInstances ClientToken it was launched with
     architecture: str | None = None  # x86_64, arm64, ... (the AMI's)
+    metadata_http_tokens: str | None = None  # required (IMDSv2 only) or optional
+    metadata_hop_limit: int | None = None
 
     @classmethod
     def from_api(cls, region: str, raw: dict[str, Any], ami_name: str | None = None) -> CMLWorkerInstanceDto:
@@ -74,6 +76,8 @@ class CMLWorkerInstanceDto:
             monitoring=(raw.get("Monitoring") or {}).get("State"),
             client_token=raw.get("ClientToken") or None,
             architecture=raw.get("Architecture"),
+            metadata_http_tokens=(raw.get("MetadataOptions") or {}).get("HttpTokens"),
+            metadata_hop_limit=(raw.get("MetadataOptions") or {}).get("HttpPutResponseHopLimit"),
         )
 
     def with_status_checks(self, checks: InstanceStatusChecks | None) -> CMLWorkerInstanceDto:
@@ -90,3 +94,5 @@ class ImageInfo:
     name: str | None
     root_device_name: str | None
     creation_date: str | None = None
+    root_volume_size: int | None = None  # GiB of the root device's snapshot
+    architecture: str | None = None

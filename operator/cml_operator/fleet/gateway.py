@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
-from ..ec2.client import EC2Client, RootVolume
+from ..ec2.client import EC2Client, MetadataOptions, RootVolume
 from ..ec2.exceptions import IntegrationException
 from ..ec2.models import CMLWorkerInstanceDto, ImageInfo, InstanceStatusChecks
 from .ratelimit import EC2RateLimiter
@@ -44,6 +44,7 @@ class EC2Api(Protocol):
     async def modify_instance_type(self, region: str, instance_id: str, instance_type: str) -> bool: ...
     async def modify_security_groups(self, region: str, instance_id: str, group_ids: Sequence[str]) -> bool: ...
     async def set_detailed_monitoring(self, region: str, instance_id: str, enabled: bool) -> bool: ...
+    async def modify_metadata_options(self, region: str, instance_id: str, options: MetadataOptions) -> bool: ...
     async def add_tags(self, region: str, instance_id: str, tags: Mapping[str, str]) -> bool: ...
     async def remove_tags(self, region: str, instance_id: str, keys: Iterable[str]) -> bool: ...
 
@@ -129,6 +130,9 @@ class EC2Gateway:
     async def set_detailed_monitoring(self, region: str, instance_id: str, enabled: bool) -> bool:
         return await self._mutate(region, self.client.set_detailed_monitoring, instance_id, enabled)
 
+    async def modify_metadata_options(self, region: str, instance_id: str, options: MetadataOptions) -> bool:
+        return await self._mutate(region, self.client.modify_metadata_options, instance_id, options)
+
     async def add_tags(self, region: str, instance_id: str, tags: Mapping[str, str]) -> bool:
         return await self._mutate(region, self.client.add_tags, instance_id, dict(tags))
 
@@ -136,4 +140,4 @@ class EC2Gateway:
         return await self._mutate(region, self.client.remove_tags, instance_id, list(keys))
 
 
-__all__ = ["EC2Api", "EC2Gateway", "RootVolume"]
+__all__ = ["EC2Api", "EC2Gateway", "MetadataOptions", "RootVolume"]

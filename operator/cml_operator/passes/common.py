@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ..ec2.client import MetadataOptions
 from ..ec2.exceptions import IntegrationException
 from ..reconcile.conditions import Health
 from ..reconcile.policy import Decision
@@ -17,6 +18,7 @@ from ..reconcile.worker import (
     Note,
     Observation,
     RemoveOwnershipTags,
+    SetMetadataOptions,
     SetMonitoring,
     Start,
     Stop,
@@ -64,6 +66,8 @@ async def apply_action(runtime: Runtime, region: str, instance_id: str, action: 
         await ec2.modify_security_groups(region, instance_id, action.group_ids)
     elif isinstance(action, SetMonitoring):
         await ec2.set_detailed_monitoring(region, instance_id, action.enabled)
+    elif isinstance(action, SetMetadataOptions):
+        await ec2.modify_metadata_options(region, instance_id, MetadataOptions(action.http_tokens, action.hop_limit))
     elif isinstance(action, SyncTags):
         if action.add:
             await ec2.add_tags(region, instance_id, action.add)

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from ..ec2.client import RootVolume
+from ..ec2.client import MetadataOptions, RootVolume
 from ..ec2.exceptions import EC2InstanceNotFoundException, IntegrationException
 from ..ec2.models import CMLWorkerInstanceDto
 from ..fleet.observer import RegionObserver
@@ -28,6 +28,7 @@ from ..reconcile.worker import (
     Note,
     Observation,
     Plan,
+    SetMetadataOptions,
     Start,
     Stop,
     Terminate,
@@ -40,8 +41,9 @@ from .cml import CMLStep
 from .common import Failed, PassResult, apply_action, as_integration, capped
 from .resize import check_new_type, restart_after_failed_modify
 
-#: Actions after which the instance's state is read again at once (batched).
-_STATE_CHANGING = (Start, Stop, ModifyType, Terminate)
+#: Actions after which the instance is read again at once (batched): its state, or its IMDS
+#: options, which a stale cache would otherwise ask to change a second time.
+_STATE_CHANGING = (Start, Stop, ModifyType, Terminate, SetMetadataOptions)
 
 
 async def reconcile_pass(
@@ -217,7 +219,10 @@ async def _launch(runtime: Runtime, spec: WorkerSpec, status: WorkerStatus,
         key_name=spec.key_name,
         iam_instance_profile=spec.iam_instance_profile,
         user_data=spec.user_data,
-        root_volume=RootVolume(root.size_gib, root.volume_type) if root else None,
+        # Encrypted unless the spec says otherwise; without spec.rootVolume the AMI's size and type stay.
+        root_volume=(RootVolume(root.size_gib, root.volume_type, root.encrypted, root.kms_key_id) if root
+                     else RootVolume(image.root_volume_size, None, encrypted=True)),
+        metadata_options=MetadataOptions(spec.metadata_options.http_tokens, spec.metadata_options.hop_limit),
         root_device_name=image.root_device_name,
         detailed_monitoring=spec.detailed_monitoring,
     )

@@ -27,6 +27,11 @@ _PATTERNS = {
     "instanceId": re.compile(r"^i-([0-9a-f]{8}|[0-9a-f]{17})$"),
 }
 ROOT_VOLUME_TYPES = ("gp3", "gp2", "io1", "io2")
+HTTP_TOKENS = ("required", "optional")
+#: A key id (uuid or multi-Region mrk-...), a key ARN, an alias name or an alias ARN.
+_KMS_KEY = re.compile(
+    r"^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32}|alias/[A-Za-z0-9/_-]{1,250}"
+    r"|arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:(key/[A-Za-z0-9-]{1,64}|alias/[A-Za-z0-9/_-]{1,250}))$")
 DESIRED_STATES = ("Running", "Stopped")
 DELETION_POLICIES = ("Delete", "Retain")
 
@@ -43,6 +48,16 @@ class SpecError(ValueError):
 class RootVolumeSpec:
     size_gib: int
     volume_type: str = "gp3"
+    encrypted: bool = True
+    kms_key_id: str | None = None
+
+
+@dataclass(frozen=True)
+class MetadataOptionsSpec:
+    """IMDS settings; the defaults are the secure ones (IMDSv2 only, one hop: no container reaches it)."""
+
+    http_tokens: str = "required"
+    hop_limit: int = 1
 
 
 @dataclass(frozen=True)
@@ -63,6 +78,12 @@ class WorkerSpec:
     deletion_policy: str = "Delete"
     instance_id: str | None = None
     cml: CMLSpec | None = None  # spec.cml: CML-aware readiness, idle stop, licensing
+    metadata_options: MetadataOptionsSpec = MetadataOptionsSpec()
+
+    @property
+    def root_encrypted(self) -> bool:
+        """Root volumes are encrypted unless spec.rootVolume.encrypted says false."""
+        return self.root_volume.encrypted if self.root_volume else True
 
     @property
     def wants_running(self) -> bool:
@@ -112,6 +133,7 @@ def parse_spec(raw: Mapping[str, Any] | None) -> WorkerSpec:
         deletion_policy=deletion_policy,
         instance_id=_string(raw, "instanceId"),
         cml=_cml(raw.get("cml")),
+        metadata_options=_metadata_options(raw.get("metadataOptions")),
     )
 
 
@@ -151,7 +173,29 @@ def _root_volume(raw: Any) -> RootVolumeSpec | None:
     volume_type = raw.get("type") or "gp3"
     if volume_type not in ROOT_VOLUME_TYPES:
         raise SpecError("spec.rootVolume.type", f"must be one of {', '.join(ROOT_VOLUME_TYPES)}")
-    return RootVolumeSpec(size, volume_type)
+    encrypted = raw.get("encrypted", True)
+    if not isinstance(encrypted, bool):
+        raise SpecError("spec.rootVolume.encrypted", "must be true or false")
+    kms_key_id = raw.get("kmsKeyId") or None
+    if kms_key_id is not None and (not isinstance(kms_key_id, str) or not _KMS_KEY.match(kms_key_id)):
+        raise SpecError("spec.rootVolume.kmsKeyId", "must be a KMS key id, key ARN, alias name or alias ARN")
+    if kms_key_id and not encrypted:
+        raise SpecError("spec.rootVolume.kmsKeyId", "needs spec.rootVolume.encrypted: true")
+    return RootVolumeSpec(size, volume_type, encrypted, kms_key_id)
+
+
+def _metadata_options(raw: Any) -> MetadataOptionsSpec:
+    if raw is None:
+        return MetadataOptionsSpec()
+    if not isinstance(raw, Mapping):
+        raise SpecError("spec.metadataOptions", "must be an object")
+    tokens = raw.get("httpTokens") or "required"
+    if tokens not in HTTP_TOKENS:
+        raise SpecError("spec.metadataOptions.httpTokens", f"must be one of {', '.join(HTTP_TOKENS)}")
+    hops = raw.get("httpPutResponseHopLimit", 1)
+    if not isinstance(hops, int) or isinstance(hops, bool) or not 1 <= hops <= 64:
+        raise SpecError("spec.metadataOptions.httpPutResponseHopLimit", "must be an integer from 1 to 64")
+    return MetadataOptionsSpec(tokens, hops)
 
 
 def _tags(raw: Any) -> dict[str, str]:

@@ -132,6 +132,12 @@ class SetMonitoring:
 
 
 @dataclass(frozen=True)
+class SetMetadataOptions:
+    http_tokens: str
+    hop_limit: int
+
+
+@dataclass(frozen=True)
 class SyncTags:
     add: dict[str, str]
     remove: tuple[str, ...] = ()
@@ -147,7 +153,8 @@ class RemoveOwnershipTags:
     pass
 
 
-Action = Launch | Start | Stop | ModifyType | ModifySecurityGroups | SetMonitoring | SyncTags | Terminate | RemoveOwnershipTags
+Action = (Launch | Start | Stop | ModifyType | ModifySecurityGroups | SetMonitoring | SetMetadataOptions | SyncTags
+          | Terminate | RemoveOwnershipTags)
 
 
 @dataclass(frozen=True)
@@ -305,6 +312,10 @@ def _with_instance(
     monitoring_on = instance.monitoring in ("enabled", "pending")
     if settled and instance.monitoring is not None and monitoring_on != spec.detailed_monitoring:
         actions.append(SetMonitoring(spec.detailed_monitoring))
+    wanted_imds = (spec.metadata_options.http_tokens, spec.metadata_options.hop_limit)
+    if settled and instance.metadata_http_tokens is not None and (
+            instance.metadata_http_tokens, instance.metadata_hop_limit) != wanted_imds:
+        actions.append(SetMetadataOptions(*wanted_imds))
     if actions:
         notes.append(Note("Normal", reasons.EVENT_UPDATED, _describe_updates(actions)))
 
@@ -382,6 +393,8 @@ def _describe_updates(actions: list[Action]) -> str:
             parts.append(f"security groups -> {list(action.group_ids)}")
         elif isinstance(action, SetMonitoring):
             parts.append(f"detailed monitoring {'on' if action.enabled else 'off'}")
+        elif isinstance(action, SetMetadataOptions):
+            parts.append(f"metadata options: httpTokens {action.http_tokens}, hop limit {action.hop_limit}")
     return "Updating " + "; ".join(parts)
 
 
