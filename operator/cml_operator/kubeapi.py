@@ -9,6 +9,7 @@ again once (projected ServiceAccount tokens rotate) and repeats the request.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -101,6 +102,21 @@ class KubeApi:
         """A JSON merge patch."""
         return await self._request("PATCH", kind.path(namespace, name, subresource), body=patch,
                                    content_type=MERGE_PATCH)
+
+    async def secret_value(self, namespace: str, name: str, key: str) -> bytes | None:
+        """One key of a Secret, decoded; None when the Secret or the key does not exist.
+
+        The value is returned to the caller only: it is never logged, and errors name the
+        Secret and key, never the content.
+        """
+        try:
+            secret = await self._request("GET", f"/api/v1/namespaces/{quote(namespace)}/secrets/{quote(name)}")
+        except KubeApiError as error:
+            if error.status == 404:
+                return None
+            raise
+        encoded = (secret.get("data") or {}).get(key)
+        return None if encoded is None else base64.b64decode(encoded)
 
     async def delete(self, kind: Kind, namespace: str, name: str, uid: str | None = None) -> bool:
         """Delete (in the background); False when it was already gone. ``uid`` guards against a namesake."""

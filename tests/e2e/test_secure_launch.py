@@ -1,10 +1,14 @@
-"""Launches are secure by default: IMDSv2 only with one hop, encrypted root volumes; IMDS options kept in sync.
+"""Launches are secure by default: IMDSv2 only with one hop, encrypted root volumes; IMDS options kept in sync;
+user data from a Secret reaches EC2 and nothing else.
 
 moto records MetadataOptions and the root volume's Encrypted flag and KMS key, so what
 EC2 was asked for is read back from moto itself (DescribeInstances, DescribeVolumes).
 """
 
 from __future__ import annotations
+
+import base64
+import json
 
 import pytest
 
@@ -63,3 +67,44 @@ def test_a_kms_key_without_encryption_is_refused_at_apply_naming_the_field(kube,
                                                                       "kmsKeyId": "alias/cml"}), check=False)
     assert result.returncode != 0
     assert "spec.rootVolume.kmsKeyId" in result.stderr
+
+
+SENTINEL = "#!/bin/sh\necho cml-user-data-sentinel-7f3a9c > /etc/motd\n"
+
+
+def user_data_of(aws, instance_id: str) -> str:
+    value = aws.describe_instance_attribute(InstanceId=instance_id, Attribute="userData")["UserData"]["Value"]
+    return base64.b64decode(value).decode()
+
+
+def test_user_data_from_a_secret_reaches_ec2_and_nothing_else(kube, network, aws, operator_factory):
+    operator = operator_factory("--log-level", "DEBUG")
+    kube.run("create", "secret", "generic", "boot", f"--from-literal=user-data={SENTINEL}")
+    kube.apply(worker_manifest("fromsecret", network, userDataSecretRef={"name": "boot", "key": "user-data"}))
+    kube.wait_condition("fromsecret", "Ready")
+    worker = kube.get("fromsecret")
+
+    assert user_data_of(aws, worker["status"]["instanceId"]) == SENTINEL
+    marker = "cml-user-data-sentinel"
+    assert marker not in json.dumps(worker)  # status, Kopf's progress and stored diff base, annotations
+    assert marker not in json.dumps(kube.events("fromsecret"))
+    assert marker not in operator.logs()
+    assert base64.b64encode(SENTINEL.encode()).decode() not in operator.logs()
+
+
+def test_a_user_data_secret_that_appears_later_is_picked_up_without_a_spec_change(kube, network, aws, operator):
+    kube.apply(worker_manifest("later", network, userDataSecretRef={"name": "late", "key": "user-data"}))
+
+    stalled = kube.wait_condition("later", "Stalled", reason="InvalidParameter")
+    assert "spec.userDataSecretRef" in stalled["message"] and "late" in stalled["message"]
+
+    kube.run("create", "secret", "generic", "late", f"--from-literal=user-data={SENTINEL}")
+    kube.wait_condition("later", "Ready", timeout=40)  # the slow recheck (4 s in tests) finds it
+    assert user_data_of(aws, kube.get("later")["status"]["instanceId"]) == SENTINEL
+
+
+def test_inline_user_data_and_a_secret_ref_together_are_refused_at_apply(kube, network):
+    result = kube.apply(worker_manifest("both", network, userData="x",
+                                        userDataSecretRef={"name": "boot", "key": "user-data"}), check=False)
+    assert result.returncode != 0
+    assert "spec.userDataSecretRef" in result.stderr

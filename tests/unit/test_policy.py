@@ -115,6 +115,15 @@ def test_an_instance_profile_iam_has_not_propagated_is_rechecked_slowly():
     assert classify(other, slow_recheck_seconds=600).delay is None
 
 
+@pytest.mark.parametrize(("error", "reason"), [
+    (EC2InvalidParameterException("x", code="UserDataSecret.NotFound"), reasons.INVALID_PARAMETER),
+    (EC2InvalidParameterException("x", code="UserDataSecret.TooLarge"), reasons.INVALID_PARAMETER),
+    (IntegrationException("x", code="UserDataSecret.Forbidden"), reasons.AUTHENTICATION_FAILED),
+])
+def test_a_user_data_secret_that_cannot_be_read_yet_is_rechecked_slowly(error, reason):
+    assert classify(error, slow_recheck_seconds=600) == Decision(Kind.PERMANENT, reason, 600)
+
+
 def test_termination_protection_stalls_operation_not_permitted_with_the_slow_recheck():
     decision = classify(error_for("OperationNotPermitted", "TerminateInstances"), slow_recheck_seconds=600)
     assert decision == Decision(Kind.PERMANENT, reasons.OPERATION_NOT_PERMITTED, 600)

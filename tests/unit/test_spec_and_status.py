@@ -57,6 +57,9 @@ def test_root_volume_encryption_and_kms_key():
         ({"metadataOptions": {"httpTokens": "maybe"}}, "spec.metadataOptions.httpTokens"),
         ({"metadataOptions": {"httpPutResponseHopLimit": 65}}, "spec.metadataOptions.httpPutResponseHopLimit"),
         ({"metadataOptions": "v2"}, "spec.metadataOptions"),
+        ({"userData": "x", "userDataSecretRef": {"name": "boot", "key": "ud"}}, "spec.userDataSecretRef"),
+        ({"userDataSecretRef": {"name": "Boot_1", "key": "ud"}}, "spec.userDataSecretRef.name"),
+        ({"userDataSecretRef": {"name": "boot", "key": "u d"}}, "spec.userDataSecretRef.key"),
     ],
 )
 def test_bad_fields_are_named(patch, field):

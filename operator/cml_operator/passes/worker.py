@@ -40,6 +40,7 @@ from ..runtime import Runtime, WorkerMemory
 from .cml import CMLStep
 from .common import Failed, PassResult, apply_action, as_integration, capped
 from .resize import check_new_type, restart_after_failed_modify
+from .userdata import user_data_from_secret
 
 #: Actions after which the instance is read again at once (batched): its state, or its IMDS
 #: options, which a stale cache would otherwise ask to change a second time.
@@ -163,7 +164,7 @@ async def _act(
         try:
             if isinstance(action, Launch):
                 try:
-                    created, image_id = await _launch(runtime, spec, status, action)
+                    created, image_id = await _launch(runtime, ref, spec, status, action)
                 except IntegrationException as error:
                     raise Failed(error, observation, launch_attempt=plan.creation_attempt) from error
                 memory.launched_instance_id = instance_id = created.aws_instance_id
@@ -191,7 +192,7 @@ async def _act(
     return observation, image_id, created
 
 
-async def _launch(runtime: Runtime, spec: WorkerSpec, status: WorkerStatus,
+async def _launch(runtime: Runtime, ref: WorkerRef, spec: WorkerSpec, status: WorkerStatus,
                   action: Launch) -> tuple[CMLWorkerInstanceDto, str]:
     ec2, lookups, region = runtime.ec2, runtime.lookups, spec.region
     assert lookups is not None
@@ -218,7 +219,8 @@ async def _launch(runtime: Runtime, spec: WorkerSpec, status: WorkerStatus,
         tags=action.tags,
         key_name=spec.key_name,
         iam_instance_profile=spec.iam_instance_profile,
-        user_data=spec.user_data,
+        user_data=(await user_data_from_secret(runtime, ref.namespace, spec.user_data_secret)
+                   if spec.user_data_secret else spec.user_data),
         # Encrypted unless the spec says otherwise; without spec.rootVolume the AMI's size and type stay.
         root_volume=(RootVolume(root.size_gib, root.volume_type, root.encrypted, root.kms_key_id) if root
                      else RootVolume(image.root_volume_size, None, encrypted=True)),

@@ -94,6 +94,8 @@ DEPENDENCY_CODES = frozenset({
     "InvalidAMIID.NotFound", "InvalidAMIName.NotFound", "InvalidGroup.NotFound",
     "InvalidSecurityGroupID.NotFound", "InvalidSubnetID.NotFound", "InvalidSubnetId.NotFound",
     "InvalidKeyPair.NotFound", "InvalidSnapshot.NotFound",
+    # spec.userDataSecretRef: the Secret (or its key) does not exist yet, or its content is too large
+    "UserDataSecret.NotFound", "UserDataSecret.TooLarge",
 })
 #: RunInstances refused the ClientToken: the pass looks for the instance by uid tag, and if none
 #: lives, the next launch uses a new token (creationAttempt + 1).
@@ -140,6 +142,9 @@ POLICY: tuple[Rule, ...] = (
     Rule(CMLLicensingException, Kind.TEMPORARY, reasons.LICENSE_REGISTERING, Backoff(base=30, cap=300)),
     Rule(CMLUnavailableException, Kind.TEMPORARY, reasons.CML_STARTING, Backoff(base=15, cap=60)),
     Rule(CMLException, Kind.TEMPORARY, reasons.CML_UNREACHABLE, Backoff(base=15, cap=300)),
+    # Kubernetes RBAC forbids reading the spec.userDataSecretRef Secret: a permission, like IAM's
+    Rule(IntegrationException, Kind.PERMANENT, reasons.AUTHENTICATION_FAILED, slow_recheck=SLOW,
+         codes=frozenset({"UserDataSecret.Forbidden"})),
     Rule(IntegrationException, Kind.TEMPORARY, reasons.INTEGRATION_ERROR, Backoff(base=10, cap=300)),
 )
 

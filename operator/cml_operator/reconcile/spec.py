@@ -28,6 +28,8 @@ _PATTERNS = {
 }
 ROOT_VOLUME_TYPES = ("gp3", "gp2", "io1", "io2")
 HTTP_TOKENS = ("required", "optional")
+_SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+_SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
 #: A key id (uuid or multi-Region mrk-...), a key ARN, an alias name or an alias ARN.
 _KMS_KEY = re.compile(
     r"^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32}|alias/[A-Za-z0-9/_-]{1,250}"
@@ -50,6 +52,14 @@ class RootVolumeSpec:
     volume_type: str = "gp3"
     encrypted: bool = True
     kms_key_id: str | None = None
+
+
+@dataclass(frozen=True)
+class SecretKeyRef:
+    """A key of a Secret in the worker's own namespace."""
+
+    name: str
+    key: str
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,7 @@ class WorkerSpec:
     instance_id: str | None = None
     cml: CMLSpec | None = None  # spec.cml: CML-aware readiness, idle stop, licensing
     metadata_options: MetadataOptionsSpec = MetadataOptionsSpec()
+    user_data_secret: SecretKeyRef | None = None
 
     @property
     def root_encrypted(self) -> bool:
@@ -134,6 +145,7 @@ def parse_spec(raw: Mapping[str, Any] | None) -> WorkerSpec:
         instance_id=_string(raw, "instanceId"),
         cml=_cml(raw.get("cml")),
         metadata_options=_metadata_options(raw.get("metadataOptions")),
+        user_data_secret=_secret_ref(raw.get("userDataSecretRef"), user_data),
     )
 
 
@@ -182,6 +194,21 @@ def _root_volume(raw: Any) -> RootVolumeSpec | None:
     if kms_key_id and not encrypted:
         raise SpecError("spec.rootVolume.kmsKeyId", "needs spec.rootVolume.encrypted: true")
     return RootVolumeSpec(size, volume_type, encrypted, kms_key_id)
+
+
+def _secret_ref(raw: Any, user_data: str | None) -> SecretKeyRef | None:
+    if raw is None:
+        return None
+    if user_data is not None:
+        raise SpecError("spec.userDataSecretRef", "set either spec.userData or spec.userDataSecretRef, not both")
+    if not isinstance(raw, Mapping):
+        raise SpecError("spec.userDataSecretRef", "must be an object {name, key}")
+    name, key = raw.get("name"), raw.get("key")
+    if not isinstance(name, str) or not _SECRET_NAME.match(name):
+        raise SpecError("spec.userDataSecretRef.name", "must be the name of a Secret in the worker's namespace")
+    if not isinstance(key, str) or not _SECRET_KEY.match(key):
+        raise SpecError("spec.userDataSecretRef.key", "must be a Secret data key ([-._a-zA-Z0-9]+)")
+    return SecretKeyRef(name, key)
 
 
 def _metadata_options(raw: Any) -> MetadataOptionsSpec:
