@@ -28,7 +28,8 @@ async def user_data_from_secret(runtime: Runtime, namespace: str, ref: SecretKey
         if error.status == 403:
             raise IntegrationException(
                 f"{where} cannot be read: the operator may not get Secrets in {namespace} "
-                "(grant it, see docs/install.md)", code=SECRET_FORBIDDEN) from None
+                "(apply deploy/rbac-user-data-secrets.yaml or a Role, see docs/install.md)",
+                code=SECRET_FORBIDDEN) from None
         raise IntegrationException(f"{where} cannot be read: {error.status} {error.reason}",
                                    code=f"Kube{error.status}") from None
     if value is None:
