@@ -331,18 +331,6 @@ def test_the_cluster_role_has_no_wildcards_and_reads_secrets_only_one_by_one():
                     assert rule["resources"] == ["cmlworkers"], rule
 
 
-def test_the_optional_user_data_rbac_grants_get_on_secrets_and_nothing_else():
-    docs = [d for d in yaml.safe_load_all((DEPLOY / "rbac-user-data-secrets.yaml").read_text()) if d]
-    role = next(d for d in docs if d["kind"] == "ClusterRole")
-    binding = next(d for d in docs if d["kind"] == "ClusterRoleBinding")
-    assert role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]
-    account = _one("ServiceAccount")
-    assert binding["roleRef"]["name"] == role["metadata"]["name"]
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"],
-                                    "namespace": account["metadata"]["namespace"]}]
-    assert "rbac-user-data-secrets.yaml" not in (DEPLOY / "kustomization.yaml").read_text()
-
-
 def test_the_irsa_patch_annotates_the_service_account_of_the_base():
     patch = yaml.safe_load((DEPLOY / "irsa-patch.yaml").read_text())
     account = _one("ServiceAccount")

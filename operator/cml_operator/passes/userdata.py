@@ -28,7 +28,7 @@ async def user_data_from_secret(runtime: Runtime, namespace: str, ref: SecretKey
         if error.status == 403:
             raise IntegrationException(
                 f"{where} cannot be read: the operator may not get Secrets in {namespace} "
-                "(apply deploy/rbac-user-data-secrets.yaml or a Role, see docs/install.md)",
+                "(grant get on secrets, see docs/install.md)",
                 code=SECRET_FORBIDDEN) from None
         raise IntegrationException(f"{where} cannot be read: {error.status} {error.reason}",
                                    code=f"Kube{error.status}") from None
