@@ -182,7 +182,10 @@ async def _act(
                     raise
                 # Never leave a worker stopped that should run: start it again with its old type.
                 old_type = observation.instance.instance_type if observation and observation.instance else None
-                raise await restart_after_failed_modify(runtime, spec.region, instance_id, old_type, error) from error
+                reported = await restart_after_failed_modify(runtime, spec.region, instance_id, old_type, error)
+                # The status the failure renders shows the restart (pending), not the stop it undid.
+                observation = await _read_now(observer, instance_id, observation)
+                raise reported from error
         except IntegrationException as error:
             if isinstance(error, EC2InstanceNotFoundException) and instance_id and not spec.instance_id:
                 observer.forget(instance_id)  # next pass sees it gone and replaces it
