@@ -27,7 +27,7 @@ import yaml
 from tests.cluster.__main__ import wait_for_signal
 from tests.cluster.controlplane import ControlPlane, ControlPlaneConfig
 from tests.support.cmlsim import DEFAULT_PASSWORD, DEFAULT_USERNAME, CMLSimProcess
-from tests.support.motoserver import MotoServer
+from tests.support.motoserver import MotoServer, own_image
 from tests.support.processes import FAKE_AWS_ENV, OperatorProcess
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,9 +52,9 @@ def _sample_for_moto(moto_url: str, cml_endpoint: str) -> str:
                        aws_secret_access_key=FAKE_AWS_ENV["AWS_SECRET_ACCESS_KEY"])
     subnet = ec2.describe_subnets()["Subnets"][0]
     group = ec2.create_security_group(GroupName="cml-dev", Description="make dev", VpcId=subnet["VpcId"])
-    image = ec2.describe_images(Owners=["amazon"])["Images"][0]
+    image = own_image(ec2, subnet["SubnetId"], name="cml-dev-image")  # spec.amiOwners defaults to [self]
     manifest = yaml.safe_load(SAMPLE.read_text())
-    manifest["spec"].update(subnetId=subnet["SubnetId"], securityGroupIds=[group["GroupId"]], amiId=image["ImageId"])
+    manifest["spec"].update(subnetId=subnet["SubnetId"], securityGroupIds=[group["GroupId"]], amiId=image["ami"])
     manifest["spec"]["cml"].update(endpoint=cml_endpoint, idleStop={"afterMinutes": DEV_IDLE_MINUTES})
     secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "cml-worker-1-login", "namespace": "default"},
               "stringData": {"username": DEFAULT_USERNAME, "password": DEFAULT_PASSWORD}}

@@ -41,6 +41,13 @@ def _flag(value: str) -> bool:
     raise ValueError("expected true or false")
 
 
+def _cluster_id(value: str) -> str:
+    """A tag value EC2 and IAM conditions accept: 1..128 plain characters."""
+    if not 1 <= len(value) <= 128 or not all(c.isalnum() or c in "-_.:" for c in value):
+        raise ValueError("--cluster-id must be 1 to 128 letters, digits or - _ . :")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cml-operator", description="Reconcile CMLWorker resources (cml.dev/v1alpha1) against Amazon EC2.")
@@ -100,6 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
     cml.add_argument("--cml-concurrency", type=int, default=_env("CML_CONCURRENCY", int, c.concurrency),
                      help="CML looks in flight at once across all workers")
 
+    trust = run.add_argument_group("ownership and bounds")
+    trust.add_argument("--cluster-id", default=_env("CLUSTER_ID", _cluster_id, d.cluster_id), type=_cluster_id,
+                       help="value of the cml.dev/cluster tag: instances tagged with another cluster are never "
+                            "touched (default: the uid of the kube-system namespace, read once at start)")
+    trust.add_argument("--max-replacements", type=int,
+                       default=_env("MAX_REPLACEMENTS", int, d.max_replacements),
+                       help="replacements of a lost instance (one that had been Ready) per worker per hour; "
+                            "then the worker is Stalled ReplacementLimitReached")
+
     ops = run.add_argument_group("operations")
     ops.add_argument("--api-connections", type=int, default=_env("API_CONNECTIONS", int, d.api_connections),
                      help="connections to the Kubernetes API server at most (watches included)")
@@ -150,6 +166,8 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
         api_connections=args.api_connections,
         orphan_policy=args.orphan_policy,
         orphan_grace=args.orphan_grace,
+        cluster_id=args.cluster_id,
+        max_replacements=args.max_replacements,
         ec2=EC2ClientSettings(),
         rate_limits=RateLimitSettings(
             mutating_rate=args.mutating_rate, mutating_burst=args.mutating_burst, read_rate=args.read_rate,

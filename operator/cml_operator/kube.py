@@ -43,3 +43,35 @@ async def login_with_bounded_pool(limit: int, **kwargs: Any) -> kopf.AiohttpSess
         server=info.server, default_namespace=info.default_namespace, expiration=info.expiration,
         priority=info.priority, aiohttp_session=session,
     )
+
+
+#: Read once at start when --cluster-id is not given (RBAC: get namespaces/kube-system).
+CLUSTER_ID_NAMESPACE = "kube-system"
+
+
+class ClusterIdError(RuntimeError):
+    """The cluster id could not be read; the message says what to grant or pass instead."""
+
+
+async def read_cluster_id(settings: kopf.OperatorSettings) -> str:
+    """The uid of the ``kube-system`` namespace: created with the cluster, never renamed, unique per cluster.
+
+    It is what ``kubectl get ns kube-system -o jsonpath='{.metadata.uid}'`` prints, so
+    an IAM policy can be written for it before the operator runs.
+    """
+    info = connection_info(settings=settings)
+    if info is None or not info.server:
+        raise ClusterIdError("no Kubernetes credentials to read the kube-system namespace; pass --cluster-id")
+    url = f"{info.server.rstrip('/')}/api/v1/namespaces/{CLUSTER_ID_NAMESPACE}"
+    async with session_for(info, 1) as session:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=30)) as response:
+            if response.status in (401, 403):
+                raise ClusterIdError(
+                    f"reading namespace {CLUSTER_ID_NAMESPACE} was refused ({response.status}): grant "
+                    f"'get' on namespaces/{CLUSTER_ID_NAMESPACE} (deploy/rbac.yaml) or pass --cluster-id")
+            response.raise_for_status()
+            body = await response.json()
+    uid = (body.get("metadata") or {}).get("uid")
+    if not isinstance(uid, str) or not uid:
+        raise ClusterIdError(f"namespace {CLUSTER_ID_NAMESPACE} has no uid; pass --cluster-id")
+    return uid

@@ -97,6 +97,8 @@ class Runtime:
     observers: Observers
     metrics: Metrics
     lookups: SharedLookups | None = None
+    #: The ``cml.dev/cluster`` tag value; set at start-up (``--cluster-id`` or the kube-system uid).
+    cluster_id: str = ""
     workers: dict[str, WorkerMemory] = field(default_factory=dict)
     #: The operator's own Kubernetes calls (pools and discovery create CMLWorkers); set at start-up.
     kube: KubeApi | None = None

@@ -57,6 +57,10 @@ class OperatorSettings:
     orphan_policy: str = "report"
     #: Seconds an instance must stay an orphan before --orphan-policy stop/terminate acts on it.
     orphan_grace: float = 3600.0
+    #: Value of the ``cml.dev/cluster`` tag on every instance; None: the kube-system namespace's uid.
+    cluster_id: str | None = None
+    #: Replacements of a worker's lost instance (one that had been Ready) allowed per hour.
+    max_replacements: int = 3
     #: Threads running blocking boto3 calls.
     ec2_threads: int = 16
     ec2: EC2ClientSettings = field(default_factory=EC2ClientSettings)

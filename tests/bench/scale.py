@@ -54,7 +54,7 @@ from kubernetes import config as k8s_config
 from tests.bench.measure import (Limits, ProcessSampler, instance_problems, live_instances, peak_rss_mb, plateau,
                                  resync_passes)
 from tests.cluster.controlplane import ControlPlane, ControlPlaneConfig
-from tests.support.motoserver import MotoServer
+from tests.support.motoserver import MotoServer, own_image
 from tests.support.processes import FAKE_AWS_ENV, FaultProxyProcess, OperatorProcess, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -135,7 +135,7 @@ def network(moto_url: str) -> dict[str, str]:
                        aws_secret_access_key=FAKE_AWS_ENV["AWS_SECRET_ACCESS_KEY"])
     subnet = ec2.describe_subnets()["Subnets"][0]
     group = ec2.create_security_group(GroupName="bench", Description="bench", VpcId=subnet["VpcId"])["GroupId"]
-    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    image = own_image(ec2, subnet["SubnetId"], name="bench-image")["ami"]  # spec.amiOwners defaults to [self]
     return {"subnet": subnet["SubnetId"], "sg": group, "ami": image}
 
 

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tests.cluster.controlplane import ControlPlane
-from tests.support.motoserver import MotoServer
+from tests.support.motoserver import MotoServer, own_image
 from tests.support.processes import FAKE_AWS_ENV, FaultProxyProcess, OperatorProcess, guarded_by, wait_for
 
 REGION = "us-east-1"
@@ -57,8 +57,8 @@ def aws(moto: MotoServer) -> Any:
 def network(aws: Any) -> dict[str, str]:
     subnet = aws.describe_subnets()["Subnets"][0]
     group = aws.create_security_group(GroupName="cml-e2e", Description="e2e", VpcId=subnet["VpcId"])["GroupId"]
-    image = aws.describe_images(Owners=["amazon"])["Images"][0]
-    return {"subnet": subnet["SubnetId"], "sg": group, "ami": image["ImageId"], "ami_name": image["Name"]}
+    # spec.amiOwners defaults to [self]: the tests launch an image of moto's own account.
+    return {"subnet": subnet["SubnetId"], "sg": group, **own_image(aws, subnet["SubnetId"])}
 
 
 class Kube:

@@ -3,8 +3,8 @@
 1. Invalid manifests are refused by ``kubectl apply`` itself (server-side: the
    OpenAPI schema, CEL ``x-kubernetes-validations``, strict field validation),
    with a message that names the offending field. Nothing is created.
-2. Immutable fields cannot be changed, removed or added after creation; the
-   mutable ones can. Only the API server is involved: no operator runs, so the
+2. Immutable fields cannot be changed, removed or added once an instance exists
+   (status.instanceId; before it they can be corrected); the mutable ones can. Only the API server is involved: no operator runs, so the
    objects get no finalizers.
 3. Values the schema cannot judge (an AMI, key pair, subnet or security group
    that does not exist) end Stalled/InvalidParameter naming the value, and no
@@ -152,7 +152,8 @@ REJECTED = [
           "spec.securityGroupIds[1]", 'Duplicate value: "sg-0123456789abcdef0"'),
     # ---- required
     _case("region-missing", _drop("region"), "spec.region", REQUIRED),
-    _case("subnetId-missing", _drop("subnetId"), "spec.subnetId", REQUIRED),
+    _case("subnetId-missing", _drop("subnetId"), "spec.subnetId",
+          "spec.subnetId is required unless spec.instanceId names an instance to adopt"),
     _case("spec-missing", _no_spec, "spec", REQUIRED),
     # ---- unknown fields: kubectl apply defaults to --validate=strict, so the server refuses them
     _case("unknown-spec.foo", _set("foo", "bar"), "spec.foo", UNKNOWN),
@@ -257,8 +258,9 @@ IMMUTABLE = [
     ("amiId-changed", {}, {"amiId": "ami-0123456789abcdef0"}, "spec.amiId", "spec.amiId is immutable"),
     ("amiId-swapped-for-amiName", {}, {"amiId": None, "amiName": "cml-*"}, "spec.amiId", "spec.amiId is immutable"),
     ("amiName-changed", AMI_BY_NAME, {"amiName": "cml-2.8-*"}, "spec.amiName", "spec.amiName is immutable"),
+    # Both rules break; the admission policy names the first (amiId), which says enough.
     ("amiName-swapped-for-amiId", AMI_BY_NAME, {"amiName": None, "amiId": _ami_id}, "spec.amiName",
-     "spec.amiName is immutable"),
+     "spec.amiId is immutable"),
     ("subnetId-changed", {}, {"subnetId": "subnet-0123456789abcdef0"}, "spec.subnetId", "spec.subnetId is immutable"),
     ("keyName-changed", {}, {"keyName": "other-key"}, "spec.keyName", "spec.keyName is immutable"),
     ("keyName-removed", {}, {"keyName": None}, "spec.keyName", "spec.keyName is immutable"),
@@ -286,16 +288,44 @@ IMMUTABLE = [
 def test_an_immutable_field_cannot_be_changed_removed_or_added(kube, network, base, edit, field, says):
     base = _resolve(base, network)
     kube.apply(_full_worker("frozen", network, **base))
+    _launched(kube, "frozen")  # immutability starts with an instance (issue 10: fix typos before it)
     before = kube.get("frozen")
 
     result = kube.apply(_full_worker("frozen", network, **{**base, **_resolve(edit, network)}), check=False)
 
     assert result.returncode != 0, f"accepted: {result.stdout}"
-    assert f'The CMLWorker "frozen" is invalid' in result.stderr, result.stderr
-    assert f"{field}: " in result.stderr and says in result.stderr, result.stderr
+    assert '"frozen" is invalid' in result.stderr, result.stderr
+    assert says in result.stderr, result.stderr
     after = kube.get("frozen")
     assert after["spec"] == before["spec"]
     assert after["metadata"]["generation"] == 1
+
+
+def _launched(kube: Kube, name: str, instance_id: str = "i-0aaaaaaaaaaaaaaa1") -> None:
+    """What the operator writes once it has an instance (no operator runs in these tests)."""
+    kube.run("patch", "cmlworker", name, "--subresource=status", "--type=merge",
+             "-p", json.dumps({"status": {"instanceId": instance_id}}))
+
+
+@pytest.mark.parametrize(("base", "edit", "field", "says"),
+                         [pytest.param(b, e, f, s, id=i) for i, b, e, f, s in IMMUTABLE
+                          if not f.endswith("instanceId")])
+def test_an_immutable_field_can_be_corrected_while_nothing_was_launched(kube, network, base, edit, field, says):
+    base = _resolve(base, network)
+    kube.apply(_full_worker("fixable", network, **base))
+
+    result = kube.apply(_full_worker("fixable", network, **{**base, **_resolve(edit, network)}))
+
+    assert "configured" in result.stdout
+    assert kube.get("fixable")["metadata"]["generation"] == 2
+
+
+def test_instance_id_cannot_be_added_once_an_instance_was_launched(kube, network):
+    kube.apply(_full_worker("launched", network, instanceId=None))
+    _launched(kube, "launched")
+    result = kube.apply(_full_worker("launched", network, instanceId="i-0123456789abcdef0"), check=False)
+    assert result.returncode != 0
+    assert "spec.instanceId cannot be added to a worker that already launched an instance" in result.stderr
 
 
 # (id, edit (None removes the field)); every immutable field stays as it was, so their rules must not misfire

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cml_operator.reconcile.worker import MANAGED_BY, TAG_MANAGED_BY, TAG_UID
+from cml_operator.reconcile.ownership import MANAGED_BY, TAG_CLUSTER, TAG_MANAGED_BY, TAG_UID
 from tests.cluster.controlplane import ControlPlane
 from tests.support.processes import OperatorProcess, wait_for
 
@@ -241,6 +241,7 @@ ALLOWED = [
     ("list", "customresourcedefinitions.apiextensions.k8s.io"),
     ("watch", "customresourcedefinitions.apiextensions.k8s.io"),
     ("get", "secrets", "-n", "default"),  # only the Secrets spec.cml names, one by one
+    ("get", "namespaces/kube-system"),  # the default --cluster-id: kube-system's uid (docs/ownership.md)
 ]
 FORBIDDEN = [
     ("list", "secrets", "--all-namespaces"),
@@ -264,6 +265,8 @@ FORBIDDEN = [
     ("patch", "events", "-n", "default"),
     ("create", "events.events.k8s.io", "-n", "default"),
     ("list", "namespaces"),
+    ("get", "namespaces/default"),  # only kube-system, only get
+    ("patch", "namespaces/kube-system"),
     ("create", "customresourcedefinitions.apiextensions.k8s.io"),
     ("patch", "customresourcedefinitions.apiextensions.k8s.io"),
     ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
@@ -503,7 +506,8 @@ def test_the_iam_policy_allows_exactly_the_ec2_actions_the_client_calls():
 
 
 def test_the_iam_policy_scopes_every_change_to_instances_the_operator_manages():
-    managed = {f"ec2:ResourceTag/{TAG_MANAGED_BY}": MANAGED_BY}
+    # Changes only on instances tagged as managed by this operator *in this cluster* (issue 10).
+    managed = {f"ec2:ResourceTag/{TAG_MANAGED_BY}": MANAGED_BY, f"ec2:ResourceTag/{TAG_CLUSTER}": "CLUSTER_ID"}
     statements = _statements(IAM_POLICY)
     for statement in statements:
         actions, resources = _actions(statement), _resources(statement)
@@ -511,12 +515,17 @@ def test_the_iam_policy_scopes_every_change_to_instances_the_operator_manages():
         if all(a.startswith("ec2:Describe") for a in actions):
             assert resources == ["*"]  # Describe* cannot be scoped to resources
         elif actions == ["ec2:RunInstances"] and any(":instance/" in r for r in resources):
-            assert conditions["StringEquals"] == {f"aws:RequestTag/{TAG_MANAGED_BY}": MANAGED_BY}
+            assert conditions["StringEquals"] == {f"aws:RequestTag/{TAG_MANAGED_BY}": MANAGED_BY,
+                                                  f"aws:RequestTag/{TAG_CLUSTER}": "CLUSTER_ID"}
             assert conditions["Null"] == {f"aws:RequestTag/{TAG_UID}": "false"}
             assert sorted(r.split(":")[-1] for r in resources) == ["instance/*", "volume/*"]
+        elif actions == ["ec2:RunInstances"] and any(":image/" in r for r in resources):
+            # Image trust: only images the operator's own account owns (widen with "amazon" or account ids).
+            assert resources == ["arn:aws:ec2:*::image/*"]
+            assert conditions == {"StringEquals": {"ec2:Owner": ["${aws:PrincipalAccount}"]}}
         elif actions == ["ec2:RunInstances"]:
             assert not conditions
-            assert not any(":instance/" in r or ":volume/" in r for r in resources)
+            assert not any(":instance/" in r or ":volume/" in r or ":image/" in r for r in resources)
         elif actions == ["ec2:CreateTags"] and "ec2:CreateAction" in conditions.get("StringEquals", {}):
             assert conditions == {"StringEquals": {"ec2:CreateAction": "RunInstances"}}
         elif actions == ["ec2:ModifyInstanceAttribute"] and resources == ["arn:aws:ec2:*:*:security-group/*"]:

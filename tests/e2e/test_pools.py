@@ -10,6 +10,7 @@ import pytest
 
 from cml_operator.reconcile.pool import Child, scale_down_order
 from tests.support.faultproxy import FaultRule
+from tests.support.motoserver import own_image
 from tests.support.processes import wait_for
 
 from .conftest import REGION, Kube, instances_of, state_of, tags_of
@@ -158,7 +159,7 @@ def test_template_changes_roll_mutable_fields_and_count_outdated_children(kube, 
     assert (body["status"]["updatedReplicas"], body["status"]["outdatedReplicas"]) == (2, 0)
 
     # An immutable field affects new children only; the others are counted as outdated.
-    image = aws.describe_images(Owners=["amazon"])["Images"][1]["ImageId"]
+    image = own_image(aws, network["subnet"], name="cml-test-image-2")["ami"]  # amiOwners defaults to [self]
     kube.run("patch", "cmlworkerpool", "roll", "--type=merge", "-p",
              json.dumps({"spec": {"template": {"spec": {"amiId": image}}}}))
     wait_for(lambda: (pool(kube, "roll").get("status") or {}).get("outdatedReplicas") == 2, 20,

@@ -165,6 +165,20 @@ class MotoServer:
         self.stop()
 
 
+def own_image(ec2: object, subnet_id: str, name: str = "cml-test-image") -> dict[str, str]:
+    """An image owned by moto's account, as ``spec.amiOwners: [self]`` (the default) requires.
+
+    moto's preloaded images all belong to AWS accounts (alias amazon); an image of our
+    own comes from CreateImage on an instance of ours. The helper instance is terminated.
+    """
+    amazon = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]  # type: ignore[attr-defined]
+    base = ec2.run_instances(ImageId=amazon, MinCount=1, MaxCount=1, SubnetId=subnet_id)  # type: ignore[attr-defined]
+    base_id = base["Instances"][0]["InstanceId"]
+    image_id = ec2.create_image(InstanceId=base_id, Name=name)["ImageId"]  # type: ignore[attr-defined]
+    ec2.terminate_instances(InstanceIds=[base_id])  # type: ignore[attr-defined]
+    return {"ami": image_id, "ami_name": name, "amazon_ami": amazon}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Serve moto's application (what ``moto_server`` serves) on ``--port`` (0: the kernel picks)."""
     from moto.server import ThreadedMotoServer

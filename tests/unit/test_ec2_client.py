@@ -255,6 +255,28 @@ def test_describe_and_resolve_ami(client, moto_ec2, network):
     assert missing.value.code == "InvalidAMIID.NotFound"
 
 
+def test_image_owners_are_checked_by_ec2_for_ids_and_names(client, moto_ec2, network):
+    """spec.amiOwners: an image of an owner outside the list is refused, naming the list and the owner."""
+    amazon = moto_ec2.describe_images(Owners=["amazon"])["Images"][0]
+    base = moto_ec2.run_instances(ImageId=amazon["ImageId"], MinCount=1, MaxCount=1, SubnetId=network["subnet"])
+    own = moto_ec2.create_image(InstanceId=base["Instances"][0]["InstanceId"], Name="cml-own-1")["ImageId"]
+
+    assert client.describe_image(REGION, own, ["self"]).image_id == own
+    with pytest.raises(EC2InvalidParameterException) as refused:
+        client.describe_image(REGION, amazon["ImageId"], ["self"])
+    assert refused.value.code == "ImageOwnerNotAllowed" and refused.value.retryable is False
+    assert "spec.amiOwners" in str(refused.value) and amazon["OwnerId"] in str(refused.value)
+    assert client.describe_image(REGION, amazon["ImageId"], ["amazon"]).image_id == amazon["ImageId"]
+
+    assert client.resolve_ami(REGION, "cml-own-*", ["self"]).image_id == own
+    with pytest.raises(EC2InvalidParameterException) as by_name:
+        client.resolve_ami(REGION, amazon["Name"], ["self"])  # exists, but only as amazon's
+    assert by_name.value.code == "ImageOwnerNotAllowed" and "(amazon)" in str(by_name.value)
+    with pytest.raises(EC2InvalidParameterException) as missing:
+        client.resolve_ami(REGION, "no-such-*", ["self"])
+    assert missing.value.code == "InvalidAMIName.NotFound"
+
+
 # ---------------------------------------------------------------- through HTTP: wrong state
 
 

@@ -16,8 +16,9 @@ BASE = {"region": "us-east-1", "amiId": "ami-12345678", "subnetId": "subnet-1234
 
 def test_defaults():
     spec = parse_spec(BASE)
-    assert spec.instance_type == "m5zn.metal" and spec.desired_state == "Running"
-    assert spec.deletion_policy == "Delete" and spec.detailed_monitoring is True and spec.tags == {}
+    assert spec.wanted_type == "m5zn.metal" and spec.desired_state == "Running"
+    assert spec.deletion_policy == "Delete" and spec.wanted_monitoring is True and spec.tags == {}
+    assert spec.ami_owners == ("self",)
     # secure by default: IMDSv2 only, one hop, an encrypted root volume
     assert (spec.metadata_options.http_tokens, spec.metadata_options.hop_limit) == ("required", 1)
     assert spec.root_encrypted is True
@@ -29,11 +30,24 @@ def test_root_volume_encryption_and_kms_key():
     assert parse_spec({**BASE, "rootVolume": {"sizeGiB": 20, "encrypted": False}}).root_encrypted is False
 
 
+def test_adoption_takes_unstated_fields_from_the_instance_not_the_defaults():
+    spec = parse_spec({"region": "us-east-1", "instanceId": "i-0123456789abcdef0"})
+    assert spec.subnet_id is None and spec.ami_id is None and spec.ami_name is None
+    assert spec.wanted_type is None and spec.wanted_monitoring is None and spec.security_group_ids == ()
+    stated = parse_spec({"region": "us-east-1", "instanceId": "i-0123456789abcdef0", "instanceType": "t3.large",
+                         "detailedMonitoring": False})
+    assert stated.wanted_type == "t3.large" and stated.wanted_monitoring is False
+
+
 @pytest.mark.parametrize(
     ("patch", "field"),
     [
         ({"region": None}, "spec.region"),
         ({"region": "US-EAST"}, "spec.region"),
+        ({"region": "us-east-7"}, "spec.region"),  # the pattern passes; botocore knows no such region
+        ({"amiOwners": ["someone"]}, "spec.amiOwners"),
+        ({"amiOwners": []}, "spec.amiOwners"),
+        ({"amiOwners": [str(10**11 + i) for i in range(11)]}, "spec.amiOwners"),
         ({"amiName": "cml-*"}, "spec.amiId"),
         ({"amiId": None}, "spec.amiId"),
         ({"amiId": "ami-xyz"}, "spec.amiId"),

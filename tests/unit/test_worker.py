@@ -10,6 +10,7 @@ import pytest
 from cml_operator.ec2.models import CMLWorkerInstanceDto, InstanceStatusChecks
 from cml_operator.reconcile import reasons
 from cml_operator.reconcile.conditions import HealthState, build_conditions
+from cml_operator.reconcile.recovery import Recovery
 from cml_operator.reconcile.spec import SpecError, parse_spec
 from cml_operator.reconcile.worker import (
     Launch,
@@ -123,18 +124,23 @@ def test_invalid_spec_stalls_without_actions():
     assert plan.health.reason == reasons.INVALID_PARAMETER and "spec.amiId" in plan.health.message
 
 
+#: A worker whose instance had reached Ready: losing it is a replacement, not a failed launch.
+WAS_READY = replace(TRACKED, recovery=Recovery(ready_instance_id=IID))
+
+
 def test_a_tracked_instance_that_vanished_is_replaced_with_a_new_token():
-    status = replace(TRACKED, creation_attempt=0)
+    status = replace(WAS_READY, creation_attempt=0)
     plan = decide(REF, spec(), status, observed(None), NOW)
 
     assert isinstance(plan.actions[0], Launch) and plan.actions[0].client_token == client_token(REF.uid, 1)
     assert plan.creation_attempt == 1
     assert [n.reason for n in plan.notes] == [reasons.EVENT_LOST] and plan.notes[0].type == "Warning"
+    assert len(plan.recovery.replacement_times) == 1
 
 
 @pytest.mark.parametrize("state", ["shutting-down", "terminated"])
 def test_an_instance_terminated_outside_the_operator_is_replaced(state):
-    plan = decide(REF, spec(), TRACKED, observed(instance(state)), NOW)
+    plan = decide(REF, spec(), WAS_READY, observed(instance(state)), NOW)
     assert isinstance(plan.actions[0], Launch)
     assert state in plan.notes[0].message
 
@@ -145,10 +151,12 @@ def test_not_found_right_after_launch_is_eventual_consistency_not_a_loss():
     assert plan.actions == () and plan.poll_soon and plan.instance_id == IID
 
 
-def test_not_found_after_the_grace_period_is_a_loss():
+def test_not_found_after_the_grace_period_is_a_failed_launch():
     status = WorkerStatus(instance_id=IID, instance_state="pending",
                           launch_time=(NOW - timedelta(minutes=10)).isoformat())
-    assert isinstance(decide(REF, spec(), status, observed(None), NOW).actions[0], Launch)
+    plan = decide(REF, spec(), status, observed(None), NOW)
+    assert plan.actions == () and plan.health.reason == reasons.LAUNCH_FAILED
+    assert plan.recovery.failed_launches == 1 and plan.instance_id is None
 
 
 def test_an_adopted_instance_that_vanished_stalls_instance_not_found():
@@ -216,7 +224,7 @@ def test_pending_waits_as_provisioning_after_creation_and_starting_after_a_stop(
 def test_desired_stopped_stops_a_running_instance():
     plan = decide(REF, spec(desiredState="Stopped"), TRACKED, observed(instance()), NOW)
     assert plan.actions == (Stop(),) and plan.health.reason == reasons.STOPPING
-    assert [n.reason for n in plan.notes] == [reasons.EVENT_STOPPING]
+    assert plan.notes == () and [(i, n.reason) for i, n in plan.after] == [(0, reasons.EVENT_STOPPING)]
 
 
 def test_desired_stopped_and_stopped_is_ready():
@@ -239,7 +247,7 @@ def test_never_fights_a_stopping_instance(desired):
 def test_resize_stops_a_running_instance_first():
     plan = decide(REF, spec(instanceType="m5.large"), TRACKED, observed(instance()), NOW)
     assert plan.actions == (Stop(resize_to="m5.large"),) and plan.health.reason == reasons.RESIZING
-    assert [n.reason for n in plan.notes] == [reasons.EVENT_RESIZING]
+    assert [(i, n.reason) for i, n in plan.after] == [(0, reasons.EVENT_RESIZING)]
 
 
 def test_resize_of_a_stopped_instance_modifies_then_starts():

@@ -583,19 +583,30 @@ class EC2Client:
 
     # ------------------------------------------------------------------ images
 
-    def describe_image(self, region: str, ami_id: str) -> ImageInfo:
-        """One AMI by id.
+    def describe_image(self, region: str, ami_id: str, owners: Sequence[str] | None = None) -> ImageInfo:
+        """One AMI by id; with ``owners``, only if one of them owns it (EC2 resolves ``self``).
+
+        The owner test is EC2's own (``Owners`` with an ``image-id`` filter), so ``self``
+        means the caller's account without asking STS who that is.
 
         Raises:
-            EC2InvalidParameterException: The AMI does not exist or is malformed.
+            EC2InvalidParameterException: The AMI does not exist, is malformed, or its owner is not allowed
+                (code ``ImageOwnerNotAllowed``, the message names ``spec.amiOwners`` and the owner).
             EC2AuthenticationException: Invalid credentials.
         """
+        if owners:
+            allowed = self._call(region, "DescribeImages", Owners=list(owners),
+                                 Filters=[{"Name": "image-id", "Values": [ami_id]}]).get("Images") or []
+            if allowed:
+                return _image(allowed[0])
         images = self._call(region, "DescribeImages", ImageIds=[ami_id]).get("Images") or []
         if not images:
             raise EC2InvalidParameterException(
                 f"DescribeImages failed [InvalidAMIID.NotFound]: the image id '{ami_id}' does not exist",
                 code="InvalidAMIID.NotFound", operation="DescribeImages", region=region,
             )
+        if owners:
+            raise _owner_not_allowed(region, f"image {ami_id}", images[0], owners)
         return _image(images[0])
 
     def describe_key_pair(self, region: str, key_name: str) -> str:
@@ -626,18 +637,28 @@ class EC2Client:
         )
         return [_image(raw) for raw in response.get("Images") or []]
 
-    def resolve_ami(self, region: str, name_or_pattern: str) -> ImageInfo:
-        """The newest AMI whose name matches (EC2 filter syntax: ``*`` and ``?`` wildcards).
+    def resolve_ami(self, region: str, name_or_pattern: str, owners: Sequence[str] | None = None) -> ImageInfo:
+        """The newest AMI whose name matches (EC2 filter syntax: ``*`` and ``?`` wildcards) among ``owners``' images.
+
+        Passing ``Owners`` is what defeats name confusion ("whoAMI"): anyone can publish
+        a public image with a matching name, and the newest one would otherwise win.
 
         Raises:
-            EC2InvalidParameterException: No image matches.
+            EC2InvalidParameterException: No image matches (``ImageOwnerNotAllowed`` when only images of
+                owners outside ``owners`` match).
             EC2AuthenticationException: Invalid credentials.
         """
-        response = self._call(
-            region, "DescribeImages",
-            Filters=[{"Name": "name", "Values": [name_or_pattern]}, {"Name": "state", "Values": ["available"]}],
-        )
-        images = response.get("Images") or []
+        filters = [{"Name": "name", "Values": [name_or_pattern]}, {"Name": "state", "Values": ["available"]}]
+        params: dict[str, Any] = {"Filters": filters}
+        if owners:
+            params["Owners"] = list(owners)
+        images = self._call(region, "DescribeImages", **params).get("Images") or []
+        if not images and owners:
+            others = self._call(region, "DescribeImages", Filters=filters).get("Images") or []
+            if others:
+                newest = max(others, key=lambda image: (image.get("CreationDate") or "", image["ImageId"]))
+                raise _owner_not_allowed(region, f"the newest image matching amiName '{name_or_pattern}' "
+                                         f"({newest['ImageId']})", newest, owners)
         if not images:
             raise EC2InvalidParameterException(
                 f"DescribeImages failed [InvalidAMIName.NotFound]: no available image matches amiName "
@@ -683,6 +704,19 @@ def _image(raw: Mapping[str, Any]) -> ImageInfo:
         root_device_name=root, creation_date=raw.get("CreationDate"),
         root_volume_size=sizes[0] if sizes and isinstance(sizes[0], int) else None,
         architecture=raw.get("Architecture"),
+        owner_id=raw.get("OwnerId"), owner_alias=raw.get("ImageOwnerAlias"),
+    )
+
+
+def _owner_not_allowed(region: str, what: str, raw: Mapping[str, Any],
+                       owners: Sequence[str]) -> EC2InvalidParameterException:
+    owner = raw.get("OwnerId") or "unknown"
+    alias = raw.get("ImageOwnerAlias")
+    named = f"{owner} ({alias})" if alias else owner
+    return EC2InvalidParameterException(
+        f"DescribeImages refused [ImageOwnerNotAllowed]: {what} is owned by {named}, which spec.amiOwners "
+        f"{list(owners)} does not allow; add that owner to spec.amiOwners only if you trust it",
+        code="ImageOwnerNotAllowed", operation="DescribeImages", region=region, retryable=False,
     )
 
 

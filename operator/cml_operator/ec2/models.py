@@ -50,6 +50,8 @@ class CMLWorkerInstanceDto:
     architecture: str | None = None  # x86_64, arm64, ... (the AMI's)
     metadata_http_tokens: str | None = None  # required (IMDSv2 only) or optional
     metadata_hop_limit: int | None = None
+    #: Why EC2 moved it to its current state, e.g. "Server.InsufficientInstanceCapacity: ..." (StateReason).
+    state_reason: str | None = None
 
     @classmethod
     def from_api(cls, region: str, raw: dict[str, Any], ami_name: str | None = None) -> CMLWorkerInstanceDto:
@@ -78,12 +80,22 @@ class CMLWorkerInstanceDto:
             architecture=raw.get("Architecture"),
             metadata_http_tokens=(raw.get("MetadataOptions") or {}).get("HttpTokens"),
             metadata_hop_limit=(raw.get("MetadataOptions") or {}).get("HttpPutResponseHopLimit"),
+            state_reason=_state_reason(raw.get("StateReason")),
         )
 
     def with_status_checks(self, checks: InstanceStatusChecks | None) -> CMLWorkerInstanceDto:
         if checks is None:
             return self
         return replace(self, instance_status_check=checks.instance, ec2_system_status_check=checks.system)
+
+
+def _state_reason(raw: Any) -> str | None:
+    if not isinstance(raw, dict):
+        return None
+    code, message = raw.get("Code") or "", raw.get("Message") or ""
+    if message.startswith(code):
+        return message or None
+    return f"{code}: {message}" if code and message else (code or message or None)
 
 
 @dataclass(frozen=True)
@@ -96,3 +108,5 @@ class ImageInfo:
     creation_date: str | None = None
     root_volume_size: int | None = None  # GiB of the root device's snapshot
     architecture: str | None = None
+    owner_id: str | None = None
+    owner_alias: str | None = None  # amazon, aws-marketplace, or None

@@ -29,8 +29,10 @@ class EC2Api(Protocol):
     async def status_checks(self, region: str, ids: Sequence[str]) -> dict[str, InstanceStatusChecks]: ...
     async def find_by_tag_values(self, region: str, key: str,
                                  values: Sequence[str]) -> dict[str, list[CMLWorkerInstanceDto]]: ...
-    async def describe_image(self, region: str, ami_id: str) -> ImageInfo: ...
-    async def resolve_ami(self, region: str, name_or_pattern: str) -> ImageInfo: ...
+    async def describe_image(self, region: str, ami_id: str,
+                             owners: Sequence[str] | None = None) -> ImageInfo: ...
+    async def resolve_ami(self, region: str, name_or_pattern: str,
+                          owners: Sequence[str] | None = None) -> ImageInfo: ...
     async def describe_key_pair(self, region: str, key_name: str) -> str: ...
     async def find_images(self, region: str, owners: Sequence[str], name_pattern: str) -> list[ImageInfo]: ...
     async def find_instances(self, region: str, *, image_ids: Sequence[str], states: Sequence[str],
@@ -85,11 +87,12 @@ class EC2Gateway:
                                  values: Sequence[str]) -> dict[str, list[CMLWorkerInstanceDto]]:
         return await self._read(region, self.client.find_instances_by_tag_values, key, list(values))
 
-    async def describe_image(self, region: str, ami_id: str) -> ImageInfo:
-        return await self._read(region, self.client.describe_image, ami_id)
+    async def describe_image(self, region: str, ami_id: str, owners: Sequence[str] | None = None) -> ImageInfo:
+        return await self._read(region, self.client.describe_image, ami_id, owners)
 
-    async def resolve_ami(self, region: str, name_or_pattern: str) -> ImageInfo:
-        return await self._read(region, self.client.resolve_ami, name_or_pattern)
+    async def resolve_ami(self, region: str, name_or_pattern: str,
+                          owners: Sequence[str] | None = None) -> ImageInfo:
+        return await self._read(region, self.client.resolve_ami, name_or_pattern, owners)
 
     async def describe_key_pair(self, region: str, key_name: str) -> str:
         return await self._read(region, self.client.describe_key_pair, key_name)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Any
 
 from ..ec2.models import ImageInfo
@@ -49,11 +49,13 @@ class SharedLookups:
         self._ec2 = ec2
         self._cache = SingleFlightCache(ttl)
 
-    async def image(self, region: str, ami_id: str) -> ImageInfo:
-        return await self._cache.get(("image", region, ami_id), lambda: self._ec2.describe_image(region, ami_id))
+    async def image(self, region: str, ami_id: str, owners: Sequence[str] = ()) -> ImageInfo:
+        key = ("image", region, ami_id, tuple(owners))
+        return await self._cache.get(key, lambda: self._ec2.describe_image(region, ami_id, list(owners) or None))
 
-    async def image_by_name(self, region: str, pattern: str) -> ImageInfo:
-        return await self._cache.get(("image-name", region, pattern), lambda: self._ec2.resolve_ami(region, pattern))
+    async def image_by_name(self, region: str, pattern: str, owners: Sequence[str] = ()) -> ImageInfo:
+        key = ("image-name", region, pattern, tuple(owners))
+        return await self._cache.get(key, lambda: self._ec2.resolve_ami(region, pattern, list(owners) or None))
 
     async def type_offered(self, region: str, instance_type: str, availability_zone: str) -> bool:
         return await self._cache.get(("offered", region, instance_type, availability_zone),

@@ -195,6 +195,11 @@ class RegionObserver:
         self._hot[instance_id] = now + 3 * self.settings.fast_interval
         self._store(instance_id, instance, None, now)
 
+    def amend(self, observation: Observation) -> None:
+        """Take what a worker's own successful call changed (tags, groups, monitoring) as observed now."""
+        if observation.instance_id and observation.instance is not None:
+            self._store(observation.instance_id, observation.instance, observation.checks, self._clock())
+
     def _store(self, instance_id: str, instance: CMLWorkerInstanceDto | None,
                checks: InstanceStatusChecks | None, at: float) -> Observation:
         observation = Observation(instance_id, instance, checks)

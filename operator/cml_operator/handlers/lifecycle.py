@@ -8,13 +8,15 @@ from typing import Any
 
 import kopf
 
-from ..kube import connection_info, login_with_bounded_pool
+from ..kube import ClusterIdError, connection_info, login_with_bounded_pool, read_cluster_id
 from ..kubeapi import KubeApi
 from ..metrics import Metrics
 from ..passes.orphans import orphan_watch
 from ..runtime import Runtime, build_runtime
 from ..settings import OperatorSettings
 from .worker import FINALIZER
+
+logger = logging.getLogger(__name__)
 
 
 def register(registry: kopf.OperatorRegistry, config: OperatorSettings, metrics: Metrics | None = None) -> None:
@@ -32,9 +34,15 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings, metrics:
             ignored_fields=["spec.userData", "spec.template.spec.userData"])
         settings.posting.level = logging.INFO
         settings.watching.server_timeout = 300  # re-list now and then even if the API server stays quiet
-        memo.runtime = build_runtime(config, metrics)
-        memo.runtime.kube = KubeApi(lambda: connection_info(settings=settings, logger=logger))
-        runtime = memo.runtime
+        runtime = build_runtime(config, metrics)
+        runtime.kube = KubeApi(lambda: connection_info(settings=settings, logger=logger))
+        try:
+            runtime.cluster_id = config.cluster_id or await read_cluster_id(settings)
+        except ClusterIdError as error:
+            raise kopf.PermanentError(str(error)) from error  # fatal: without it no instance is safe to touch
+        logger.info("cluster id %s (the cml.dev/cluster tag)%s", runtime.cluster_id,
+                    "" if config.cluster_id else " from the kube-system namespace")
+        memo.runtime = runtime
         runtime.tasks.append(asyncio.create_task(
             orphan_watch(runtime, runtime.own_cluster_id, config.resync_interval), name="orphan-watch"))
         if memo.runtime.cml is not None:  # spec.cml's Secrets are read through the same API access

@@ -18,7 +18,8 @@ import kopf
 
 from ..passes import PassResult, deletion_pass, reconcile_pass
 from ..reconcile.conditions import build_conditions
-from ..reconcile.status import status_patch
+from ..reconcile.status import REMOVABLE_KEYS, status_patch
+from ..reconcile.ownership import ANNOTATION_INSTANCE_ID
 from ..reconcile.worker import WorkerRef
 from ..runtime import Runtime, WorkerMemory
 from ..settings import OperatorSettings
@@ -53,7 +54,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
     @kopf.on.delete(*resource, id="delete", registry=registry)
     async def delete(body: kopf.Body, patch: kopf.Patch, retry: int, memo: kopf.Memo, **_: Any) -> None:
         runtime: Runtime = memo.runtime
-        ref = _ref(body)
+        ref = _ref(body, runtime.cluster_id)
         memory = runtime.memory(ref.uid)
         async with memory.lock:
             with runtime.metrics.reconcile_duration.labels("delete").time():
@@ -71,26 +72,26 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
 
 async def _reconcile(runtime: Runtime, body: kopf.Body, patch: kopf.Patch, retry: int, *, trigger: str,
                      timer: bool) -> None:
-    ref = _ref(body)
+    ref = _ref(body, runtime.cluster_id)
     memory = runtime.memory(ref.uid)
-    if timer and not memory.due(ref.generation, runtime.clock()):
-        return  # waiting out a retry delay, or stalled until the spec changes
-    if timer:
-        # The region observer refreshes on its own schedule (hot ids every fast interval, all
-        # every resync); a busy event loop makes it late. A worker reads EC2 itself only when
-        # the cache is clearly stale, else a thousand late timers would each send a read.
-        observer_settings = runtime.settings.observer
-        max_age = (observer_settings.fast_interval if memory.hot else observer_settings.resync_interval) * 2.5
-    else:
-        max_age = 0.0  # a change or a restart: look at EC2 now (batched with the others)
+    # The lock comes before the due-check: a timer and a change handler waking together
+    # must not both find the worker due and both call EC2 (the second sees the first's outcome).
     async with memory.lock:
         if timer and not memory.due(ref.generation, runtime.clock()):
-            return  # a pass that held the lock meanwhile (create, update) blocked or deferred the worker
+            return  # waiting out a retry delay, or stalled until the spec changes
+        if timer:
+            # The region observer refreshes on its own schedule (hot ids every fast interval, all
+            # every resync); a busy event loop makes it late. A worker reads EC2 itself only when
+            # the cache is clearly stale, else a thousand late timers would each send a read.
+            observer_settings = runtime.settings.observer
+            max_age = (observer_settings.fast_interval if memory.hot else observer_settings.resync_interval) * 2.5
+        else:
+            max_age = 0.0  # a change or a restart: look at EC2 now (batched with the others)
         with runtime.metrics.reconcile_duration.labels(trigger).time():
             result = await reconcile_pass(runtime, ref, body.get("spec"), _freshest_status(body, memory),
-                                          max_age=max_age, retry=retry,
-                                          annotations=(body.get("metadata") or {}).get("annotations") or {})
-    _patch_status(body, patch, result.status, memory)
+                                          max_age=max_age, retry=retry, annotations=_annotations(body))
+        _patch_status(body, patch, result.status, memory)
+        _record_instance_id(body, patch, result.status)
     _post(body, result)
     decision = result.decision
     if decision is None:
@@ -101,10 +102,24 @@ async def _reconcile(runtime: Runtime, body: kopf.Body, patch: kopf.Patch, retry
         raise kopf.PermanentError(result.health.message)
 
 
-def _ref(body: kopf.Body) -> WorkerRef:
+def _annotations(body: kopf.Body) -> Mapping[str, str]:
+    return dict((body.get("metadata") or {}).get("annotations") or {})
+
+
+def _ref(body: kopf.Body, cluster_id: str) -> WorkerRef:
     meta = body.get("metadata") or {}
+    recorded = (meta.get("annotations") or {}).get(ANNOTATION_INSTANCE_ID)
     return WorkerRef(uid=meta["uid"], namespace=meta.get("namespace", ""), name=meta["name"],
-                     generation=int(meta.get("generation") or 1))
+                     generation=int(meta.get("generation") or 1), cluster_id=cluster_id,
+                     recorded_instance_id=recorded if isinstance(recorded, str) and recorded else None)
+
+
+def _record_instance_id(body: kopf.Body, patch: kopf.Patch, status: Mapping[str, Any]) -> None:
+    """Write the instance id into an annotation: unlike status, it survives a backup and restore."""
+    instance_id = status.get("instanceId")
+    annotations = (body.get("metadata") or {}).get("annotations") or {}
+    if isinstance(instance_id, str) and instance_id and annotations.get(ANNOTATION_INSTANCE_ID) != instance_id:
+        patch.setdefault("metadata", {}).setdefault("annotations", {})[ANNOTATION_INSTANCE_ID] = instance_id
 
 
 def _freshest_status(body: kopf.Body, memory: WorkerMemory) -> Mapping[str, Any] | None:
@@ -116,7 +131,9 @@ def _freshest_status(body: kopf.Body, memory: WorkerMemory) -> Mapping[str, Any]
     current = body.get("status")
     if memory.last_status is None or Runtime.clock() - memory.last_status_at >= STALE_BODY_GRACE:
         return current
-    return {**(current or {}), **memory.last_status}
+    # A key our write dropped (instanceId of a forgotten instance) is gone, even if the lagging body has it.
+    kept = {key: value for key, value in (current or {}).items() if key not in REMOVABLE_KEYS}
+    return {**kept, **memory.last_status}
 
 
 def _patch_status(body: kopf.Body, patch: kopf.Patch, rendered: Mapping[str, Any], memory: WorkerMemory) -> None:

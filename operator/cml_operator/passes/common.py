@@ -8,6 +8,7 @@ from typing import Any
 
 from ..ec2.client import MetadataOptions
 from ..ec2.exceptions import IntegrationException
+from ..ec2.models import CMLWorkerInstanceDto
 from ..reconcile.conditions import Health
 from ..reconcile.policy import Decision
 from ..reconcile.worker import (
@@ -80,6 +81,21 @@ async def apply_action(runtime: Runtime, region: str, instance_id: str, action: 
     else:  # pragma: no cover - every action type is handled above
         raise AssertionError(f"unknown action {action!r}")
 
+
+
+def expected_after(instance: CMLWorkerInstanceDto, action: Action) -> CMLWorkerInstanceDto:
+    """What EC2 shows once a (non state-changing) call succeeded; the cache takes it at once."""
+    if isinstance(action, SyncTags):
+        tags = {k: v for k, v in instance.tags.items() if k not in action.remove}
+        tags.update(action.add)
+        return replace(instance, tags=tags, instance_name=tags.get("Name"))
+    if isinstance(action, RemoveOwnershipTags):
+        return replace(instance, tags={k: v for k, v in instance.tags.items() if k not in OWNERSHIP_TAGS})
+    if isinstance(action, ModifySecurityGroups):
+        return replace(instance, security_group_ids=list(action.group_ids))
+    if isinstance(action, SetMonitoring):
+        return replace(instance, monitoring="pending" if action.enabled else "disabling")
+    return instance
 
 
 def capped(runtime: Runtime, decision: Decision) -> Decision:

@@ -53,7 +53,7 @@ async def deletion_pass(
         notes: list[Note] = []
         release = True
         for observation in observations:
-            plan = decide_deletion(policy, status, observation)
+            plan = decide_deletion(policy, status, observation, ref)
             notes.extend(plan.notes)
             if any(isinstance(action, Terminate) for action in plan.actions):
                 notes.extend(await _release_licence(runtime, ref, raw_spec, raw_status, observation))

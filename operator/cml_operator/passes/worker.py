@@ -17,11 +17,13 @@ from ..ec2.exceptions import EC2InstanceNotFoundException, IntegrationException
 from ..ec2.models import CMLWorkerInstanceDto
 from ..fleet.observer import RegionObserver
 from ..reconcile import reasons
-from ..reconcile.conditions import Health, HealthState, health_of
+from ..reconcile.conditions import Health, HealthState, build_conditions, health_of
 from ..reconcile.policy import IDEMPOTENCY_CODES, Decision, Kind, classify
-from ..reconcile.spec import SpecError, WorkerSpec, parse_spec
+from ..reconcile.spec import DEFAULT_INSTANCE_TYPE, SpecError, WorkerSpec, parse_spec
 from ..reconcile.status import PassOutcome, render_status
+from ..reconcile.recovery import Limits
 from ..reconcile.worker import (
+    ANNOTATION_PAUSED,
     GONE_STATES,
     Launch,
     ModifyType,
@@ -35,10 +37,11 @@ from ..reconcile.worker import (
     WorkerRef,
     WorkerStatus,
     decide,
+    may_touch,
 )
 from ..runtime import Runtime, WorkerMemory
 from .cml import CMLStep
-from .common import Failed, PassResult, apply_action, as_integration, capped
+from .common import Failed, PassResult, apply_action, as_integration, capped, expected_after
 from .resize import check_new_type, restart_after_failed_modify
 from .userdata import user_data_from_secret
 
@@ -58,45 +61,63 @@ async def reconcile_pass(
     """
     memory = runtime.memory(ref.uid)
     status = trust_memory(WorkerStatus.from_dict(raw_status), memory)
+    if is_paused(annotations):
+        return _paused(runtime, ref, raw_status, status, memory)
     try:
         spec: WorkerSpec | SpecError = parse_spec(raw_spec)
     except SpecError as error:
         spec = error
     if isinstance(spec, SpecError):
         plan = decide(ref, spec, status, None)
-        return _result(runtime, ref, raw_status, status, plan, None, None, spec_keys=status.managed_tag_keys)
+        memory.block(ref.generation, None, runtime.clock())
+        return _result(runtime, ref, raw_status, status, plan, None, None, spec_keys=status.managed_tag_keys,
+                       notes=_resumed(raw_status))
 
     cml = CMLStep.begin(runtime, ref, spec, raw_status, annotations)
     full_spec, spec = spec, cml.ec2_spec if cml else spec  # an idle-stopped worker is held stopped
     observer = runtime.observers(spec.region)
+    limits = limits_of(runtime)
     observation: Observation | None = None
-    notes: list[Note] = list(cml.notes) if cml else []
+    plan: Plan | None = None
+    notes: list[Note] = list(_resumed(raw_status)) + (list(cml.notes) if cml else [])
     if cml:
         cml.notes.clear()
     try:
         observation = await _observe(observer, ref, spec, status, memory, max_age)
-        plan = decide(ref, spec, status, observation)
+        plan = decide(ref, spec, status, observation, limits=limits)
         notes.extend(plan.notes)
         if cml:
             try:
                 await cml.before_actions(plan, observation)
             except IntegrationException as error:
                 raise Failed(error, observation) from error
-        observation, image_id, created = await _act(runtime, observer, ref, spec, status, memory, plan, observation)
+        try:
+            observation, image_id, created = await _act(runtime, observer, ref, spec, status, memory, plan,
+                                                        observation, fresh=max_age == 0, notes=notes)
+        except OwnershipChanged as changed:
+            # Another worker or cluster tagged it between our read and our call: hands off.
+            observation, image_id, created = changed.observation, None, None
+            plan = decide(ref, spec, status, observation, limits=limits)
+            notes.extend(plan.notes)
         if created is not None:
             notes.append(Note("Normal", reasons.EVENT_CREATED,
                               f"Launched instance {created.aws_instance_id} ({created.instance_type}, "
                               f"{created.ami_id}) in {created.availability_zone or spec.region}"))
-        plan = _follow_up(ref, spec, status, plan, observation)
+        plan = _follow_up(ref, spec, status, plan, observation, limits)
     except Failed as failed:
         result = _failure(runtime, ref, raw_status, status, spec, failed.error, failed.observation or observation,
-                          notes + (cml.notes if cml else []), retry, memory, launch_attempt=failed.launch_attempt)
+                          notes + (cml.notes if cml else []), retry, memory, plan,
+                          launch_attempt=failed.launch_attempt)
         return _with_cml(result, cml.status_dict() if cml else None)
 
     memory.hot = plan.poll_soon
     memory.clear()
+    if plan.instance_id is None and created is None:
+        memory.launched_instance_id = None  # a lost instance was forgotten: never trust it again
     if plan.health.state is HealthState.STALLED:  # EC2 stalls only: a CML stall must not stop the timer
-        memory.block(ref.generation, None, runtime.clock())
+        memory.block(ref.generation, plan.recheck_after, runtime.clock())
+    elif plan.recheck_after is not None:
+        memory.defer(plan.recheck_after, runtime.clock())
     if cml:
         plan = await cml.finish(plan, observation, status.conditions)
         notes.extend(cml.notes)
@@ -114,6 +135,39 @@ def _with_cml(result: PassResult, cml_status: dict[str, Any] | None) -> PassResu
     if cml_status is not None:
         result.status["cml"] = cml_status
     return result
+
+
+def is_paused(annotations: Mapping[str, str] | None) -> bool:
+    return str((annotations or {}).get(ANNOTATION_PAUSED, "")).lower() == "true"
+
+
+def _paused(runtime: Runtime, ref: WorkerRef, raw_status: Mapping[str, Any] | None, status: WorkerStatus,
+            memory: WorkerMemory) -> PassResult:
+    """No EC2 call at all: the status keeps what it said, plus ``paused: true``."""
+    rendered = dict(raw_status or {})
+    was_paused = rendered.get("paused") is True
+    rendered["paused"] = True
+    health = health_of(status.conditions) or Health.reconciling(reasons.PAUSED, "Paused before the first pass")
+    if "conditions" not in rendered:
+        rendered["conditions"] = build_conditions(None, health, ref.generation)
+    memory.hot = False
+    memory.clear()
+    message = f"{ANNOTATION_PAUSED} is \"true\": no EC2 calls until it is removed (deletion still works)"
+    notes = () if was_paused else (Note("Normal", reasons.EVENT_PAUSED, message),)
+    return PassResult(rendered, health, notes)
+
+
+def _resumed(raw_status: Mapping[str, Any] | None) -> tuple[Note, ...]:
+    if (raw_status or {}).get("paused") is True:
+        return (Note("Normal", reasons.EVENT_RESUMED, f"{ANNOTATION_PAUSED} removed: reconciling again"),)
+    return ()
+
+
+def limits_of(runtime: Runtime) -> Limits:
+    settings = runtime.settings
+    cap = settings.max_retry_delay if settings.max_retry_delay is not None else Limits.backoff_cap
+    return Limits(backoff_base=min(Limits.backoff_base, cap), backoff_cap=cap,
+                  max_replacements=settings.max_replacements, recheck=settings.slow_recheck)
 
 
 def trust_memory(status: WorkerStatus, memory: WorkerMemory) -> WorkerStatus:
@@ -139,10 +193,23 @@ async def _observe(
         found = await observer.find_by_uid(ref.uid)
     except IntegrationException as error:
         raise Failed(error, None) from error
+    found = [dto for dto in found if ref.owner_of(dto.tags).ours]  # same uid, other cluster: not ours
+    if not found and ref.recorded_instance_id and not status.instance_id:
+        return await _restored(observer, ref, observation)
     if not found:
         return observation
     chosen = min(found, key=lambda dto: (dto.launch_time or "", dto.aws_instance_id))
     return await _read_now(observer, chosen.aws_instance_id, observation)
+
+
+async def _restored(observer: RegionObserver, ref: WorkerRef, fallback: Observation | None) -> Observation | None:
+    """A re-created object (backup, re-applied YAML): its annotation may name the instance to take back."""
+    assert ref.recorded_instance_id is not None
+    recorded = await _read_now(observer, ref.recorded_instance_id, fallback)
+    instance = recorded.instance
+    if instance is None or instance.instance_state in GONE_STATES or not ref.may_reattach(instance):
+        return fallback  # gone, or not this worker's (a manifest copied under another name): launch anew
+    return recorded
 
 
 async def _read_now(observer: RegionObserver, instance_id: str, fallback: Observation | None) -> Observation:
@@ -152,15 +219,29 @@ async def _read_now(observer: RegionObserver, instance_id: str, fallback: Observ
         raise Failed(error, fallback) from error
 
 
+class OwnershipChanged(Exception):
+    """A fresh read right before a mutating call showed the instance is not ours (any more)."""
+
+    def __init__(self, observation: Observation) -> None:
+        super().__init__(observation.instance_id)
+        self.observation = observation
+
+
 async def _act(
     runtime: Runtime, observer: RegionObserver, ref: WorkerRef, spec: WorkerSpec, status: WorkerStatus,
-    memory: WorkerMemory, plan: Plan, observation: Observation | None,
+    memory: WorkerMemory, plan: Plan, observation: Observation | None, *, fresh: bool, notes: list[Note],
 ) -> tuple[Observation | None, str | None, CMLWorkerInstanceDto | None]:
-    """Carry out the plan's actions in order; return the freshest observation, the image id, a new instance."""
+    """Carry out the plan's actions in order; return the freshest observation, the image id, a new instance.
+
+    Ownership is read again right before the first call that changes an existing instance
+    (the pass may have decided on a cached read), and checked before every call. The
+    events of an action go to ``notes`` only once it succeeded.
+    """
     image_id = status.ami_id
     created: CMLWorkerInstanceDto | None = None
     instance_id = plan.instance_id
-    for action in plan.actions:
+    after = dict(plan.after)
+    for index, action in enumerate(plan.actions):
         try:
             if isinstance(action, Launch):
                 try:
@@ -171,8 +252,13 @@ async def _act(
                 memory.launched_attempt = plan.creation_attempt
                 observation = Observation(instance_id, created, None)
                 observer.seed(created)
+                fresh = True
                 continue
             assert instance_id is not None, f"{action} needs an instance"
+            if not fresh:
+                observation = await _read_now(observer, instance_id, observation)
+                fresh = True
+            _check_ownership(ref, spec, status, observation)
             if isinstance(action, Stop) and action.resize_to and observation and observation.instance:
                 await check_new_type(runtime, spec.region, observation.instance, action.resize_to)
             try:
@@ -190,9 +276,25 @@ async def _act(
             if isinstance(error, EC2InstanceNotFoundException) and instance_id and not spec.instance_id:
                 observer.forget(instance_id)  # next pass sees it gone and replaces it
             raise Failed(error, observation) from error
+        if index in after:
+            notes.append(after[index])
         if isinstance(action, _STATE_CHANGING):
             observation = await _read_now(observer, instance_id, observation)
+        elif observation is not None and observation.instance is not None:
+            # No re-sent writes: the cache shows what this call changed, so the next pass
+            # (which may read the cache) does not send it again.
+            observation = replace(observation, instance=expected_after(observation.instance, action))
+            observer.amend(observation)
     return observation, image_id, created
+
+
+def _check_ownership(ref: WorkerRef, spec: WorkerSpec, status: WorkerStatus,
+                     observation: Observation | None) -> None:
+    instance = observation.instance if observation else None
+    if observation is None or instance is None or instance.instance_state in GONE_STATES:
+        return  # EC2 will answer NotFound / IncorrectInstanceState itself
+    if not may_touch(ref, spec, status, instance).ours:
+        raise OwnershipChanged(observation)
 
 
 async def _launch(runtime: Runtime, ref: WorkerRef, spec: WorkerSpec, status: WorkerStatus,
@@ -201,21 +303,24 @@ async def _launch(runtime: Runtime, ref: WorkerRef, spec: WorkerSpec, status: Wo
     assert lookups is not None
     # The image is checked first: EC2 would refuse an unknown AMI anyway, and the
     # root device name is needed for rootVolume. A replacement keeps the image it had.
+    # Only images of spec.amiOwners: a public image with a matching name is never launched.
+    owners = spec.ami_owners
     if status.ami_id:
-        image = await lookups.image(region, status.ami_id)
+        image = await lookups.image(region, status.ami_id, owners)
     elif spec.ami_id:
-        image = await lookups.image(region, spec.ami_id)
+        image = await lookups.image(region, spec.ami_id, owners)
     else:
         assert spec.ami_name is not None
-        image = await lookups.image_by_name(region, spec.ami_name)
+        image = await lookups.image_by_name(region, spec.ami_name, owners)
     if spec.key_name:
         await lookups.key_pair(region, spec.key_name)
+    assert spec.subnet_id is not None, "parse_spec requires subnetId unless spec.instanceId (never launched)"
     root = spec.root_volume
     created = await ec2.create_instance(
         region,
         ami_id=image.image_id,
         ami_name=image.name,
-        instance_type=spec.instance_type,
+        instance_type=spec.wanted_type or DEFAULT_INSTANCE_TYPE,
         subnet_id=spec.subnet_id,
         security_group_ids=list(spec.security_group_ids),
         client_token=action.client_token,
@@ -229,23 +334,24 @@ async def _launch(runtime: Runtime, ref: WorkerRef, spec: WorkerSpec, status: Wo
                      else RootVolume(image.root_volume_size, None, encrypted=True)),
         metadata_options=MetadataOptions(spec.metadata_options.http_tokens, spec.metadata_options.hop_limit),
         root_device_name=image.root_device_name,
-        detailed_monitoring=spec.detailed_monitoring,
+        detailed_monitoring=spec.wanted_monitoring is not False,
     )
     return created, image.image_id
 
 
 
 def _follow_up(ref: WorkerRef, spec: WorkerSpec, status: WorkerStatus, plan: Plan,
-               observation: Observation | None) -> Plan:
+               observation: Observation | None, limits: Limits) -> Plan:
     """Re-decide on the fresh observation; if nothing is left to do, that is the worker's health now."""
     if not plan.actions or observation is None or observation.instance is None:
         return plan
     applied = replace(status, instance_id=observation.instance_id, managed_tag_keys=tuple(sorted(spec.tags)),
-                      creation_attempt=plan.creation_attempt)
-    after = decide(ref, spec, applied, observation)
+                      creation_attempt=plan.creation_attempt, recovery=plan.recovery)
+    after = decide(ref, spec, applied, observation, limits=limits)
     if after.actions or after.instance_id != plan.instance_id and plan.instance_id is not None:
         return plan
-    return replace(plan, health=after.health, poll_soon=after.poll_soon, instance_id=observation.instance_id)
+    return replace(plan, health=after.health, poll_soon=after.poll_soon, instance_id=observation.instance_id,
+                   recovery=after.recovery)
 
 
 def _result(
@@ -254,12 +360,15 @@ def _result(
     notes: tuple[Note, ...] = (),
 ) -> PassResult:
     instance = observation.instance if observation else None
+    if plan.instance_id is None and instance is not None and instance.instance_state in GONE_STATES:
+        instance = None  # the plan forgot a lost instance: the status must not name it again
     instance_id = plan.instance_id or (observation.instance_id if observation and instance else None)
     outcome = PassOutcome(
         health=plan.health, instance_id=instance_id, instance=instance,
-        checks=observation.checks if observation else None,
+        checks=observation.checks if observation and instance else None,
         ami_id=image_id or status.ami_id or (instance.ami_id if instance else None),
         creation_attempt=plan.creation_attempt, adopted=plan.adopted, managed_tag_keys=spec_keys,
+        recovery=plan.recovery,
     )
     rendered = render_status(raw_status, outcome, ref.generation)
     runtime.metrics.set_phase(ref.uid, rendered["phase"])
@@ -269,15 +378,17 @@ def _result(
 def _failure(
     runtime: Runtime, ref: WorkerRef, raw_status: Mapping[str, Any] | None, status: WorkerStatus,
     spec: WorkerSpec, error: Exception, observation: Observation | None, notes: list[Note], retry: int,
-    memory: WorkerMemory, *, launch_attempt: int | None = None,
+    memory: WorkerMemory, decided: Plan | None = None, *, launch_attempt: int | None = None,
 ) -> PassResult:
     integration = as_integration(error)
+    # What the decision already counted (a failed launch, a replacement, a new attempt) stays counted.
+    launching = decided is not None and any(isinstance(a, Launch) for a in decided.actions)
     decision = capped(runtime, classify(integration, retry=retry, slow_recheck_seconds=runtime.settings.slow_recheck))
     if isinstance(integration, EC2InstanceNotFoundException) and not spec.instance_id:
         # Our own instance vanished mid-pass: the next pass launches a replacement.
         decision = Decision(Kind.TEMPORARY, reasons.PROVISIONING, 1.0)
     message = reasons.with_hint(decision.reason, str(integration))
-    attempt = status.creation_attempt
+    attempt = decided.creation_attempt if decided is not None else status.creation_attempt
     if launch_attempt is not None and integration.code in IDEMPOTENCY_CODES:
         # This pass looked for an instance by the worker's uid tag before launching and found
         # none alive: the token is spent. The next pass looks again, then launches with a new one.
@@ -292,9 +403,13 @@ def _failure(
     else:
         memory.block(ref.generation, decision.delay, runtime.clock())
     memory.hot = True
-    plan = Plan((), health, instance_id=status.instance_id or spec.instance_id,
+    if launching:
+        memory.launched_instance_id = None  # the lost instance stays forgotten
+    plan = Plan((), health,
+                instance_id=None if launching else status.instance_id or spec.instance_id,
                 adopted=status.adopted or bool(spec.instance_id),
-                creation_attempt=attempt)
+                creation_attempt=attempt,
+                recovery=decided.recovery if decided else status.recovery)
     warning = Note("Warning", decision.reason, message)
     result = _result(runtime, ref, raw_status, status, plan, observation, None,
                      spec_keys=status.managed_tag_keys, notes=(*notes, warning))

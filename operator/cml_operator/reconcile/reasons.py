@@ -18,6 +18,7 @@ WAITING_FOR_TRANSITION = "WaitingForTransition"
 STATUS_CHECKS_PENDING = "StatusChecksPending"
 STATUS_CHECK_IMPAIRED = "StatusCheckImpaired"  # running, a status check says impaired (also a Warning event)
 DELETING = "Deleting"
+PAUSED = "Paused"  # only before the first pass; a paused worker otherwise keeps its conditions
 # Reconciling=True: retrying a temporary error
 INSUFFICIENT_CAPACITY = "InsufficientCapacity"
 THROTTLED = "Throttled"
@@ -39,6 +40,9 @@ CML_AUTHENTICATION_FAILED = "CMLAuthenticationFailed"  # 401/403 or the credenti
 CML_CERTIFICATE_CHANGED = "CMLCertificateChanged"  # not the pinned certificate (or not trusted by the CA)
 LICENSE_INVALID = "LicenseInvalid"  # the controller refused the licence token
 OPERATION_NOT_PERMITTED = "OperationNotPermitted"  # termination / stop protection
+INSTANCE_OWNED_BY_OTHER = "InstanceOwnedByOther"  # the instance names another worker or cluster
+LAUNCH_FAILED = "LaunchFailed"  # also Reconciling while backing off between failed launches
+REPLACEMENT_LIMIT_REACHED = "ReplacementLimitReached"
 
 # CMLWorkerPool (Ready / Reconciling; a stalled pool carries its children's reason)
 POOL_REPLICAS_READY = "ReplicasReady"  # Ready=True: every wanted child exists and is Ready
@@ -81,6 +85,8 @@ EVENT_CERTIFICATE_PINNED = "CertificatePinned"
 EVENT_LICENSE_REGISTERED = "LicenseRegistered"
 EVENT_LICENSE_RELEASED = "LicenseReleased"
 EVENT_LICENSE_RELEASE_FAILED = "LicenseReleaseFailed"  # Warning: stopped anyway after bounded retries
+EVENT_PAUSED = "Paused"
+EVENT_RESUMED = "Resumed"
 
 # What to do, appended to the message of a condition or Warning with that reason.
 HINTS = {

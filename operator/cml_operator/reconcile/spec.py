@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..ec2.regions import is_known_region
 from ..ec2.tags import tag_problems
 from .cml_spec import CMLSpec, CMLSpecError, parse_cml_spec
 
@@ -35,6 +36,10 @@ _KMS_KEY = re.compile(
     r"^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32}|alias/[A-Za-z0-9/_-]{1,250}"
     r"|arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:(key/[A-Za-z0-9-]{1,64}|alias/[A-Za-z0-9/_-]{1,250}))$")
 DESIRED_STATES = ("Running", "Stopped")
+#: spec.amiOwners default: only images of the account the operator runs as.
+DEFAULT_AMI_OWNERS = ("self",)
+MAX_AMI_OWNERS = 10
+_AMI_OWNER = re.compile(r"^(self|amazon|aws-marketplace|[0-9]{12})$")
 DELETION_POLICIES = ("Delete", "Retain")
 
 
@@ -72,17 +77,20 @@ class MetadataOptionsSpec:
 
 @dataclass(frozen=True)
 class WorkerSpec:
+    """The spec as written: ``None`` means "not stated" (an adopted instance keeps its own value)."""
+
     region: str
-    subnet_id: str
-    instance_type: str = DEFAULT_INSTANCE_TYPE
+    subnet_id: str | None = None
+    instance_type: str | None = None
     ami_id: str | None = None
     ami_name: str | None = None
+    ami_owners: tuple[str, ...] = DEFAULT_AMI_OWNERS
     security_group_ids: tuple[str, ...] = ()
     key_name: str | None = None
     iam_instance_profile: str | None = None
     root_volume: RootVolumeSpec | None = None
     user_data: str | None = None
-    detailed_monitoring: bool = True
+    detailed_monitoring: bool | None = None
     tags: dict[str, str] = field(default_factory=dict)
     desired_state: str = "Running"
     deletion_policy: str = "Delete"
@@ -100,16 +108,38 @@ class WorkerSpec:
     def wants_running(self) -> bool:
         return self.desired_state == "Running"
 
+    @property
+    def wanted_type(self) -> str | None:
+        """The type to enforce: the stated one; unstated, m5zn.metal for launches and the instance's own when adopted."""
+        if self.instance_type is not None:
+            return self.instance_type
+        return None if self.instance_id else DEFAULT_INSTANCE_TYPE
+
+    @property
+    def wanted_monitoring(self) -> bool | None:
+        if self.detailed_monitoring is not None:
+            return self.detailed_monitoring
+        return None if self.instance_id else True
+
 
 def parse_spec(raw: Mapping[str, Any] | None) -> WorkerSpec:
     """Build a ``WorkerSpec`` or raise ``SpecError`` naming the first bad field."""
     raw = dict(raw or {})
     region = _string(raw, "region", required=True)
-    subnet_id = _string(raw, "subnetId", required=True)
+    assert region is not None
+    if not is_known_region(region):
+        raise SpecError("spec.region", f"{region!r} is not an AWS region this operator knows (botocore's "
+                                       "partition data); check the spelling")
+    instance_id = _string(raw, "instanceId")
+    # Adopting (spec.instanceId): nothing is launched, so subnet and image are optional.
+    subnet_id = _string(raw, "subnetId", required=instance_id is None)
     ami_id = _string(raw, "amiId")
     ami_name = _string(raw, "amiName")
-    if (ami_id is None) == (ami_name is None):
+    if ami_id is not None and ami_name is not None:
         raise SpecError("spec.amiId", "exactly one of spec.amiId and spec.amiName must be set")
+    if instance_id is None and ami_id is None and ami_name is None:
+        raise SpecError("spec.amiId", "exactly one of spec.amiId and spec.amiName must be set "
+                                      "(unless spec.instanceId names an instance to adopt)")
     groups = raw.get("securityGroupIds") or []
     if not isinstance(groups, list) or len(groups) > 5:
         raise SpecError("spec.securityGroupIds", "must be a list of at most 5 security group ids")
@@ -124,15 +154,16 @@ def parse_spec(raw: Mapping[str, Any] | None) -> WorkerSpec:
     deletion_policy = _string(raw, "deletionPolicy") or "Delete"
     if deletion_policy not in DELETION_POLICIES:
         raise SpecError("spec.deletionPolicy", f"must be one of {', '.join(DELETION_POLICIES)}")
-    monitoring = raw.get("detailedMonitoring", True)
-    if not isinstance(monitoring, bool):
+    monitoring = raw.get("detailedMonitoring")
+    if monitoring is not None and not isinstance(monitoring, bool):
         raise SpecError("spec.detailedMonitoring", "must be true or false")
     return WorkerSpec(
         region=region,
         subnet_id=subnet_id,
-        instance_type=_string(raw, "instanceType") or DEFAULT_INSTANCE_TYPE,
+        instance_type=_string(raw, "instanceType"),
         ami_id=ami_id,
         ami_name=ami_name,
+        ami_owners=_ami_owners(raw.get("amiOwners")),
         security_group_ids=tuple(groups),
         key_name=_string(raw, "keyName"),
         iam_instance_profile=_string(raw, "iamInstanceProfile"),
@@ -142,7 +173,7 @@ def parse_spec(raw: Mapping[str, Any] | None) -> WorkerSpec:
         tags=_tags(raw.get("tags")),
         desired_state=desired_state,
         deletion_policy=deletion_policy,
-        instance_id=_string(raw, "instanceId"),
+        instance_id=instance_id,
         cml=_cml(raw.get("cml")),
         metadata_options=_metadata_options(raw.get("metadataOptions")),
         user_data_secret=_secret_ref(raw.get("userDataSecretRef"), user_data),
@@ -172,6 +203,18 @@ def _string(raw: Mapping[str, Any], key: str, *, required: bool = False) -> str 
 def _check_pattern(key: str, value: Any) -> None:
     if not isinstance(value, str) or not _PATTERNS[key].match(value):
         raise SpecError(f"spec.{key}", f"{value!r} does not match {_PATTERNS[key].pattern}")
+
+
+def _ami_owners(raw: Any) -> tuple[str, ...]:
+    if raw is None:
+        return DEFAULT_AMI_OWNERS
+    if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_AMI_OWNERS:
+        raise SpecError("spec.amiOwners", f"must be a list of 1 to {MAX_AMI_OWNERS} owners")
+    for owner in raw:
+        if not isinstance(owner, str) or not _AMI_OWNER.match(owner):
+            raise SpecError("spec.amiOwners", f"{owner!r} is not self, amazon, aws-marketplace or a 12-digit "
+                                              "account id")
+    return tuple(dict.fromkeys(raw))
 
 
 def _root_volume(raw: Any) -> RootVolumeSpec | None:

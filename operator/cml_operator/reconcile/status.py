@@ -14,6 +14,7 @@ from typing import Any
 from ..ec2.models import CMLWorkerInstanceDto, InstanceStatusChecks
 from . import reasons
 from .conditions import Health, HealthState, build_conditions, now_rfc3339
+from .recovery import Recovery
 
 _PHASE_BY_STATE = {
     "running": "Running",
@@ -22,7 +23,8 @@ _PHASE_BY_STATE = {
     "shutting-down": "Terminating",
     "terminated": "Terminated",
 }
-_INSTANCE_FIELDS = ("instanceState", "instanceType", "privateIp", "publicIp", "availabilityZone", "launchTime")
+_INSTANCE_FIELDS = ("instanceState", "instanceType", "privateIp", "publicIp", "availabilityZone", "launchTime",
+                    "securityGroupIds", "detailedMonitoring")
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class PassOutcome:
     creation_attempt: int
     adopted: bool
     managed_tag_keys: tuple[str, ...]
+    recovery: Recovery = Recovery()
 
 
 def phase_of(health: Health, instance: CMLWorkerInstanceDto | None) -> str:
@@ -68,6 +71,8 @@ def render_status(
         status["instanceId"] = outcome.instance_id
     if outcome.ami_id:
         status["amiId"] = outcome.ami_id
+    if not outcome.recovery.empty:
+        status["recovery"] = outcome.recovery.to_dict()
 
     instance = outcome.instance
     if instance is not None:
@@ -90,8 +95,13 @@ def _instance_fields(instance: CMLWorkerInstanceDto) -> dict[str, Any]:
         "publicIp": instance.public_ip,
         "availabilityZone": instance.availability_zone,
         "launchTime": instance.launch_time,
+        "securityGroupIds": sorted(instance.security_group_ids),
     }
-    return {key: value for key, value in fields.items() if value}
+    kept: dict[str, Any] = {key: value for key, value in fields.items() if value}
+    # What the instance has, whether or not the spec states it (adoption takes unstated fields as they are).
+    if instance.monitoring is not None:
+        kept["detailedMonitoring"] = instance.monitoring in ("enabled", "pending")
+    return kept
 
 
 def _checks(
@@ -113,9 +123,9 @@ def _checks(
 
 
 #: Keys a pass may drop (a stopped instance has no public IP); a merge patch must null them.
-_REMOVABLE = (*_INSTANCE_FIELDS, "instanceId", "amiId", "statusChecks", "cml")
-#: Objects whose own keys a merge patch must null when they go away (status.cml).
-_NESTED = ("cml",)
+REMOVABLE_KEYS = (*_INSTANCE_FIELDS, "instanceId", "amiId", "statusChecks", "cml", "recovery", "paused")
+#: Objects whose own keys a merge patch must null when they go away (status.cml, status.recovery).
+_NESTED = ("cml", "recovery")
 
 
 def status_patch(current: Mapping[str, Any] | None, rendered: Mapping[str, Any]) -> dict[str, Any]:
@@ -125,7 +135,7 @@ def status_patch(current: Mapping[str, Any] | None, rendered: Mapping[str, Any])
     """
     current = current or {}
     changes = {key: value for key, value in rendered.items() if current.get(key) != value}
-    changes.update({key: None for key in _REMOVABLE if key in current and key not in rendered})
+    changes.update({key: None for key in REMOVABLE_KEYS if key in current and key not in rendered})
     for key in _NESTED:
         old, new = current.get(key), changes.get(key)
         if isinstance(old, Mapping) and isinstance(new, Mapping):

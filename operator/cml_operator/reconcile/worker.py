@@ -14,21 +14,32 @@ health comes from ``policy`` instead). Rules of thumb, taken from EC2:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
 from ..ec2.models import CMLWorkerInstanceDto, InstanceStatusChecks
 from . import reasons
-from .conditions import Health, health_of
+from .conditions import Health, HealthState, health_of
+from .ownership import (  # noqa: F401 - the tag names are re-exported: older imports read them from here
+    MANAGED_BY,
+    OWNERSHIP_TAGS,
+    TAG_CLUSTER,
+    TAG_MANAGED_BY,
+    TAG_UID,
+    TAG_WORKER,
+    Ownership,
+    Verdict,
+    may_reattach,
+    ownership,
+    worker_tag_value,
+)
+from .recovery import Limits, Recovery, launch_failed, launch_gate, ready, replaced, replacement_wait
 from .spec import SpecError, WorkerSpec
 
-MANAGED_BY = "cml-operator"
-TAG_UID = "cml.dev/worker-uid"
-TAG_WORKER = "cml.dev/worker"
-TAG_MANAGED_BY = "cml.dev/managed-by"
-OWNERSHIP_TAGS = (TAG_UID, TAG_WORKER, TAG_MANAGED_BY)
 GONE_STATES = ("shutting-down", "terminated")
+#: ``"true"``: no EC2 calls for this worker until removed (deletion still releases it).
+ANNOTATION_PAUSED = "cml.dev/paused"
 
 #: How long after launch a NotFound is read as EC2's eventual consistency, not a loss.
 LAUNCH_GRACE_SECONDS = 120.0
@@ -43,10 +54,21 @@ class WorkerRef:
     namespace: str
     name: str
     generation: int = 1
+    #: The cluster this operator serves (``--cluster-id``); goes to the ``cml.dev/cluster`` tag.
+    cluster_id: str = ""
+    #: The ``cml.dev/instance-id`` annotation: survives a backup and restore that loses status.
+    recorded_instance_id: str | None = None
 
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    def owner_of(self, tags: Mapping[str, str]) -> Ownership:
+        return ownership(tags, self.uid, self.cluster_id)
+
+    def may_reattach(self, instance: CMLWorkerInstanceDto) -> bool:
+        return (instance.aws_instance_id == self.recorded_instance_id
+                and may_reattach(instance.tags, worker_tag_value(self.namespace, self.name), self.cluster_id))
 
 
 @dataclass(frozen=True)
@@ -62,6 +84,7 @@ class WorkerStatus:
     launch_time: str | None = None
     managed_tag_keys: tuple[str, ...] = ()
     conditions: tuple[Mapping[str, Any], ...] = ()
+    recovery: Recovery = Recovery()
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any] | None) -> WorkerStatus:
@@ -77,6 +100,7 @@ class WorkerStatus:
             launch_time=raw.get("launchTime"),
             managed_tag_keys=tuple(k for k in raw.get("managedTagKeys") or () if isinstance(k, str)),
             conditions=tuple(c for c in raw.get("conditions") or () if isinstance(c, Mapping)),
+            recovery=Recovery.from_dict(raw.get("recovery")),
         )
 
 
@@ -177,6 +201,11 @@ class Plan:
     instance_id: str | None = None
     adopted: bool = False
     creation_attempt: int = 0
+    recovery: Recovery = Recovery()
+    #: Seconds before the worker is worth another pass (a backoff, or a stalled worker's recheck).
+    recheck_after: float | None = None
+    #: Events posted only once the action at that index succeeded (never on a failed try).
+    after: tuple[tuple[int, Note], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -196,9 +225,17 @@ def desired_tags(ref: WorkerRef, spec: WorkerSpec) -> dict[str, str]:
     ``Name`` defaults to namespace/name on instances the operator launches; an
     adopted instance keeps its own name unless ``spec.tags`` sets one.
     """
-    tags = {} if spec.instance_id else {"Name": ref.key}
+    tags = {} if spec.instance_id else {"Name": worker_tag_value(ref.namespace, ref.name)}
     tags.update(spec.tags)
-    tags.update({TAG_UID: ref.uid, TAG_WORKER: ref.key, TAG_MANAGED_BY: MANAGED_BY})
+    tags.update(ownership_tags(ref))
+    return tags
+
+
+def ownership_tags(ref: WorkerRef) -> dict[str, str]:
+    """The tags that say whose instance this is (the IAM policy keys on them)."""
+    tags = {TAG_UID: ref.uid, TAG_WORKER: worker_tag_value(ref.namespace, ref.name), TAG_MANAGED_BY: MANAGED_BY}
+    if ref.cluster_id:
+        tags[TAG_CLUSTER] = ref.cluster_id
     return tags
 
 
@@ -210,6 +247,12 @@ def tag_changes(
     add = {key: value for key, value in wanted.items() if observed.get(key) != value}
     remove = tuple(sorted(k for k in previously_applied if k not in wanted and k in observed))
     return SyncTags(add, remove) if add or remove else None
+
+
+def claim_tags(ref: WorkerRef, observed: Mapping[str, str]) -> SyncTags | None:
+    """The ownership tags the instance lacks: they go before anything else (the IAM policy keys on them)."""
+    add = {key: value for key, value in ownership_tags(ref).items() if observed.get(key) != value}
+    return SyncTags(add) if add else None
 
 
 def client_token(uid: str, attempt: int) -> str:
@@ -234,8 +277,33 @@ def decide(
     status: WorkerStatus,
     observation: Observation | None,
     now: datetime | None = None,
+    limits: Limits = Limits(),
 ) -> Plan:
     """The next step for a live worker. ``observation`` None: no instance id known and none found by tag."""
+    plan = _decide(ref, spec, status, observation, now or datetime.now(timezone.utc), limits)
+    if plan.health.state is HealthState.READY and plan.instance_id:
+        return replace(plan, recovery=ready(plan.recovery, plan.instance_id))
+    return plan
+
+
+def may_touch(ref: WorkerRef, spec: WorkerSpec, status: WorkerStatus, instance: CMLWorkerInstanceDto) -> Ownership:
+    """Ownership as the worker acts on it: an unclaimed instance is ours only if we were told it is.
+
+    Named by ``spec.instanceId``, or already tracked in ``status.instanceId`` (its tags were
+    removed outside): claimable. Anything else unclaimed is not ours to touch.
+    """
+    owner = ref.owner_of(instance.tags)
+    if owner.verdict is Verdict.UNCLAIMED and instance.aws_instance_id in (spec.instance_id, status.instance_id):
+        return Ownership(Verdict.OURS)
+    if owner.verdict is Verdict.OTHER_WORKER and not spec.instance_id and ref.may_reattach(instance):
+        return Ownership(Verdict.OURS)  # restored from a backup: this object replaced the one that launched it
+    return owner
+
+
+def _decide(
+    ref: WorkerRef, spec: WorkerSpec | SpecError, status: WorkerStatus, observation: Observation | None,
+    now: datetime, limits: Limits,
+) -> Plan:
     if isinstance(spec, SpecError):
         return _stalled(status, reasons.INVALID_PARAMETER, f"Invalid {spec}")
     if spec.instance_id and status.instance_id and spec.instance_id != status.instance_id:
@@ -247,13 +315,27 @@ def decide(
 
     instance = observation.instance if observation else None
     if instance is None or instance.instance_state in GONE_STATES:
-        return _without_instance(ref, spec, status, observation, now)
+        return _without_instance(ref, spec, status, observation, now, limits)
+    owner = may_touch(ref, spec, status, instance)
+    if not owner.ours:
+        return _owned_by_other(status, instance, owner)
     return _with_instance(ref, spec, status, observation, instance)
+
+
+def _owned_by_other(status: WorkerStatus, instance: CMLWorkerInstanceDto, owner: Ownership) -> Plan:
+    instance_id = instance.aws_instance_id
+    whose = owner.owner or "nobody this worker was told about (no cml.dev/worker-uid tag)"
+    message = (f"Instance {instance_id} belongs to {whose}; the operator never changes, stops, starts, tags "
+               "or terminates an instance of another worker or cluster")
+    return Plan((), Health.stalled(reasons.INSTANCE_OWNED_BY_OTHER, message),
+                notes=(Note("Warning", reasons.INSTANCE_OWNED_BY_OTHER, message),),
+                instance_id=status.instance_id, adopted=status.adopted, creation_attempt=status.creation_attempt,
+                recovery=status.recovery)
 
 
 def _without_instance(
     ref: WorkerRef, spec: WorkerSpec, status: WorkerStatus, observation: Observation | None,
-    now: datetime | None,
+    now: datetime, limits: Limits,
 ) -> Plan:
     known_id = (observation.instance_id if observation else None) or status.instance_id or spec.instance_id
     if spec.instance_id:
@@ -269,60 +351,127 @@ def _without_instance(
         return Plan(
             (), Health.reconciling(reasons.PROVISIONING, f"Waiting for EC2 to report instance {known_id}"),
             poll_soon=True, instance_id=known_id, creation_attempt=status.creation_attempt,
+            recovery=status.recovery,
         )
-
-    attempt = status.creation_attempt
-    notes: tuple[Note, ...] = ()
     if known_id:
-        attempt += 1
-        state = observation.state if observation else None
-        gone = f"is {state}" if state else "no longer exists"
-        notes = (Note("Warning", reasons.EVENT_LOST,
-                      f"Instance {known_id} {gone} outside the operator; launching a replacement"),)
-    launch = Launch(client_token(ref.uid, attempt), desired_tags(ref, spec))
-    return Plan(
-        (launch,), Health.reconciling(reasons.PROVISIONING, "Launching an EC2 instance"),
-        poll_soon=True, notes=notes, instance_id=None, creation_attempt=attempt,
-    )
+        return _lost(ref, spec, status, observation, known_id, now, limits)
+    return _launch_if_allowed(ref, spec, status, status.recovery, status.creation_attempt, (), now, limits)
+
+
+def _lost(
+    ref: WorkerRef, spec: WorkerSpec, status: WorkerStatus, observation: Observation | None, known_id: str,
+    now: datetime, limits: Limits,
+) -> Plan:
+    """The tracked instance is gone: a failed launch (never Ready) or a lost instance (was Ready)."""
+    instance = observation.instance if observation else None
+    state = instance.instance_state if instance else None
+    gone = f"is {state}" if state else "no longer exists"
+    because = f" ({instance.state_reason})" if instance and instance.state_reason else ""
+    record = status.recovery
+    if record.ready_instance_id == known_id:
+        wait = replacement_wait(record, limits, now)
+        if wait is not None:
+            message = (f"Instance {known_id} {gone} outside the operator{because}; {limits.max_replacements} "
+                       f"replacements in the last {limits.replacement_window / 60:.0f} minutes already "
+                       f"(--max-replacements): not launching another")
+            return Plan((), Health.stalled(reasons.REPLACEMENT_LIMIT_REACHED, message),
+                        notes=(Note("Warning", reasons.REPLACEMENT_LIMIT_REACHED, message),),
+                        instance_id=known_id, creation_attempt=status.creation_attempt,
+                        recovery=record, recheck_after=wait)
+        note = Note("Warning", reasons.EVENT_LOST,
+                    f"Instance {known_id} {gone} outside the operator{because}; launching a replacement")
+        return _launch_if_allowed(ref, spec, status, replaced(record, limits, now), status.creation_attempt + 1,
+                                  (note,), now, limits)
+    reason = instance.state_reason if instance and instance.state_reason else f"instance {gone}"
+    record = launch_failed(record, reason, ref.generation, now)
+    note = Note("Warning", reasons.LAUNCH_FAILED,
+                f"Instance {known_id} {gone} before it was ever Ready (failed launch "
+                f"{record.failed_launches} of {limits.max_failed_launches}): {reason}")
+    return _launch_if_allowed(ref, spec, status, record, status.creation_attempt + 1, (note,), now, limits)
+
+
+def _launch_if_allowed(
+    ref: WorkerRef, spec: WorkerSpec, status: WorkerStatus, record: Recovery, attempt: int,
+    notes: tuple[Note, ...], now: datetime, limits: Limits,
+) -> Plan:
+    gate = launch_gate(record, limits, ref.generation, now)
+    if gate.allowed:
+        launch = Launch(client_token(ref.uid, attempt), desired_tags(ref, spec))
+        return Plan((launch,), Health.reconciling(reasons.PROVISIONING, "Launching an EC2 instance"),
+                    poll_soon=True, notes=notes, instance_id=None, creation_attempt=attempt, recovery=record)
+    last = record.last_failure_reason or "unknown"
+    if gate.stalled:
+        message = (f"{record.failed_launches} launches in a row failed before Ready; last: {last}. "
+                   "Fix the cause (image, KMS key, capacity, quota) and change the spec, or wait for the "
+                   "slow recheck")
+        return Plan((), Health.stalled(reasons.LAUNCH_FAILED, message), notes=notes, instance_id=None,
+                    creation_attempt=attempt, recovery=record, recheck_after=gate.wait)
+    message = (f"Launch {record.failed_launches} of {limits.max_failed_launches} failed before Ready: {last}; "
+               f"launching again in {gate.wait:.0f} s")
+    return Plan((), Health.reconciling(reasons.LAUNCH_FAILED, message), notes=notes, instance_id=None,
+                creation_attempt=attempt, recovery=record, recheck_after=gate.wait)
 
 
 def _with_instance(
     ref: WorkerRef, spec: WorkerSpec, status: WorkerStatus, observation: Observation,
     instance: CMLWorkerInstanceDto,
 ) -> Plan:
+    """Claim, then power state, then the rest: a worker that cannot be retagged can still be stopped."""
     instance_id = instance.aws_instance_id
     notes: list[Note] = []
     adopted = status.adopted or bool(spec.instance_id)
     attempt = status.creation_attempt
     if status.instance_id != instance_id:
-        how = "named by spec.instanceId" if spec.instance_id else "found by its cml.dev/worker-uid tag"
+        if spec.instance_id:
+            how = "named by spec.instanceId"
+        elif instance.tags.get(TAG_UID) != ref.uid and instance_id == ref.recorded_instance_id:
+            how = "re-attached after a restore: named by the cml.dev/instance-id annotation"
+        else:
+            how = "found by its cml.dev/worker-uid tag"
         notes.append(Note("Normal", reasons.EVENT_ADOPTED, f"Tracking instance {instance_id} ({how})"))
         # Record the attempt of the token it was launched with, so a later launch never reuses a spent one.
         launched_with = attempt_of_token(ref.uid, instance.client_token)
         attempt = attempt if launched_with is None else launched_with
 
     actions: list[Action] = []
-    sync = tag_changes(ref, spec, instance.tags, status.managed_tag_keys)
+    after: list[tuple[int, Note]] = []
+    claim = claim_tags(ref, instance.tags)
+    if claim is not None:
+        actions.append(claim)
+    health, lifecycle, poll, lifecycle_notes = _lifecycle(spec, status, observation, instance)
+    for action in lifecycle:
+        actions.append(action)
+    # The lifecycle's events (Stopping, Starting, Resized...) say what its first action did;
+    # without an action (an impaired check) they are news in themselves.
+    if lifecycle_notes and lifecycle:
+        after.extend((len(actions) - len(lifecycle), note) for note in lifecycle_notes)
+    else:
+        notes.extend(lifecycle_notes)
+
+    updates: list[Action] = []
+    sync = tag_changes(ref, spec, {**instance.tags, **(claim.add if claim else {})}, status.managed_tag_keys)
     if sync is not None:
-        actions.append(sync)
+        updates.append(sync)
     state = instance.instance_state
     settled = state in ("running", "stopped")
     if settled and spec.security_group_ids and set(spec.security_group_ids) != set(instance.security_group_ids):
-        actions.append(ModifySecurityGroups(tuple(spec.security_group_ids)))
+        updates.append(ModifySecurityGroups(tuple(spec.security_group_ids)))
     monitoring_on = instance.monitoring in ("enabled", "pending")
-    if settled and instance.monitoring is not None and monitoring_on != spec.detailed_monitoring:
-        actions.append(SetMonitoring(spec.detailed_monitoring))
+    monitoring = spec.wanted_monitoring
+    if settled and monitoring is not None and instance.monitoring is not None and monitoring_on != monitoring:
+        updates.append(SetMonitoring(monitoring))
     wanted_imds = (spec.metadata_options.http_tokens, spec.metadata_options.hop_limit)
     if settled and instance.metadata_http_tokens is not None and (
             instance.metadata_http_tokens, instance.metadata_hop_limit) != wanted_imds:
-        actions.append(SetMetadataOptions(*wanted_imds))
-    if actions:
-        notes.append(Note("Normal", reasons.EVENT_UPDATED, _describe_updates(actions)))
+        updates.append(SetMetadataOptions(*wanted_imds))
+    if updates:
+        actions.extend(updates)
+        after.append((len(actions) - 1, Note("Normal", reasons.EVENT_UPDATED, _describe_updates(updates))))
 
-    health, more, poll, more_notes = _lifecycle(spec, status, observation, instance)
     return Plan(
-        tuple(actions + more), health, poll_soon=poll, notes=tuple(notes + more_notes),
+        tuple(actions), health, poll_soon=poll, notes=tuple(notes),
         instance_id=instance_id, adopted=adopted, creation_attempt=attempt,
+        recovery=status.recovery, after=tuple(after),
     )
 
 
@@ -332,7 +481,8 @@ def _lifecycle(
     """Start, stop and resize towards the spec; never against a transition."""
     instance_id = instance.aws_instance_id
     state = instance.instance_state
-    resize = instance.instance_type != spec.instance_type
+    wanted_type = spec.wanted_type  # None: adopted and unstated, the instance keeps its type
+    resize = wanted_type is not None and instance.instance_type != wanted_type
     if state == "pending":
         reason = reasons.PROVISIONING if status.phase in (None, "Pending", "Provisioning") else reasons.STARTING
         return Health.reconciling(reason, f"Instance {instance_id} is pending"), [], True, []
@@ -341,8 +491,8 @@ def _lifecycle(
         return Health.reconciling(reason, f"Instance {instance_id} is stopping"), [], True, []
     if state == "running":
         if resize:
-            message = f"Stopping instance {instance_id} to change its type {instance.instance_type} -> {spec.instance_type}"
-            return (Health.reconciling(reasons.RESIZING, message), [Stop(resize_to=spec.instance_type)], True,
+            message = f"Stopping instance {instance_id} to change its type {instance.instance_type} -> {wanted_type}"
+            return (Health.reconciling(reasons.RESIZING, message), [Stop(resize_to=wanted_type)], True,
                     [Note("Normal", reasons.EVENT_RESIZING, message)])
         if not spec.wants_running:
             message = f"Stopping instance {instance_id} (desiredState Stopped)"
@@ -358,8 +508,9 @@ def _lifecycle(
                                    f"Instance {instance_id} is running; status checks {detail}"), [], True, [])
     # stopped
     if resize:
-        message = f"Changing the type of instance {instance_id} {instance.instance_type} -> {spec.instance_type}"
-        actions: list[Action] = [ModifyType(spec.instance_type)]
+        message = f"Changing the type of instance {instance_id} {instance.instance_type} -> {wanted_type}"
+        assert wanted_type is not None
+        actions: list[Action] = [ModifyType(wanted_type)]
         notes = [Note("Normal", reasons.EVENT_RESIZED, message)]
         if spec.wants_running:
             actions.append(Start())
@@ -416,7 +567,7 @@ def _stalled(status: WorkerStatus, reason: str, message: str, instance_id: str |
     return Plan(
         (), Health.stalled(reason, message),
         instance_id=instance_id or status.instance_id, adopted=status.adopted,
-        creation_attempt=status.creation_attempt,
+        creation_attempt=status.creation_attempt, recovery=status.recovery,
     )
 
 
@@ -424,15 +575,23 @@ def _stalled(status: WorkerStatus, reason: str, message: str, instance_id: str |
 
 
 def decide_deletion(
-    deletion_policy: str, status: WorkerStatus, observation: Observation | None
+    deletion_policy: str, status: WorkerStatus, observation: Observation | None, ref: WorkerRef | None = None,
 ) -> DeletionPlan:
-    """What deleting the worker takes; ``release`` says the finalizer may go."""
+    """What deleting the worker takes; ``release`` says the finalizer may go.
+
+    An instance of another worker or cluster is left exactly as it is: not terminated,
+    not untagged (``ref`` None skips the check: callers that pass no ref have none).
+    """
     instance = observation.instance if observation else None
     if instance is None:
         known = status.instance_id or (observation.instance_id if observation else None)
         message = f"Instance {known} no longer exists" if known else "The worker never had an instance"
         return DeletionPlan((), True, message, (Note("Normal", reasons.EVENT_RELEASED, message),))
     instance_id = instance.aws_instance_id
+    owner = ref.owner_of(instance.tags) if ref is not None else None
+    if owner is not None and owner.foreign:
+        message = f"Instance {instance_id} belongs to {owner.owner}; left untouched"
+        return DeletionPlan((), True, message, (Note("Normal", reasons.EVENT_RELEASED, message),))
     if deletion_policy == "Retain":
         message = f"Instance {instance_id} retained; the operator's ownership tags were removed"
         return DeletionPlan((RemoveOwnershipTags(),), True, message, (Note("Normal", reasons.EVENT_RETAINED, message),))
