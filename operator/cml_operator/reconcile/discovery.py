@@ -13,13 +13,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ..ec2.models import CMLWorkerInstanceDto
+from .ownership import TAG_CLUSTER  # this cluster's mark on every instance it manages (issue 10)
 from .worker import MANAGED_BY, TAG_MANAGED_BY, TAG_UID, TAG_WORKER
 
 #: Instance states discovery imports (never one shutting down or terminated).
 LIVE_STATES = ("pending", "running", "stopping", "stopped")
 DISCOVERY_LABEL = "cml.dev/discovery"
-#: This cluster's mark on every instance it manages (set by the operator at launch and adoption).
-TAG_CLUSTER = "cml.dev/cluster"
 #: At most this many workers are created per scan: a bounded loop even if a pattern matches thousands.
 MAX_IMPORTS_PER_SCAN = 50
 #: A CMLWorker may name at most this many security groups.
