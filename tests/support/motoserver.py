@@ -168,14 +168,14 @@ class MotoServer:
 def own_image(ec2: object, subnet_id: str, name: str = "cml-test-image") -> dict[str, str]:
     """An image owned by moto's account, as ``spec.amiOwners: [self]`` (the default) requires.
 
-    moto's preloaded images all belong to AWS accounts (alias amazon); an image of our
-    own comes from CreateImage on an instance of ours. The helper instance is terminated.
+    moto's preloaded images all belong to AWS accounts (alias amazon); CopyImage makes one
+    of our own (moto records the caller's account as owner) without leaving an instance
+    behind. ``subnet_id`` is kept for callers that pass it.
     """
+    del subnet_id
     amazon = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]  # type: ignore[attr-defined]
-    base = ec2.run_instances(ImageId=amazon, MinCount=1, MaxCount=1, SubnetId=subnet_id)  # type: ignore[attr-defined]
-    base_id = base["Instances"][0]["InstanceId"]
-    image_id = ec2.create_image(InstanceId=base_id, Name=name)["ImageId"]  # type: ignore[attr-defined]
-    ec2.terminate_instances(InstanceIds=[base_id])  # type: ignore[attr-defined]
+    image_id = ec2.copy_image(SourceImageId=amazon, SourceRegion=ec2.meta.region_name,  # type: ignore[attr-defined]
+                              Name=name)["ImageId"]
     return {"ami": image_id, "ami_name": name, "amazon_ami": amazon}
 
 

@@ -7,6 +7,7 @@ import pytest
 from moto import mock_aws
 
 from cml_operator.ec2 import EC2Client, EC2ClientSettings
+from tests.support.motoserver import own_image
 
 REGION = "us-east-1"
 
@@ -38,5 +39,5 @@ def network(moto_ec2) -> dict[str, str]:
     """A subnet, a security group and an AMI that exist in moto's default VPC."""
     subnet = moto_ec2.describe_subnets()["Subnets"][0]
     group = moto_ec2.create_security_group(GroupName="cml", Description="cml", VpcId=subnet["VpcId"])
-    image = moto_ec2.describe_images()["Images"][0]
-    return {"subnet": subnet["SubnetId"], "sg": group["GroupId"], "ami": image["ImageId"], "ami_name": image["Name"]}
+    # spec.amiOwners defaults to [self]: an image of moto's own account, as the e2e tests use.
+    return {"subnet": subnet["SubnetId"], "sg": group["GroupId"], **own_image(moto_ec2, subnet["SubnetId"])}
