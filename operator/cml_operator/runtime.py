@@ -135,8 +135,8 @@ class Runtime:
         return memory
 
     def own_cluster_id(self) -> str | None:
-        """This cluster's ``cml.dev/cluster`` tag value: resolved at start-up (issue 10), else the setting, else none."""
-        return getattr(self, "cluster_id", None) or getattr(self.settings, "cluster_id", None)
+        """This cluster's ``cml.dev/cluster`` tag value (resolved at start-up); None until then."""
+        return self.cluster_id or None
 
     def discovery_regions(self) -> set[str]:
         return {memory.region for memory in self.discoveries.values() if memory.region}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -123,3 +124,53 @@ def test_bad_discoveries_are_refused_at_apply_time(kube):
     refused = kube.apply(discovery_manifest("bad", "cml-*", amiOwners=["someone"]), check=False)
     assert refused.returncode != 0 and "spec.amiOwners" in refused.stderr
 
+
+def orphan_metric(operator: Any) -> float | None:
+    for line in operator.metrics().splitlines():
+        if line.startswith('cml_orphan_instances{region="us-east-1"}'):
+            return float(line.split()[-1])
+    return None
+
+
+def test_an_instance_whose_worker_was_force_deleted_is_reported_then_handled_after_the_grace(
+        kube, network, aws, operator_factory):
+    operator = operator_factory("--cluster-id", "e2e-cluster")
+    kube.apply(worker_manifest("doomed", network))
+    kube.apply(worker_manifest("survivor", network))  # keeps us-east-1 among the regions the operator watches
+    kube.wait_condition("doomed", "Ready")
+    kube.wait_condition("survivor", "Ready")
+    uid = kube.get("doomed")["metadata"]["uid"]
+    [instance] = instances_of(aws, uid)
+    orphan = instance["InstanceId"]
+    assert tags_of(aws, orphan)["cml.dev/cluster"] == "e2e-cluster"
+    # A worker force-deleted while the operator was away: its finalizer removed by hand.
+    operator.stop()
+    kube.run("patch", "cmlworker", "doomed", "--type=merge", "-p", '{"metadata":{"finalizers":null}}')
+    kube.run("delete", "cmlworker", "doomed", "--wait=true", "--timeout=30s")
+    # An instance tagged for another cluster is never judged, whatever its tags say.
+    foreign = launch(aws, network, network["ami"], {"cml.dev/cluster": "other-cluster", "cml.dev/worker-uid": "x",
+                                                     "cml.dev/managed-by": "cml-operator"})
+
+    operator = operator_factory("--cluster-id", "e2e-cluster", "--orphan-policy", "terminate",
+                                "--orphan-grace", "15")
+    # Without any discovery, the operator's own watch reports it: metric and log line.
+    wait_for(lambda: orphan_metric(operator) == 1.0, 30, what="the orphan metric from the watch")
+    wait_for(lambda: f"Orphan instance {orphan}" in operator.logs(), 10, what="the orphan log line")
+    kube.apply(discovery_manifest("scan", "no-such-image-*"))
+    wait_for(lambda: (discovery(kube, "scan").get("status") or {}).get("orphans") == 1, 30, what="one orphan")
+    assert orphan_metric(operator) == 1.0
+    wait_for(lambda: any(e["reason"] == "OrphanInstances" and e["type"] == "Warning" and orphan in e["message"]
+                         for e in kube.events("scan")), 15, what="the OrphanInstances warning")
+    assert state_of(aws, orphan) == "running"  # within the grace: reported only
+
+    def rescan_terminates() -> bool:
+        kube.run("patch", "cmlworkerdiscovery", "scan", "--type=merge", "-p",
+                 json.dumps({"spec": {"intervalSeconds": 60 + int(time.time()) % 1000}}))
+        return state_of(aws, orphan) in ("shutting-down", "terminated")
+
+    wait_for(rescan_terminates, 40, interval=3, what="the orphan terminated after the grace")
+    assert state_of(aws, foreign) == "running"
+    assert state_of(aws, instances_of(aws, kube.get("survivor")["metadata"]["uid"])[0]["InstanceId"]) == "running"
+    # Once a discovery scans the region, it (not the watch) handles the region's orphans, with events.
+    wait_for(lambda: "OrphanTerminated" in kube.event_reasons("scan"), 15, what="the OrphanTerminated event")
+    assert f"Terminated orphan instance {orphan}" in operator.logs()
