@@ -69,17 +69,15 @@ def test_a_changed_certificate_is_refused_before_any_credential_is_sent(sim):
 
     pin = run(pin_first)
     sim.rotate_certificate()
-    try:
-        async def with_old_pin(session):
-            client = CMLClient(session, sim.endpoint("client-b"), Trust(pin=pin), GOOD)
-            await client.lab_counts()
 
-        with pytest.raises(CMLCertificateException) as caught:
-            run(with_old_pin)
-        assert caught.value.code == "CertificateChanged" and pin in str(caught.value)
-        assert sim.worker("client-b")["calls"].get("POST authenticate", 0) == 0
-    finally:
-        pass
+    async def with_old_pin(session):
+        client = CMLClient(session, sim.endpoint("client-b"), Trust(pin=pin), GOOD)
+        await client.lab_counts()
+
+    with pytest.raises(CMLCertificateException) as caught:
+        run(with_old_pin)
+    assert caught.value.code == "CertificateChanged" and pin in str(caught.value)
+    assert sim.worker("client-b")["calls"].get("POST authenticate", 0) == 0
 
 
 def test_a_ca_verifies_the_certificate(sim):

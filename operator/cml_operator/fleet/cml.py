@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from ..cml.client import CMLClient
-from ..cml.models import SystemInfo
+from ..cml.models import LicenseStatus, SystemInfo
 from ..kube_secrets import SecretReader
 from ..settings import CMLSettings
 
@@ -36,6 +36,9 @@ class CMLMemory:
     refused_secret_version: str | None = None
     secret_checked_at: float = 0.0
     release_failures: int = 0
+    #: The last licensing answer and when (a valid licence is not read on every look).
+    license_status: LicenseStatus | None = None
+    license_checked_at: float = 0.0
     #: The licence token Secret's resourceVersion at the last registration (a refused token: retry when it changes).
     token_version: str | None = None
 

@@ -57,6 +57,8 @@ from ..reconcile.spec import WorkerSpec
 from ..reconcile.worker import Note, Observation, Plan, Stop, Terminate, WorkerRef
 from ..runtime import Runtime
 
+#: A valid licence is read again every this many looks (it rarely changes; keeps a look under 3 requests).
+LICENCE_RECHECK_LOOKS = 5
 #: Reasons whose arrival is worth a Warning event (once, on the transition).
 _WARN_ON = (reasons.CML_UNREACHABLE, reasons.CML_AUTHENTICATION_FAILED, reasons.CML_CERTIFICATE_CHANGED,
             reasons.LICENSE_INVALID)
@@ -182,7 +184,7 @@ class CMLStep:
                 memory.seen_ready = True
             labs = await client.lab_counts()
             stats = await client.system_stats()
-            license_status = await client.licensing() if self.cml.license else None
+            license_status = await self._licence(client, memory) if self.cml.license else None
             step = license_step(self.cml.license, license_status, self.status.license_requested)
             if step is LicenseStep.INVALID and await self._token_changed(memory):
                 self.status, step = replace(self.status, license_requested=False), LicenseStep.REGISTER
@@ -202,6 +204,15 @@ class CMLStep:
         pending = license_status is not None and not license_status.valid
         memory.next_look = clock + (settings.starting_interval if pending else settings.interval)
         return CheckOutcome(endpoint, info=memory.info, snapshot=Snapshot(labs, stats, license_status))
+
+    async def _licence(self, client: CMLClient, memory: CMLMemory) -> LicenseStatus:
+        """A valid licence is read again every LICENCE_RECHECK_LOOKS looks only (a look then costs 2 requests)."""
+        clock, last = self.runtime.clock(), memory.license_status
+        if last is not None and last.valid and clock - memory.license_checked_at < (
+                LICENCE_RECHECK_LOOKS * self.service.settings.interval):
+            return last
+        memory.license_status, memory.license_checked_at = await client.licensing(), clock
+        return memory.license_status
 
     def _retry_after(self, decision: Decision) -> float:
         settings = self.service.settings
@@ -269,6 +280,7 @@ class CMLStep:
                                                                "spec.cml.license.tokenSecretRef")
         await client.register_license(token)
         self.status = replace(self.status, license_requested=True)
+        memory.license_status = None
         self.notes.append(Note("Normal", reasons.EVENT_LICENSE_REGISTERED, "Licence registration sent to CML"))
         return LicenseStatus("IN_PROGRESS", current.authorization if current else "UNKNOWN")
 
@@ -361,7 +373,7 @@ class CMLStep:
                                    f"Could not release the CML licence after {attempts} attempts ({error}); "
                                    "stopping anyway: release it in Cisco Smart Software Manager"))
             return
-        memory.release_failures = 0
+        memory.release_failures, memory.license_status = 0, None
         self.status = replace(self.status, license_registration="NOT_REGISTERED", license_authorization="EVAL",
                               license_requested=False)
         self.notes.append(Note("Normal", reasons.EVENT_LICENSE_RELEASED,
