@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import sys
 from pathlib import Path
 
 import boto3
 import yaml
 
-from tests.cluster.__main__ import wait_for_signal
 from tests.cluster.controlplane import ControlPlane, ControlPlaneConfig
+from tests.cluster.stopping import StopRequested, StopSignals
 from tests.support.cmlsim import DEFAULT_PASSWORD, DEFAULT_USERNAME, CMLSimProcess
 from tests.support.motoserver import MotoServer, own_image
 from tests.support.processes import FAKE_AWS_ENV, OperatorProcess
@@ -75,66 +76,79 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=120, help="seconds to wait for the sample to be Ready")
     parser.add_argument("--exit-when-ready", action="store_true", help="stop everything once the sample is Ready")
     args = parser.parse_args(argv)
+    stop = StopSignals().install()  # first: a signal at any later moment must still tear down cleanly
+    try:
+        return _run(args, stop)
+    except StopRequested as exc:  # a signal during start-up; everything started is stopped by now
+        _say(f"stopped during start-up ({exc})")
+        return 128 + exc.signum
+
+
+def _run(args: argparse.Namespace, stop: StopSignals) -> int:
     DEV.mkdir(exist_ok=True)
     kubeconfig = DEV / "kubeconfig"
 
     _say("starting the control plane (etcd + kube-apiserver)")
     sim = CMLSimProcess(ready_after=SIM_BOOT_SECONDS).start()
-    with ControlPlane(ControlPlaneConfig()) as plane, MotoServer() as moto:
-        plane.install_crds(REPO / "crds")
-        kubeconfig.write_bytes(plane.kubeconfig_path.read_bytes())
-        kubeconfig.chmod(0o600)
-        env_file = _write_env(kubeconfig, moto.url, plane.kubectl_path.parent)
-        _say(f"control plane ready in {plane.startup_seconds:.1f}s; moto_server (EC2) at {moto.url}; "
-             f"CML simulator at {sim.url} (control {sim.control})")
+    try:
+        with ControlPlane(ControlPlaneConfig()) as plane, MotoServer() as moto:
+            plane.install_crds(REPO / "crds")
+            kubeconfig.write_bytes(plane.kubeconfig_path.read_bytes())
+            kubeconfig.chmod(0o600)
+            env_file = _write_env(kubeconfig, moto.url, plane.kubectl_path.parent)
+            _say(f"control plane ready in {plane.startup_seconds:.1f}s; moto_server (EC2) at {moto.url}; "
+                 f"CML simulator at {sim.url} (control {sim.control})")
 
-        operator = OperatorProcess(kubeconfig, moto.url, log_path=DEV / "operator.log",
-                                   args=("--poll-interval", "2", "--fast-interval", "1", "--cml-interval", "10",
-                                         "--cml-starting-interval", "5"))
-        operator.metrics_port = 0
-        _say("starting the operator (log: .dev/operator.log)")
-        operator.start()
-        try:
-            _say(f"applying {SAMPLE.relative_to(REPO)} (ids filled in from moto)")
-            print(plane.kubectl("apply", "-f", "-", input=_sample_for_moto(moto.url, sim.endpoint(SIM_PREFIX))).stdout,
-                  end="")
-            _say(f"waiting for Ready (Reconciling CMLStarting for about {SIM_BOOT_SECONDS}s while CML boots)")
-            waited = plane.kubectl("wait", "--for=condition=Ready", "cmlworker/cml-worker-1", "-n", "default",
-                                   f"--timeout={int(args.timeout)}s", check=False)
-            print(waited.stdout or waited.stderr, end="")
-            print(plane.kubectl("get", "cmlw", "-n", "default", "-o", "wide").stdout)
-            print(plane.kubectl("get", "events", "-n", "default", "--field-selector",
-                                "involvedObject.name=cml-worker-1").stdout)
-            if waited.returncode != 0:
-                print(operator.logs()[-4000:], file=sys.stderr)
-                return 1
-            print(f"""The operator is running. In another shell:
+            operator = OperatorProcess(kubeconfig, moto.url, log_path=DEV / "operator.log",
+                                       args=("--poll-interval", "2", "--fast-interval", "1", "--cml-interval", "10",
+                                             "--cml-starting-interval", "5"))
+            operator.metrics_port = 0
+            try:
+                _say("starting the operator (log: .dev/operator.log)")
+                operator.start()
+                _say(f"applying {SAMPLE.relative_to(REPO)} (ids filled in from moto)")
+                print(plane.kubectl("apply", "-f", "-", input=_sample_for_moto(moto.url, sim.endpoint(SIM_PREFIX))).stdout,
+                      end="")
+                _say(f"waiting for Ready (Reconciling CMLStarting for about {SIM_BOOT_SECONDS}s while CML boots)")
+                waited = plane.kubectl("wait", "--for=condition=Ready", "cmlworker/cml-worker-1", "-n", "default",
+                                       f"--timeout={int(args.timeout)}s", check=False)
+                print(waited.stdout or waited.stderr, end="")
+                print(plane.kubectl("get", "cmlw", "-n", "default", "-o", "wide").stdout)
+                print(plane.kubectl("get", "events", "-n", "default", "--field-selector",
+                                    "involvedObject.name=cml-worker-1").stdout)
+                if waited.returncode != 0:
+                    print(operator.logs()[-4000:], file=sys.stderr)
+                    return 1
+                print(f"""The operator is running. In another shell:
 
-    source {env_file.relative_to(REPO)}
-    kubectl get cmlw -o wide
-    kubectl describe cmlw cml-worker-1
-    kubectl patch cmlw cml-worker-1 --type=merge -p '{{"spec":{{"desiredState":"Stopped"}}}}'
-    kubectl delete cmlw cml-worker-1
-    tail -f .dev/operator.log
+        source {env_file.relative_to(REPO)}
+        kubectl get cmlw -o wide
+        kubectl describe cmlw cml-worker-1
+        kubectl patch cmlw cml-worker-1 --type=merge -p '{{"spec":{{"desiredState":"Stopped"}}}}'
+        kubectl delete cmlw cml-worker-1
+        tail -f .dev/operator.log
 
-CML on the worker is the simulator; start and stop a lab there to watch the idle stop
-(after {DEV_IDLE_MINUTES} minutes without a running lab: Ready stays True with reason IdleStopped):
+    CML on the worker is the simulator; start and stop a lab there to watch the idle stop
+    (after {DEV_IDLE_MINUTES} minutes without a running lab: Ready stays True with reason IdleStopped):
 
-    python -m tests.support.cmlsim lab start --control {sim.control} --prefix {SIM_PREFIX}
-    python -m tests.support.cmlsim lab stop --control {sim.control} --prefix {SIM_PREFIX}
-    kubectl annotate cmlw cml-worker-1 --overwrite cml.dev/wake="$(date -u +%FT%TZ)"   # wake it again
-    curl -s localhost:{operator.metrics_port}/metrics | grep ^cml_
+        python -m tests.support.cmlsim lab start --control {sim.control} --prefix {SIM_PREFIX}
+        python -m tests.support.cmlsim lab stop --control {sim.control} --prefix {SIM_PREFIX}
+        kubectl annotate cmlw cml-worker-1 --overwrite cml.dev/wake="$(date -u +%FT%TZ)"   # wake it again
+        curl -s localhost:{operator.metrics_port}/metrics | grep ^cml_
 
-Press Ctrl-C here to stop everything.""", flush=True)
-            if not args.exit_when_ready:
-                wait_for_signal()
-        finally:
-            _say("stopping")
-            plane.kubectl("delete", "cmlworker", "--all", "-A", "--timeout=20s", check=False)
-            operator.stop()
-            sim.stop()
-            for path in (kubeconfig, DEV / "env"):
-                path.unlink(missing_ok=True)
+    Press Ctrl-C here to stop everything.""", flush=True)
+                if not args.exit_when_ready:
+                    _say(f"{signal.Signals(stop.wait()).name} received")
+            finally:
+                stop.shield()
+                _say("stopping")
+                plane.kubectl("delete", "cmlworker", "--all", "-A", "--timeout=20s", check=False)
+                operator.stop()
+                sim.stop()
+                for path in (kubeconfig, DEV / "env"):
+                    path.unlink(missing_ok=True)
+    finally:
+        sim.stop()  # also when a signal interrupts the start-up below
     return 0
 
 

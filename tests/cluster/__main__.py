@@ -3,21 +3,19 @@
     python -m tests.cluster [--no-rbac] [--kubeconfig .dev/kubeconfig]
 
 Starts etcd + kube-apiserver, applies crds/, writes an admin kubeconfig and
-waits until Ctrl-C (or SIGTERM), then stops everything and removes the
-kubeconfig it wrote.
+waits until Ctrl-C, SIGTERM or SIGHUP (see tests/cluster/stopping.py: any number of
+them, at any moment), then stops everything and removes the kubeconfig it wrote.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
-import threading
 from pathlib import Path
-from types import FrameType
 
 from tests.cluster.controlplane import ControlPlane, ControlPlaneConfig, ControlPlaneError
+from tests.cluster.stopping import StopRequested, StopSignals
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -52,41 +50,31 @@ Press Ctrl-C to stop it (etcd data is discarded).
 """
 
 
-def wait_for_signal() -> None:
-    """Block until SIGINT, SIGTERM or SIGHUP."""
-    stop = threading.Event()
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, handler)
-    while not stop.wait(1):
-        pass
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    stop = StopSignals().install()  # first: a signal during start-up must also tear down cleanly
     plane = ControlPlane(ControlPlaneConfig(rbac=not args.no_rbac))
     kubeconfig = args.kubeconfig.resolve()
     try:
         with plane:
-            crds = plane.install_crds(args.crds)
-            kubeconfig.parent.mkdir(parents=True, exist_ok=True)
-            kubeconfig.write_bytes(plane.kubeconfig_path.read_bytes())
-            kubeconfig.chmod(0o600)
-            print(instructions(plane, kubeconfig, crds), flush=True)
             try:
-                wait_for_signal()
+                crds = plane.install_crds(args.crds)
+                kubeconfig.parent.mkdir(parents=True, exist_ok=True)
+                kubeconfig.write_bytes(plane.kubeconfig_path.read_bytes())
+                kubeconfig.chmod(0o600)
+                print(instructions(plane, kubeconfig, crds), flush=True)
+                stop.wait()
             finally:
+                stop.shield()
                 print("Stopping the control plane...", flush=True)
                 kubeconfig.unlink(missing_ok=True)
     except ControlPlaneError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # Ctrl-C during start-up
-        return 130
-    print("Stopped.")
+    except StopRequested as exc:  # a signal during start-up; everything started is stopped by now
+        print(f"Stopped during start-up ({exc}).", flush=True)
+        return 128 + exc.signum
+    print("Stopped.", flush=True)
     return 0
 
 
