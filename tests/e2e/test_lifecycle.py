@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from datetime import datetime
 
 import pytest
@@ -48,6 +49,11 @@ def test_apply_then_wait_ready_fills_the_status_and_posts_events(kube, network, 
 
     events = kube.run("get", "events", "--field-selector", "involvedObject.name=lab-1").stdout
     assert "InstanceCreated" in events and "Ready" in events
+    # the events name the operator (the From column of kubectl describe), not Kopf
+    senders = {(e.get("reportingComponent"), e.get("source", {}).get("component"), e.get("reportingInstance"))
+               for e in kube.events("lab-1")}
+    assert senders == {("cml-operator", "cml-operator", f"{socket.gethostname()}_{operator.pid}")}, senders
+    assert "From" in (described := kube.run("describe", "cmlworker", "lab-1").stdout) and "cml-operator" in described
 
 
 def test_stop_and_start_through_desired_state(kube, network, aws, operator):

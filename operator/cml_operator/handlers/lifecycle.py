@@ -8,6 +8,7 @@ from typing import Any
 
 import kopf
 
+from ..identity import COMPONENT, instance_identity
 from ..kube import ClusterIdError, connection_info, login_with_bounded_pool, read_cluster_id
 from ..kubeapi import KubeApi
 from ..metrics import Metrics
@@ -33,6 +34,10 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings, metrics:
             field="status.kopf.lastHandledConfiguration",
             ignored_fields=["spec.userData", "spec.template.spec.userData"])
         settings.posting.level = logging.INFO
+        # Events say who sent them: "cml-operator", not Kopf's default "kopf" (kubectl describe's From column).
+        settings.posting.reporting_component = COMPONENT
+        settings.posting.reporting_instance = instance_identity()
+        settings.posting.event_name_prefix = f"{COMPONENT}-"
         settings.watching.server_timeout = 300  # re-list now and then even if the API server stays quiet
         runtime = build_runtime(config, metrics)
         runtime.kube = KubeApi(lambda: connection_info(settings=settings, logger=logger))
