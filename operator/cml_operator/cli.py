@@ -141,10 +141,24 @@ def build_parser() -> argparse.ArgumentParser:
                          help="no peering, one replica (the default)")
     ops.add_argument("--priority", type=int, default=_env("PRIORITY", int, d.priority),
                      help="this instance's peering priority (with --peering)")
+
+    le, led = run.add_argument_group("high availability (leader election)"), d.leader_election
+    le.add_argument("--leader-election", action=argparse.BooleanOptionalAction,
+                    default=_env("LEADER_ELECTION", _flag, led.enabled),
+                    help="run several replicas: only the holder of a coordination.k8s.io Lease reconciles, the "
+                         "others stand by and take over when it dies or releases it (on SIGTERM)")
+    le.add_argument("--leader-election-namespace", metavar="NS",
+                    default=_env("LEADER_ELECTION_NAMESPACE", str, led.namespace),
+                    help="namespace of the Lease (default: the pod's namespace; 'default' outside a pod)")
+    le.add_argument("--leader-election-id", metavar="NAME", default=_env("LEADER_ELECTION_ID", str, led.name),
+                    help="name of the Lease")
     return parser
 
 
 def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
+    d = _DEFAULTS
+    if args.leader_election and args.peering and not args.standalone:
+        raise SystemExit("cml-operator: --leader-election and --peering exclude each other: pick one (docs/install.md)")
     namespaces = tuple(args.namespaces or ())
     if not namespaces and not args.all_namespaces:
         namespaces = tuple(n for n in _env("NAMESPACE", str, "").split(",") if n)
@@ -162,6 +176,8 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
         log_level=args.log_level,
         peering=None if args.standalone else args.peering,
         priority=args.priority,
+        leader_election=replace(d.leader_election, enabled=args.leader_election,
+                                namespace=args.leader_election_namespace, name=args.leader_election_id),
         ec2_threads=args.ec2_threads,
         api_connections=args.api_connections,
         orphan_policy=args.orphan_policy,
@@ -196,9 +212,13 @@ def run(settings: OperatorSettings) -> int:
     registry = kopf.OperatorRegistry()
     register(registry, settings, metrics)
     scope = ", ".join(settings.namespaces) if settings.namespaces else "all namespaces"
-    log.info("cml-operator %s starting: watching %s, %s", __version__, scope,
-             f"peering {settings.peering!r}" if settings.peering else "standalone")
-    kopf.run(
+    from .leader import effective
+
+    election = effective(settings.leader_election)
+    mode = (f"leader election on Lease {election.namespace}/{election.name}" if election.enabled
+            else f"peering {settings.peering!r}" if settings.peering else "standalone")
+    log.info("cml-operator %s starting: watching %s, %s", __version__, scope, mode)
+    options: dict[str, Any] = dict(
         registry=registry,
         standalone=settings.peering is None,
         peering_name=settings.peering,
@@ -207,7 +227,25 @@ def run(settings: OperatorSettings) -> int:
         namespaces=settings.namespaces,
         liveness_endpoint=f"http://0.0.0.0:{settings.liveness_port}/healthz" if settings.liveness_port else None,
     )
-    return 0
+    if not election.enabled:
+        kopf.run(**options)
+        return 0
+
+    import asyncio
+
+    from .identity import instance_identity
+    from .leader import run_when_leading, take_stop_signals
+
+    async def operate(stop_flag: asyncio.Event) -> None:
+        ready = asyncio.Event()
+        started = asyncio.create_task(ready.wait())
+        running = asyncio.create_task(kopf.operator(**options, stop_flag=stop_flag, ready_flag=ready))
+        await asyncio.wait({started, running}, return_when=asyncio.FIRST_COMPLETED)
+        started.cancel()
+        take_stop_signals(stop_flag)  # Kopf has installed its signal handlers by now; ours stop it faster
+        await running
+
+    return asyncio.run(run_when_leading(election, instance_identity(), operate, settings.liveness_port))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from .ec2.client import EC2ClientSettings
 from .fleet.observer import ObserverSettings
 from .fleet.ratelimit import RateLimitSettings
+from .leader import LeaderElectionSettings
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ class OperatorSettings:
     peering: str | None = None
     #: Peering priority: among peers the highest works and the others pause (equal ones all pause).
     priority: int = 0
+    #: Lease-based leader election for running several replicas (off: one replica, or Kopf peering).
+    leader_election: LeaderElectionSettings = field(default_factory=LeaderElectionSettings)
     #: Connections to the Kubernetes API server at most (each TLS connection holds 128 KiB).
     api_connections: int = 20
     #: What to do with orphans (instances this cluster manages whose worker is gone): report | stop | terminate.

@@ -126,6 +126,9 @@ def test_the_base_passes_a_server_side_dry_run(control_plane, system_namespace):
     for kind_name in ("namespace/cml-system", "serviceaccount/cml-operator",
                       "clusterrole.rbac.authorization.k8s.io/cml-operator",
                       "clusterrolebinding.rbac.authorization.k8s.io/cml-operator",
+                      "role.rbac.authorization.k8s.io/cml-operator-leader-election",
+                      "rolebinding.rbac.authorization.k8s.io/cml-operator-leader-election",
+                      "poddisruptionbudget.policy/cml-operator",
                       "deployment.apps/cml-operator", "service/cml-operator-metrics"):
         assert any(line.startswith(kind_name + " ") and "(server dry run)" in line for line in lines), dry.stdout
     assert "PodSecurity" not in dry.stderr, dry.stderr  # the operator pod meets "restricted"
@@ -138,6 +141,15 @@ def test_the_base_applies_for_real_with_the_operator_bound_to_its_role(control_p
                                                   "-o", "json").stdout)
     [container] = deployment["spec"]["template"]["spec"]["containers"]
     assert container["args"] == ["run", "--log-format", "json", "--all-namespaces"]
+    # two replicas with leader election, and a budget that keeps one through drains
+    assert deployment["spec"]["replicas"] == 2
+    env = {e["name"]: e.get("value") or e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
+    assert env["CML_LEADER_ELECTION"] == "true"
+    assert (env["POD_NAME"], env["POD_NAMESPACE"]) == ("metadata.name", "metadata.namespace")
+    budget = json.loads(control_plane.kubectl("get", "pdb", "cml-operator", "-n", SYSTEM_NAMESPACE,
+                                              "-o", "json").stdout)
+    assert budget["spec"]["minAvailable"] == 1
+    assert budget["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == ACCOUNT
     binding = json.loads(control_plane.kubectl("get", "clusterrolebinding", "cml-operator", "-o", "json").stdout)
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": ACCOUNT, "namespace": SYSTEM_NAMESPACE}]
@@ -165,8 +177,15 @@ def test_the_operator_runs_on_the_deployed_rbac_alone(control_plane, sa_kubeconf
     whoami = json.loads(control_plane.kubectl("auth", "whoami", "-o", "json", kubeconfig=sa_kubeconfig).stdout)
     assert whoami["status"]["userInfo"]["username"] == SA_USER
 
-    operator = run_operator(sa_kubeconfig, proxy.url, tmp_path / "operator.log")
+    # As the Deployment runs it: with leader election, its Lease in the operator's namespace.
+    operator = run_operator(sa_kubeconfig, proxy.url, tmp_path / "operator.log",
+                            env={"CML_LEADER_ELECTION": "true", "POD_NAMESPACE": SYSTEM_NAMESPACE,
+                                 "POD_NAME": "cml-operator-test-pod"})
     try:
+        lease = wait_for(lambda: json.loads(control_plane.kubectl(
+            "get", "lease", "cml-operator", "-n", SYSTEM_NAMESPACE, "-o", "json", check=False).stdout or "{}"),
+            30, what="the operator's Lease")
+        assert lease["spec"]["holderIdentity"] == f"cml-operator-test-pod_{operator.pid}"
         kube.apply(worker_manifest("deployed-1", network, tags={"team": "netops"}))
         waited = kube.run("wait", "--for=condition=Ready", "cmlworker/deployed-1", "--timeout=45s", check=False)
         assert "condition met" in waited.stdout, f"{waited.stderr}\n{operator.logs()[-4000:]}"
@@ -215,6 +234,7 @@ def test_the_operator_runs_on_the_deployed_rbac_alone(control_plane, sa_kubeconf
 
     log = operator.logs()
     assert "starting: watching all namespaces" in log
+    assert "released the Lease" in log  # get + update on its Lease
     assert forbidden_lines(log) == []
 
 
@@ -242,6 +262,9 @@ ALLOWED = [
     ("watch", "customresourcedefinitions.apiextensions.k8s.io"),
     ("get", "secrets", "-n", "default"),  # only the Secrets spec.cml names, one by one
     ("get", "namespaces/kube-system"),  # the default --cluster-id: kube-system's uid (docs/ownership.md)
+    ("create", "leases.coordination.k8s.io", "-n", SYSTEM_NAMESPACE),
+    ("get", "leases.coordination.k8s.io/cml-operator", "-n", SYSTEM_NAMESPACE),
+    ("update", "leases.coordination.k8s.io/cml-operator", "-n", SYSTEM_NAMESPACE),
 ]
 FORBIDDEN = [
     ("list", "secrets", "--all-namespaces"),
@@ -273,7 +296,10 @@ FORBIDDEN = [
     ("escalate", "clusterroles.rbac.authorization.k8s.io"),
     ("impersonate", "serviceaccounts", "-n", SYSTEM_NAMESPACE),
     ("create", "serviceaccounts/token", "-n", SYSTEM_NAMESPACE),
-    ("create", "leases.coordination.k8s.io", "-n", SYSTEM_NAMESPACE),
+    ("create", "leases.coordination.k8s.io", "-n", "default"),
+    ("update", "leases.coordination.k8s.io/someone-else", "-n", SYSTEM_NAMESPACE),
+    ("delete", "leases.coordination.k8s.io/cml-operator", "-n", SYSTEM_NAMESPACE),
+    ("list", "leases.coordination.k8s.io", "-n", SYSTEM_NAMESPACE),
     ("patch", "deployments.apps", "-n", SYSTEM_NAMESPACE),
 ]
 
@@ -348,6 +374,8 @@ def test_the_peering_component_turns_peering_on_with_its_own_rbac(control_plane,
     [container] = deployment["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["CML_PEERING"] == PEERING_NAME
+    assert env["CML_LEADER_ELECTION"] == "false"  # the two exclude each other
+    assert not [o for o in built if o["kind"] == "PodDisruptionBudget"]  # it would block drains of one replica
     assert can_i(control_plane, "patch", f"clusterkopfpeerings.kopf.dev/{PEERING_NAME}")
     assert not can_i(control_plane, "patch", "clusterkopfpeerings.kopf.dev/someone-else")
     assert not can_i(control_plane, "delete", f"clusterkopfpeerings.kopf.dev/{PEERING_NAME}")

@@ -271,10 +271,14 @@ def _one(kind: str) -> dict:
     return found
 
 
-def test_the_deployment_runs_one_standalone_operator_on_all_namespaces_with_json_logs():
+def test_the_deployment_runs_two_operators_with_leader_election_on_all_namespaces_with_json_logs(monkeypatch):
     deployment = _one("Deployment")
     spec = deployment["spec"]
-    assert spec["replicas"] == 1 and spec["strategy"]["type"] == "Recreate"
+    assert spec["replicas"] == 2 and spec["strategy"]["type"] == "RollingUpdate"
+    [container] = spec["template"]["spec"]["containers"]
+    for item in container["env"]:  # the CML_ twins are read when the parser is built
+        if item["name"].startswith("CML_"):
+            monkeypatch.setenv(item["name"], item["value"])
     pod = spec["template"]["spec"]
     assert pod["serviceAccountName"] == "cml-operator" and pod["automountServiceAccountToken"] is True
     [container] = pod["containers"]
@@ -283,6 +287,9 @@ def test_the_deployment_runs_one_standalone_operator_on_all_namespaces_with_json
     assert args[0] == "run"
     settings = settings_from_args(build_parser().parse_args(args))  # the flags exist and mean what we think
     assert settings.namespaces == () and settings.log_format == "json" and settings.peering is None
+    assert settings.leader_election.enabled and settings.leader_election.name == "cml-operator"
+    budget = _one("PodDisruptionBudget")["spec"]
+    assert budget["minAvailable"] == 1 and budget["selector"]["matchLabels"] == spec["selector"]["matchLabels"]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["AWS_REGION"] and env["AWS_DEFAULT_REGION"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
