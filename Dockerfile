@@ -4,7 +4,11 @@
 #
 #   docker build -t ghcr.io/cml-dev/cml-operator:0.1.0 .
 #   docker run --rm ghcr.io/cml-dev/cml-operator:0.1.0 --version
+#   make image            # buildah, on a local Debian base (tests/image/); BASE=... to choose
 #
+# PYTHON_IMAGE may be any Debian-based image with python3 and its venv module: the
+# official slim image (the default, for users), or the Debian bookworm base that
+# tests/image/base.sh makes with debootstrap where no registry is reachable.
 # The base is pinned by its exact tag. Pin it by digest too where you build
 # (python:3.11.14-slim-bookworm@sha256:...): no registry is reachable from the
 # environment this file was written in, so no digest could be looked up here.
@@ -22,7 +26,7 @@ ENV PIP_NO_CACHE_DIR=1 \
 
 WORKDIR /src
 # pip 26 resolves this tree at once (older pips backtrack for minutes; see the Makefile).
-RUN python -m venv /opt/venv \
+RUN python3 -m venv /opt/venv \
     && /opt/venv/bin/python -m pip install pip==26.0
 
 COPY pyproject.toml constraints.txt README.md ./

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP_VERSION := 26.0
 PYTEST_ARGS ?=
 
-.PHONY: help install control-plane test unit e2e cluster dev bench soak lock clean crds
+.PHONY: help install control-plane tools image test unit e2e cluster dev bench soak lock clean crds
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -25,7 +25,13 @@ install: $(VENV)/.installed ## create or reuse .venv with the operator and test 
 control-plane: ## build etcd, kube-apiserver and kubectl once into ~/.cache/cml-operator (Go needed)
 	tests/cluster/build.sh >/dev/null
 
-test: install control-plane ## the whole suite: unit, cluster and end-to-end (what CI runs)
+image: ## build the Dockerfile with buildah into localhost/cml-operator:dev (IMAGE=..., BASE=python:3.11.14-slim-bookworm with a registry; default: a local Debian base)
+	tests/image/build.sh
+
+tools: ## build helm and the kstatus helper once into ~/.cache/cml-operator/tools (Go needed)
+	tests/tools/build.sh >/dev/null
+
+test: install control-plane tools ## the whole suite: unit, cluster and end-to-end (what CI runs)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 unit: install ## unit tests only (no cluster)
@@ -39,8 +45,9 @@ soak: install control-plane ## long failure soaks: 200 random SIGKILLs, a 2-minu
 	  tests/e2e/test_crash_safety.py::test_random_kills_while_creating_never_duplicate \
 	  tests/e2e/test_resilience.py::test_fault_soak_converges_without_duplicates_within_3x_calls -s $(PYTEST_ARGS)
 
-crds: install ## regenerate the CMLWorker schema inside crds/cmlworkerpool.yaml from crds/cmlworker.yaml
+crds: install ## regenerate the CMLWorker schema inside crds/cmlworkerpool.yaml from crds/cmlworker.yaml; copy crds/ into the chart
 	$(BIN)/python -m tests.support.crdgen
+	rm -f charts/cml-operator/crds/*.yaml && cp crds/*.yaml charts/cml-operator/crds/
 
 lock: install ## rewrite constraints.txt from the current virtualenv
 	{ echo "# The whole dependency tree, pinned (pip install -c constraints.txt). Regenerate with 'make lock'."; \

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +34,8 @@ from tests.support.motoserver import MotoServer
 REPO = Path(__file__).resolve().parent.parent
 CRDS_DIR = REPO / "crds"
 #: Fixtures that need the control plane; a test using one is marked `cluster`.
-CLUSTER_FIXTURES = frozenset({"control_plane_bin_dir", "control_plane", "kubeconfig", "namespace", "api_client"})
+CLUSTER_FIXTURES = frozenset({"control_plane_bin_dir", "tools_bin_dir", "control_plane", "kubeconfig", "namespace",
+                              "api_client"})
 
 
 def cluster_required() -> bool:
@@ -61,6 +64,21 @@ def control_plane_bin_dir() -> Path:
         if cluster_required():
             pytest.fail(f"control plane required (CI/REQUIRE_CLUSTER set) but unavailable: {exc}", pytrace=False)
         pytest.skip(f"no control plane: {exc}")
+
+
+@pytest.fixture(scope="session")
+def tools_bin_dir() -> Path:
+    """Where helm and the kstatus helper are (tests/tools/build.sh builds them from Go modules once).
+
+    Skips without Go and without a cache, or fails when CI/REQUIRE_CLUSTER say so.
+    """
+    script = REPO / "tests" / "tools" / "build.sh"
+    proc = subprocess.run([str(script)], stdout=subprocess.PIPE, stderr=None, text=True)
+    if proc.returncode != 0:
+        if cluster_required() or shutil.which("go"):
+            pytest.fail(f"{script} failed with exit status {proc.returncode} (see its stderr)", pytrace=False)
+        pytest.skip("helm/kstatus are not built and Go is not installed")
+    return Path(proc.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="session")

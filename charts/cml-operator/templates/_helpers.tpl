@@ -1,0 +1,36 @@
+{{/* The release's full name: the release name if it already says cml-operator. */}}
+{{- define "cml-operator.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "cml-operator.serviceAccountName" -}}
+{{- default (include "cml-operator.fullname" .) .Values.serviceAccount.name -}}
+{{- end -}}
+
+{{/* The selector labels: the same two keys as deploy/ (kustomize). */}}
+{{- define "cml-operator.selectorLabels" -}}
+app.kubernetes.io/name: cml-operator
+app.kubernetes.io/component: operator
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "cml-operator.labels" -}}
+app.kubernetes.io/name: cml-operator
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/part-of: cml-operator
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "cml-operator.image" -}}
+{{- if .Values.image.digest -}}
+{{ .Values.image.repository }}@{{ .Values.image.digest }}
+{{- else -}}
+{{ .Values.image.repository }}:{{ default .Chart.AppVersion .Values.image.tag }}
+{{- end -}}
+{{- end -}}

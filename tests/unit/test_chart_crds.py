@@ -1,0 +1,22 @@
+"""The chart's CRDs are crds/, byte for byte: one source (`make crds` copies them into the chart).
+
+Copies rather than symlinks: helm warns about every symlink, and a chart packaged or pulled
+on its own has to carry the files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SOURCE = REPO / "crds"
+CHART_CRDS = REPO / "charts" / "cml-operator" / "crds"
+
+
+def test_the_chart_carries_exactly_the_crds_folder() -> None:
+    source = {path.name: path.read_bytes() for path in SOURCE.glob("*.yaml")}
+    chart = {path.name: path.read_bytes() for path in CHART_CRDS.iterdir()}
+    assert source, "crds/ is empty"
+    assert chart.keys() == source.keys(), "run `make crds`: the chart's crds/ lists other files"
+    stale = [name for name in source if chart[name] != source[name]]
+    assert not stale, f"run `make crds`: charts/cml-operator/crds/ differs from crds/ in {stale}"
