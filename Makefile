@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP_VERSION := 26.0
 PYTEST_ARGS ?=
 
-.PHONY: help install control-plane tools image test unit e2e cluster dev bench soak lock clean crds
+.PHONY: help install control-plane tools image test-k8s test unit e2e cluster dev bench soak lock clean crds
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -28,6 +28,17 @@ control-plane: ## build etcd, kube-apiserver and kubectl once into ~/.cache/cml-
 image: ## build the Dockerfile with buildah into localhost/cml-operator:dev (IMAGE=..., BASE=python:3.11.14-slim-bookworm with a registry; default: a local Debian base)
 	tests/image/build.sh
 
+#: The Kubernetes versions `make test-k8s` runs against (docs/compatibility.md); the newest is what make test uses.
+VERSIONS ?= v1.31.14 v1.34.4
+K8S_SUBSET ?= tests/cluster/test_controlplane.py tests/e2e/test_bad_input.py tests/e2e/test_lifecycle.py
+
+test-k8s: install control-plane ## control-plane tests and a lifecycle subset against each Kubernetes version (VERSIONS="v1.31.14 v1.34.4")
+	@for version in $(VERSIONS); do \
+	  bin=$$(tests/cluster/matrix/build-apiserver.sh $$version) || exit 1; \
+	  echo "==> Kubernetes $$version ($$bin)"; \
+	  CML_K8S_BIN_DIR=$$bin CML_K8S_VERSION=$$version $(BIN)/python -m pytest $(K8S_SUBSET) -q $(PYTEST_ARGS) || exit 1; \
+	done
+
 tools: ## build helm and the kstatus helper once into ~/.cache/cml-operator/tools (Go needed)
 	tests/tools/build.sh >/dev/null
 
@@ -45,9 +56,9 @@ soak: install control-plane ## long failure soaks: 200 random SIGKILLs, a 2-minu
 	  tests/e2e/test_crash_safety.py::test_random_kills_while_creating_never_duplicate \
 	  tests/e2e/test_resilience.py::test_fault_soak_converges_without_duplicates_within_3x_calls -s $(PYTEST_ARGS)
 
-crds: install ## regenerate the CMLWorker schema inside crds/cmlworkerpool.yaml from crds/cmlworker.yaml; copy crds/ into the chart
+crds: install ## regenerate the CMLWorker schema inside crds/cmlworkerpool.yaml from crds/cmlworker.yaml; copy crds/ and deploy/rbac.yaml's rules into the chart
 	$(BIN)/python -m tests.support.crdgen
-	rm -f charts/cml-operator/crds/*.yaml && cp crds/*.yaml charts/cml-operator/crds/
+	$(BIN)/python -m tests.support.chartgen
 
 lock: install ## rewrite constraints.txt from the current virtualenv
 	{ echo "# The whole dependency tree, pinned (pip install -c constraints.txt). Regenerate with 'make lock'."; \

@@ -1,4 +1,6 @@
-"""The chart's CRDs are crds/, byte for byte: one source (`make crds` copies them into the chart).
+"""The chart's copies are current: its CRDs are crds/ byte for byte, its ClusterRole rules deploy/rbac.yaml's.
+
+One source each: `make crds` (tests/support/chartgen.py) copies them into the chart.
 
 Copies rather than symlinks: helm warns about every symlink, and a chart packaged or pulled
 on its own has to carry the files.
@@ -20,3 +22,9 @@ def test_the_chart_carries_exactly_the_crds_folder() -> None:
     assert chart.keys() == source.keys(), "run `make crds`: the chart's crds/ lists other files"
     stale = [name for name in source if chart[name] != source[name]]
     assert not stale, f"run `make crds`: charts/cml-operator/crds/ differs from crds/ in {stale}"
+
+
+def test_the_chart_grants_what_deploy_rbac_grants() -> None:
+    from tests.support.chartgen import RULES_FILE, expected_rules
+
+    assert RULES_FILE.read_text() == expected_rules(), "run `make crds`: the chart's ClusterRole rules are stale"
