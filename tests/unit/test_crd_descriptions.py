@@ -63,3 +63,9 @@ def test_the_walk_finds_fields_nested_in_arrays_and_maps() -> None:
         "c": {"type": "object", "additionalProperties": {"properties": {"d": {"description": " "}}}},
     }}
     assert list(undescribed(schema, "X")) == ["X.a[].b", "X.c", "X.c{}.d"]
+
+
+@pytest.mark.parametrize(("name", "schema"), schemas(), ids=[name for name, _ in schemas()])
+def test_the_root_metadata_says_nothing_but_its_type(name: str, schema: dict) -> None:
+    """The API server rejects a CRD whose root metadata schema has more than `type` (even a description)."""
+    assert schema["properties"].get("metadata", {"type": "object"}) == {"type": "object"}, name
