@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="this instance's peering priority (with --peering)")
 
     le, led = run.add_argument_group("high availability (leader election)"), d.leader_election
-    le.add_argument("--leader-election", action=argparse.BooleanOptionalAction,
+    le.add_argument("--leader-election", action="store_true",
                     default=_env("LEADER_ELECTION", _flag, led.enabled),
                     help="run several replicas: only the holder of a coordination.k8s.io Lease reconciles, the "
                          "others stand by and take over when it dies or releases it (on SIGTERM)")

@@ -141,8 +141,9 @@ def test_every_documented_default_is_the_parsers(action, monkeypatch):
     word = WORDS.get(documented.lower(), documented)
     if word is None:
         assert action.default is None
-    elif word == "off":
-        assert isinstance(action, argparse._StoreFalseAction) and action.default is True
+    elif word == "off":  # --no-batching (a feature on unless the switch) or --leader-election (off unless it)
+        assert (isinstance(action, argparse._StoreFalseAction) and action.default is True) or \
+            (isinstance(action, argparse._StoreTrueAction) and action.default is False)
     elif word == "all":
         assert action.dest in ("namespaces", "all_namespaces") and not action.default
     elif word == "standalone":
