@@ -80,6 +80,7 @@ def test_sigterm_of_the_leader_releases_the_lease_and_the_standby_takes_over_at_
     kube.apply(worker_manifest("ha-term-1", network))
     kube.wait_condition("ha-term-1", "Ready", timeout=60)
 
+    leader.exit_expected = True  # the test stops it: its exit must not end the waits below
     sent = time.monotonic()
     leader.process.send_signal(signal.SIGTERM)
     took = _takeover_seconds(kube, standby, sent, 5)
@@ -101,6 +102,7 @@ def test_a_leader_that_cannot_renew_stops_within_the_renew_deadline_and_exits(ku
     (The unit tests cover renewals failing because the API server is unreachable, with a fake store.)
     """
     leader, _ = _two_replicas(operator_factory, kube)
+    leader.exit_expected = True  # it is meant to exit
     forced = time.monotonic()
     kube.run("patch", "lease", LEASE, "--type=merge", "-p",
              json.dumps({"spec": {"holderIdentity": "someone-else_1", "leaseDurationSeconds": 15}}))
