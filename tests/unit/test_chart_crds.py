@@ -16,7 +16,11 @@ CHART_CRDS = REPO / "charts" / "cml-operator" / "crds"
 
 
 def test_the_chart_carries_exactly_the_crds_folder() -> None:
-    source = {path.name: path.read_bytes() for path in SOURCE.glob("*.yaml")}
+    from tests.support.chartgen import CHART, expected_crds, expected_policies
+
+    policies = {path.name: path.read_bytes() for path in (CHART / "files" / "crds").glob("*.yaml")}
+    assert policies == expected_policies(), "run `make crds`: the chart's admission policies are stale"
+    source = expected_crds()
     chart = {path.name: path.read_bytes() for path in CHART_CRDS.iterdir()}
     assert source, "crds/ is empty"
     assert chart.keys() == source.keys(), "run `make crds`: the chart's crds/ lists other files"
