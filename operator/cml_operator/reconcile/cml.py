@@ -22,7 +22,7 @@ from typing import Any
 from ..cml.models import LicenseStatus, Snapshot, SystemInfo
 from . import reasons
 from .cml_spec import CMLSpec, LicenseSpec
-from .conditions import Health, HealthState, now_rfc3339
+from .conditions import Health, HealthState, now_rfc3339, parse_rfc3339
 from .policy import Decision, Kind
 
 WAKE_ANNOTATION = "cml.dev/wake"
@@ -101,14 +101,7 @@ class CMLStatus:
 # ---------------------------------------------------------------- times
 
 
-def parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+parse_time = parse_rfc3339  # one reader of timestamps, in conditions.py
 
 
 def _latest(*values: str | None) -> datetime | None:

@@ -58,6 +58,17 @@ def now_rfc3339(now: datetime | None = None) -> str:
     return (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def parse_rfc3339(value: str | None) -> datetime | None:
+    """A timestamp we (or EC2) wrote, as an aware datetime; None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
 def build_conditions(
     previous: Iterable[Mapping[str, Any]] | None,
     health: Health,

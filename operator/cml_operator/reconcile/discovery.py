@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ..ec2.models import CMLWorkerInstanceDto
+from .conditions import parse_rfc3339
 from .ownership import TAG_CLUSTER  # this cluster's mark on every instance it manages (issue 10)
 from .worker import MANAGED_BY, TAG_MANAGED_BY, TAG_UID, TAG_WORKER
 
@@ -57,11 +58,8 @@ class Selection:
 
 def scan_due(last_scan: str | None, interval_seconds: float, now: datetime) -> bool:
     """True when no scan ever finished or the last one is ``interval_seconds`` old."""
-    if not last_scan:
-        return True
-    try:
-        finished = datetime.fromisoformat(last_scan.replace("Z", "+00:00"))
-    except ValueError:
+    finished = parse_rfc3339(last_scan)
+    if finished is None:
         return True
     return now - finished >= timedelta(seconds=interval_seconds)
 

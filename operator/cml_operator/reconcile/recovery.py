@@ -20,6 +20,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from .conditions import parse_rfc3339
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -93,7 +95,7 @@ def launch_failed(record: Recovery, reason: str, generation: int, now: datetime)
 
 def recent_replacements(record: Recovery, limits: Limits, now: datetime) -> tuple[str, ...]:
     since = now - timedelta(seconds=limits.replacement_window)
-    return tuple(t for t in record.replacement_times if (_parse(t) or now) > since)
+    return tuple(t for t in record.replacement_times if (parse_rfc3339(t) or now) > since)
 
 
 def replaced(record: Recovery, limits: Limits, now: datetime) -> Recovery:
@@ -105,7 +107,7 @@ def replacement_wait(record: Recovery, limits: Limits, now: datetime) -> float |
     recent = recent_replacements(record, limits, now)
     if len(recent) < limits.max_replacements:
         return None
-    oldest = min((_parse(t) or now) for t in recent)
+    oldest = min((parse_rfc3339(t) or now) for t in recent)
     return max(1.0, (oldest + timedelta(seconds=limits.replacement_window) - now).total_seconds())
 
 
@@ -122,7 +124,7 @@ def launch_gate(record: Recovery, limits: Limits, generation: int, now: datetime
     failures = record.failed_launches
     if failures == 0:
         return LaunchGate(True)
-    since = (now - (_parse(record.last_failure_time) or now)).total_seconds()
+    since = (now - (parse_rfc3339(record.last_failure_time) or now)).total_seconds()
     if failures >= limits.max_failed_launches:
         if record.failure_generation is not None and generation != record.failure_generation:
             return LaunchGate(True)  # the spec changed: one more try
@@ -141,13 +143,3 @@ def _str(value: Any) -> str | None:
 
 def _rfc3339(when: datetime) -> str:
     return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _parse(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)

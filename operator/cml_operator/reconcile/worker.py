@@ -20,7 +20,7 @@ from typing import Any
 
 from ..ec2.models import CMLWorkerInstanceDto, InstanceStatusChecks
 from . import reasons
-from .conditions import Health, HealthState, health_of
+from .conditions import Health, HealthState, health_of, parse_rfc3339
 from .ownership import (  # noqa: F401 - the tag names are re-exported: older imports read them from here
     MANAGED_BY,
     OWNERSHIP_TAGS,
@@ -554,12 +554,9 @@ def _within_launch_grace(status: WorkerStatus, now: datetime | None) -> bool:
         return False  # EC2 has shown it settled before: NotFound now is a real loss
     if not status.launch_time:
         return False
-    try:
-        launched = datetime.fromisoformat(status.launch_time.replace("Z", "+00:00"))
-    except ValueError:
+    launched = parse_rfc3339(status.launch_time)
+    if launched is None:
         return False
-    if launched.tzinfo is None:
-        launched = launched.replace(tzinfo=timezone.utc)
     return ((now or datetime.now(timezone.utc)) - launched).total_seconds() < LAUNCH_GRACE_SECONDS
 
 
