@@ -45,6 +45,9 @@ class WorkerMemory:
     #: The status this process last wrote: a timer's body can predate it, and must not rewrite it.
     last_status: dict | None = None
     last_status_at: float = 0.0
+    #: The instance id this process last wrote into the cml.dev/instance-id annotation, and when.
+    annotated_instance_id: str | None = None
+    annotated_at: float = 0.0
 
     def block(self, generation: int, delay: float | None, clock: float) -> None:
         self.blocked_generation = generation

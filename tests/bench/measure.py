@@ -37,7 +37,8 @@ class Limits:
 
     max_ready_s: float | None = 120.0
     max_reads_per_resync: float | None = 15.0
-    max_writes_per_worker: float | None = 5.0
+    #: 6: the finalizer, the cml.dev/instance-id annotation (issue 10), two status writes, two events.
+    max_writes_per_worker: float | None = 6.0
     max_rss_mb: float | None = 250.0
 
     def violations(self, *, ready_s: float, reads_per_resync: float, writes_per_worker: float,

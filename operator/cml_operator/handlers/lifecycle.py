@@ -13,6 +13,7 @@ from ..kube import ClusterIdError, connection_info, login_with_bounded_pool, rea
 from ..kubeapi import KubeApi
 from ..metrics import Metrics
 from ..passes.orphans import orphan_watch
+from ..reconcile.ownership import ANNOTATION_INSTANCE_ID
 from ..runtime import Runtime, build_runtime
 from ..settings import OperatorSettings
 from .worker import FINALIZER
@@ -29,10 +30,12 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings, metrics:
         # Kopf's bookkeeping lives in status, so it rides on the status patches we make anyway.
         settings.persistence.progress_storage = kopf.StatusProgressStorage(field="status.kopf.progress")
         # userData is immutable and may hold secrets: keep it out of the stored diff base (in status),
-        # and a pool template's userData likewise.
+        # and a pool template's userData likewise. The instance-id annotation is the operator's own
+        # record: left in the diff base, writing it made Kopf rewrite the diff base in one more patch.
         settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(
             field="status.kopf.lastHandledConfiguration",
-            ignored_fields=["spec.userData", "spec.template.spec.userData"])
+            ignored_fields=["spec.userData", "spec.template.spec.userData",
+                            ("metadata", "annotations", ANNOTATION_INSTANCE_ID)])
         settings.posting.level = logging.INFO
         # Events say who sent them: "cml-operator", not Kopf's default "kopf" (kubectl describe's From column).
         settings.posting.reporting_component = COMPONENT

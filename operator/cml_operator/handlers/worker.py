@@ -91,7 +91,7 @@ async def _reconcile(runtime: Runtime, body: kopf.Body, patch: kopf.Patch, retry
             result = await reconcile_pass(runtime, ref, body.get("spec"), _freshest_status(body, memory),
                                           max_age=max_age, retry=retry, annotations=_annotations(body))
         _patch_status(body, patch, result.status, memory)
-        _record_instance_id(body, patch, result.status)
+        _record_instance_id(body, patch, result.status, memory)
     _post(body, result)
     decision = result.decision
     if decision is None:
@@ -114,12 +114,18 @@ def _ref(body: kopf.Body, cluster_id: str) -> WorkerRef:
                      recorded_instance_id=recorded if isinstance(recorded, str) and recorded else None)
 
 
-def _record_instance_id(body: kopf.Body, patch: kopf.Patch, status: Mapping[str, Any]) -> None:
+def _record_instance_id(body: kopf.Body, patch: kopf.Patch, status: Mapping[str, Any],
+                        memory: WorkerMemory) -> None:
     """Write the instance id into an annotation: unlike status, it survives a backup and restore."""
     instance_id = status.get("instanceId")
     annotations = (body.get("metadata") or {}).get("annotations") or {}
-    if isinstance(instance_id, str) and instance_id and annotations.get(ANNOTATION_INSTANCE_ID) != instance_id:
-        patch.setdefault("metadata", {}).setdefault("annotations", {})[ANNOTATION_INSTANCE_ID] = instance_id
+    if not isinstance(instance_id, str) or not instance_id or annotations.get(ANNOTATION_INSTANCE_ID) == instance_id:
+        return
+    now = Runtime.clock()
+    if memory.annotated_instance_id == instance_id and now - memory.annotated_at < STALE_BODY_GRACE:
+        return  # we wrote it moments ago; this body predates that write (a lost write heals after the grace)
+    patch.setdefault("metadata", {}).setdefault("annotations", {})[ANNOTATION_INSTANCE_ID] = instance_id
+    memory.annotated_instance_id, memory.annotated_at = instance_id, now
 
 
 def _freshest_status(body: kopf.Body, memory: WorkerMemory) -> Mapping[str, Any] | None:
