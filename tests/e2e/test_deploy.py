@@ -320,32 +320,35 @@ def test_the_service_account_may_not_do_anything_else(control_plane, deployed, v
 
 
 def test_requests_outside_the_role_get_403_with_the_service_account_token(control_plane, sa_kubeconfig, namespace):
-    def worker(name: str) -> str:
-        return yaml.safe_dump({"apiVersion": "cml.dev/v1alpha1", "kind": "CMLWorker",
+    # The operator creates and deletes CMLWorkers (pools, discovery) but never pools themselves:
+    # users own those. A pool is the probe for "delete/create a custom resource it may not".
+    def pool(name: str) -> str:
+        return yaml.safe_dump({"apiVersion": "cml.dev/v1alpha1", "kind": "CMLWorkerPool",
                                "metadata": {"name": name, "namespace": namespace},
-                               "spec": {"region": "us-east-1", "amiId": "ami-12345678", "subnetId": "subnet-0123abcd"}})
+                               "spec": {"replicas": 0, "template": {"spec": {
+                                   "region": "us-east-1", "amiId": "ami-12345678", "subnetId": "subnet-0123abcd"}}}})
 
     # Something to try to read and delete (no operator runs here: no finalizer holds it).
     control_plane.kubectl("create", "configmap", "probe", "-n", namespace)
-    control_plane.kubectl("apply", "-f", "-", input=worker("target"))
+    control_plane.kubectl("apply", "-f", "-", input=pool("target"))
     attempts = {
         "list secrets": ("get", "secrets", "--all-namespaces"),
         "list pods": ("get", "pods", "-n", namespace),
         "get configmap": ("get", "configmap", "probe", "-n", namespace),
         "create configmap": ("create", "configmap", "sneaky", "-n", namespace),
-        "delete a cmlworker": ("delete", "cmlworker", "target", "-n", namespace, "--wait=false"),
-        "create a cmlworker": ("create", "-f", "-"),
+        "delete a cmlworkerpool": ("delete", "cmlworkerpool", "target", "-n", namespace, "--wait=false"),
+        "create a cmlworkerpool": ("create", "-f", "-"),
     }
     for what, args in attempts.items():
-        proc = control_plane.kubectl(*args, input=worker("sneaky") if args[0] == "create" and args[1] == "-f"
+        proc = control_plane.kubectl(*args, input=pool("sneaky") if args[0] == "create" and args[1] == "-f"
                                      else None, check=False, kubeconfig=sa_kubeconfig)
         assert proc.returncode != 0, f"{what} was allowed: {proc.stdout}"
         assert "Forbidden" in proc.stderr or "forbidden" in proc.stderr, f"{what}: {proc.stderr}"
         assert SA_USER in proc.stderr, f"{what}: {proc.stderr}"
 
     # ...while what the role grants works with the same token, and nothing above had an effect.
-    listed = control_plane.kubectl("get", "cmlworkers", "-n", namespace, "-o", "name", kubeconfig=sa_kubeconfig)
-    assert listed.stdout.split() == ["cmlworker.cml.dev/target"]
+    listed = control_plane.kubectl("get", "cmlworkerpools", "-n", namespace, "-o", "name", kubeconfig=sa_kubeconfig)
+    assert listed.stdout.split() == ["cmlworkerpool.cml.dev/target"]
     assert control_plane.kubectl("get", "configmap", "sneaky", "-n", namespace, "--ignore-not-found",
                                  "-o", "name").stdout == ""
 
