@@ -9,15 +9,19 @@
   windows (the proxy logs ``time.monotonic()``, the same clock as this process's on Linux).
 * ``plateau``: after how many passes RSS stopped growing; ``peak_rss_mb``: VmHWM.
 * ``live_instances``: live instances per worker uid, read straight from moto.
+* ``apiserver_writes``: Kubernetes writes so far, read from kube-apiserver's own
+  ``apiserver_request_total``; ``diff`` of two readings is what a step cost.
 * ``Limits``: the targets; ``Limits.violations`` names every figure over its limit.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -215,3 +219,29 @@ def instance_problems(per_uid: dict[str, list[str]]) -> list[str]:
     if missing:
         problems.append(f"live_instances: {len(missing)} workers without an instance (e.g. {missing[0]})")
     return problems
+
+
+WRITE_VERBS = ("POST", "PATCH", "PUT", "DELETE")
+_REQUEST_METRIC = re.compile(r'^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>[0-9.e+]+)$')
+
+
+def apiserver_writes(metrics_text: str, resources: Iterable[str]) -> dict[str, int]:
+    """Write requests in kube-apiserver's ``/metrics`` text, keyed 'VERB resource[/subresource]'."""
+    wanted = set(resources)
+    totals: dict[str, int] = defaultdict(int)
+    for line in metrics_text.splitlines():
+        match = _REQUEST_METRIC.match(line)
+        if not match:
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', match["labels"]))
+        if labels.get("verb") not in WRITE_VERBS or labels.get("resource") not in wanted:
+            continue
+        key = f"{labels['verb']} {labels['resource']}" + (f"/{labels['subresource']}" if labels.get("subresource") else "")
+        totals[key] += int(float(match["value"]))
+    return dict(totals)
+
+
+def diff(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    """What changed between two readings of counters (zero changes left out)."""
+    return {k: after.get(k, 0) - before.get(k, 0) for k in sorted(set(after) | set(before))
+            if after.get(k, 0) - before.get(k, 0)}

@@ -19,10 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import boto3
@@ -30,33 +28,19 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from cml_operator.reconcile.pool import Child, scale_down_order
+from tests.bench import measure
+from tests.bench.measure import diff
 from tests.cluster.controlplane import ControlPlane, ControlPlaneConfig
 from tests.support.motoserver import MotoServer
 from tests.support.processes import FAKE_AWS_ENV, FaultProxyProcess, OperatorProcess, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 RESOURCES = ("cmlworkers", "cmlworkerpools", "events")
-_METRIC = re.compile(r'^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>[0-9.e+]+)$')
 
 
 def apiserver_writes(plane: ControlPlane) -> dict[str, int]:
     """Write requests so far, keyed 'VERB resource[/subresource]', for the pool's kinds and events."""
-    totals: dict[str, int] = defaultdict(int)
-    for line in plane.kubectl("get", "--raw", "/metrics").stdout.splitlines():
-        match = _METRIC.match(line)
-        if not match:
-            continue
-        labels = dict(re.findall(r'(\w+)="([^"]*)"', match["labels"]))
-        if labels.get("verb") not in ("POST", "PATCH", "PUT", "DELETE") or labels.get("resource") not in RESOURCES:
-            continue
-        key = f"{labels['verb']} {labels['resource']}" + (f"/{labels['subresource']}" if labels.get("subresource") else "")
-        totals[key] += int(float(match["value"]))
-    return dict(totals)
-
-
-def diff(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
-    return {k: after.get(k, 0) - before.get(k, 0) for k in sorted(set(after) | set(before))
-            if after.get(k, 0) - before.get(k, 0)}
+    return measure.apiserver_writes(plane.kubectl("get", "--raw", "/metrics").stdout, RESOURCES)
 
 
 class Bench:

@@ -37,12 +37,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
 import time
-from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +52,8 @@ from kubernetes import config as k8s_config
 
 from tests.bench.measure import (Limits, ProcessSampler, instance_problems, live_instances, peak_rss_mb, plateau,
                                  resync_passes)
+from tests.bench import measure
+from tests.bench.measure import diff
 from tests.cluster.controlplane import ControlPlane, ControlPlaneConfig
 from tests.support.motoserver import MotoServer, own_image
 from tests.support.processes import FAKE_AWS_ENV, FaultProxyProcess, OperatorProcess, wait_for
@@ -62,8 +62,6 @@ REPO = Path(__file__).resolve().parents[2]
 READ_PREFIXES = ("Describe",)
 #: RSS growth below this between passes is allocator noise, not growth.
 RSS_TOLERANCE_MB = 1.0
-WRITE_VERBS = ("POST", "PATCH", "PUT", "DELETE")
-_METRIC = re.compile(r'^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>[0-9.e+]+)$')
 
 
 @dataclass
@@ -111,23 +109,7 @@ def runtime_python() -> str:
 
 def apiserver_writes(plane: ControlPlane) -> dict[str, int]:
     """Write requests so far, keyed 'VERB resource[/subresource]', for cmlworkers and events."""
-    text = plane.kubectl("get", "--raw", "/metrics").stdout
-    totals: dict[str, int] = defaultdict(int)
-    for line in text.splitlines():
-        match = _METRIC.match(line)
-        if not match:
-            continue
-        labels = dict(re.findall(r'(\w+)="([^"]*)"', match["labels"]))
-        if labels.get("verb") not in WRITE_VERBS or labels.get("resource") not in ("cmlworkers", "events"):
-            continue
-        key = f"{labels['verb']} {labels['resource']}" + (f"/{labels['subresource']}" if labels.get("subresource") else "")
-        totals[key] += int(float(match["value"]))
-    return dict(totals)
-
-
-def diff(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
-    return {k: after.get(k, 0) - before.get(k, 0) for k in sorted(set(after) | set(before))
-            if after.get(k, 0) - before.get(k, 0)}
+    return measure.apiserver_writes(plane.kubectl("get", "--raw", "/metrics").stdout, ("cmlworkers", "events"))
 
 
 def network(moto_url: str) -> dict[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.bench import measure
 from tests.bench.measure import Limits, instance_problems, plateau, resync_passes
 
 MARK = ["tag:cml.dev/managed-by"]
@@ -55,3 +56,25 @@ def test_duplicate_and_missing_instances_are_problems():
     problems = instance_problems({"a": ["i-1", "i-3"], "b": [], "c": ["i-2"]})
     assert len(problems) == 2
     assert "1 workers with more than one instance" in problems[0] and "1 workers without an instance" in problems[1]
+
+
+METRICS = """\
+# HELP apiserver_request_total Counter of apiserver requests
+apiserver_request_total{code="200",resource="cmlworkers",subresource="status",verb="PATCH"} 7
+apiserver_request_total{code="409",resource="cmlworkers",subresource="status",verb="PATCH"} 2
+apiserver_request_total{code="201",resource="events",subresource="",verb="POST"} 3
+apiserver_request_total{code="200",resource="cmlworkers",subresource="",verb="GET"} 50
+apiserver_request_total{code="200",resource="cmlworkerpools",subresource="",verb="PATCH"} 4
+apiserver_request_total{code="200",resource="pods",subresource="",verb="DELETE"} 1e+00
+"""
+
+
+def test_apiserver_writes_counts_writes_of_the_named_resources_across_codes() -> None:
+    writes = measure.apiserver_writes(METRICS, ("cmlworkers", "events"))
+    assert writes == {"PATCH cmlworkers/status": 9, "POST events": 3}
+    assert measure.apiserver_writes(METRICS, ("cmlworkerpools", "pods")) == {
+        "PATCH cmlworkerpools": 4, "DELETE pods": 1}
+
+
+def test_diff_keeps_only_what_changed() -> None:
+    assert measure.diff({"a": 5, "b": 2, "c": 1}, {"a": 3, "b": 2}) == {"a": 2, "c": 1}
