@@ -187,9 +187,13 @@ def run_workload(plane: ControlPlane, moto: MotoServer, proxy: FaultProxyProcess
                                           if a.startswith(READ_PREFIXES)) / args.cycles
         result.rss_mb = peak_rss_mb(operator.pid)
         if args.profile_memory:
+            profile.unlink(missing_ok=True)  # the per-pass dumps wrote it too: wait for this one
             os.kill(operator.pid, signal.SIGUSR1)
             wait_for(profile.exists, 120, what="the memory profile")
             print(profile.read_text(), flush=True)
+            growth = profile.with_name(profile.name + ".growth")
+            if growth.exists():
+                print(f"--- growth per pass ({growth}) ---\n{growth.read_text()}", flush=True)
         count_instances(api, namespace, moto, result)
         return result
     finally:
@@ -204,6 +208,7 @@ def measure_passes(operator: OperatorProcess, proxy: FaultProxyProcess, args: ar
     began = time.monotonic()
     calls: list = []
     cursor = 0
+    profiled = 0
     with ProcessSampler(operator.pid) as sampler:
         deadline = began + args.resync * (args.max_resyncs + 3)
         while True:
@@ -212,6 +217,9 @@ def measure_passes(operator: OperatorProcess, proxy: FaultProxyProcess, args: ar
             calls += new
             _, passes = resync_passes(calls, min_gap=args.resync / 2)
             done = passes[1:-1]  # the first may have begun before the log did; the last may be running
+            if args.profile_memory and len(done) > profiled:
+                profiled = len(done)
+                os.kill(operator.pid, signal.SIGUSR1)  # a tracemalloc snapshot per pass: what grew since the last
             levels = [sampler.max_rss(p.started, later.started) for p, later in zip(passes[1:], passes[2:])]
             result.steady_after = plateau(levels, args.plateau, RSS_TOLERANCE_MB)
             if result.steady_after is not None or len(done) >= args.max_resyncs or time.monotonic() > deadline:
