@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     timing.add_argument("--fast-interval", type=float, default=_env("FAST_INTERVAL", float, o.fast_interval),
                         help="instances in transition are read this often")
     timing.add_argument("--slow-recheck", type=float, default=_env("SLOW_RECHECK", float, d.slow_recheck),
-                        help="a worker stalled on quota or credentials is retried after this long")
+                        help="a worker stalled on quota or credentials is retried after this long; "
+                             "one stalled LaunchFailed or StartFailed gets one more try")
     timing.add_argument("--max-retry-delay", type=float, default=_env("MAX_RETRY_DELAY", float, d.max_retry_delay),
                         help="cap every temporary-error retry delay (default: the policy's own caps)")
 

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.support.faultproxy import FaultRule
+from tests.support.faultproxy import FaultRule, RewriteRule, start_accepted_xml
 from tests.support.processes import wait_for
 
 from .conftest import instances_of, state_of, tags_of, worker_manifest
@@ -107,6 +107,47 @@ def test_a_lost_ready_instance_is_replaced_at_most_max_replacements_times(kube, 
     assert "--max-replacements" in stalled["message"]
     assert proxy.count("RunInstances") == 2
     assert instances_of(aws, kube.get("lost-1")["metadata"]["uid"]) == []
+
+
+def test_a_start_that_falls_back_to_stopped_backs_off_and_stalls_start_failed_after_three(
+        kube, network, aws, proxy, operator_factory):
+    backoff, grace = 6.0, 5.0  # --max-retry-delay caps the 15 s base; the start grace is at least 5 s
+    operator_factory("--max-retry-delay", str(backoff), "--slow-recheck", "600")
+    kube.apply(worker_manifest("cap-1", network))
+    kube.wait_condition("cap-1", "Ready")
+    instance_id = kube.get("cap-1")["status"]["instanceId"]
+    # EC2 accepts every StartInstances for this instance (pending) but it falls back to stopped for lack of
+    # capacity: the proxy answers the call without moto (which keeps it stopped) and shows EC2's StateReason.
+    proxy.set_faults(FaultRule(code="", action="StartInstances", effect="answer", param_value=instance_id,
+                               body=start_accepted_xml(instance_id)))
+    proxy.set_rewrites(RewriteRule(
+        "DescribeInstances",
+        "<code>Client.UserInitiatedShutdown</code><message>Client.UserInitiatedShutdown: User initiated shutdown",
+        "<code>Server.InsufficientInstanceCapacity</code><message>Server.InsufficientInstanceCapacity: "
+        "Insufficient capacity."))
+    proxy.reset_counts()
+
+    aws.stop_instances(InstanceIds=[instance_id])  # by hand: not a failed start, the operator just starts it
+
+    stalled = kube.wait_condition("cap-1", "Stalled", reason="StartFailed", timeout=120)
+    assert "Server.InsufficientInstanceCapacity" in stalled["message"]
+    starts = [t for t, action, _, _ in proxy.call_log()[0] if action == "StartInstances"]
+    assert len(starts) == 3 and proxy.count("StartInstances", "fault:answer") == 3
+    gaps = [later - earlier for earlier, later in zip(starts, starts[1:])]
+    # Each retry waited for the grace (the stop is judged on a read after the Start) plus the backoff.
+    assert all(gap >= backoff + grace - 1 for gap in gaps), gaps
+    status = kube.get("cap-1")["status"]
+    assert status["recovery"]["failedStarts"] == 3 and status["instanceState"] == "stopped"
+    assert kube.event_reasons("cap-1", "Warning").count("StartFailed") == 3
+    time.sleep(backoff + grace + 2)  # longer than a retry would take: none may come while stalled
+    assert proxy.count("StartInstances") == 3
+
+    # Capacity is back; a spec change earns one more try, which now starts it.
+    proxy.clear_faults()
+    kube.patch_spec("cap-1", {"tags": {"retry": "1"}})
+    kube.wait_condition("cap-1", "Ready", reason="InstanceReady")
+    assert state_of(aws, instance_id) == "running" and proxy.count("StartInstances") == 4
+    assert "failedStarts" not in kube.get("cap-1")["status"].get("recovery", {})
 
 
 # ---------------------------------------------------------------- 3. ownership

@@ -16,7 +16,10 @@ A fault rule's ``effect`` says what a matching call meets:
 * ``error`` (default): the error, instead of forwarding the call;
 * ``forward_then_error``: moto acts, then the caller gets the error (say InternalError 500);
 * ``forward_then_drop``: moto acts, then the connection closes with no answer at all;
-* ``empty``: an empty result instead of forwarding (EC2 not listing a new instance yet).
+* ``empty``: an empty result instead of forwarding (EC2 not listing a new instance yet);
+* ``answer``: the rule's ``body`` as a successful (200) answer instead of forwarding, ``{request_id}``
+  filled in: EC2 accepting a call whose effect moto never shows (a StartInstances that falls back to
+  stopped: answered "pending", while moto keeps reporting the instance stopped).
 
 Control it over HTTP (tests run it as a separate process) or in process:
 
@@ -99,6 +102,8 @@ class FaultRule:
     effect: str = "error"  # error | forward_then_error | forward_then_drop | empty (see the module doc)
     #: If set, only calls with a parameter of exactly this value match (say "tag:cml.dev/worker-uid").
     param_value: str = ""
+    #: The answer of effect ``answer`` (EC2's XML; ``{request_id}`` is replaced).
+    body: str = ""
 
     def matches(self, action: str, params: dict[str, str] | None = None) -> bool:
         if self.effect not in EFFECTS:
@@ -107,7 +112,7 @@ class FaultRule:
                 and (not self.param_value or self.param_value in (params or {}).values()))
 
 
-EFFECTS = frozenset({"error", "forward_then_error", "forward_then_drop", "empty"})
+EFFECTS = frozenset({"error", "forward_then_error", "forward_then_drop", "empty", "answer"})
 
 
 @dataclass
@@ -122,6 +127,15 @@ class RewriteRule:
         if action != self.action:
             return payload
         return payload.replace(self.find.encode(), self.replace.encode())
+
+
+def start_accepted_xml(instance_id: str) -> str:
+    """StartInstances as EC2 answers it when it accepts the call (the instance goes pending)."""
+    return ('<?xml version="1.0" encoding="UTF-8"?>\n<StartInstancesResponse xmlns="http://ec2.amazonaws.com/doc/'
+            '2016-11-15/"><requestId>{request_id}</requestId><instancesSet><item>'
+            f"<instanceId>{escape(instance_id)}</instanceId><currentState><code>0</code><name>pending</name>"
+            "</currentState><previousState><code>80</code><name>stopped</name></previousState></item>"
+            "</instancesSet></StartInstancesResponse>")
 
 
 #: moto reports every running instance's checks as ok; this makes its instance check impaired.
@@ -354,6 +368,10 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None and fault.effect == "empty":
             state.count(action, "fault:empty", params)
             self._reply(200, empty_result_xml(action, str(uuid.uuid4())), "text/xml;charset=UTF-8")
+            return
+        if fault is not None and fault.effect == "answer":
+            state.count(action, "fault:answer", params)
+            self._reply(200, fault.body.replace("{request_id}", str(uuid.uuid4())).encode(), "text/xml;charset=UTF-8")
             return
         token = params.get("ClientToken") if action == "RunInstances" else None
         if not token:

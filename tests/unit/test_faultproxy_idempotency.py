@@ -16,7 +16,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from cml_operator.ec2 import EC2Client, EC2ClientSettings
-from tests.support.faultproxy import FaultProxyServer, FaultRule, FaultState
+from tests.support.faultproxy import FaultProxyServer, FaultRule, FaultState, start_accepted_xml
 
 REGION = "us-east-1"
 
@@ -134,6 +134,22 @@ def test_an_empty_answer_hides_only_the_calls_it_matches(stack):
 
     assert by_tag["Reservations"] == []  # EC2 not listing a new instance yet
     assert [i["InstanceId"] for r in by_id["Reservations"] for i in r["Instances"]] == [launched]
+
+
+def test_an_answered_start_is_accepted_for_that_instance_only_and_never_reaches_moto(stack):
+    held, other = stack.launch(stack.client(1), "tok-1"), stack.launch(stack.client(1), "tok-2")
+    stack.moto.stop_instances(InstanceIds=[held, other])
+    stack.proxy.state.set_rules([FaultRule(code="", action="StartInstances", effect="answer", param_value=held,
+                                           body=start_accepted_xml(held))])
+
+    answer = stack.via_proxy.start_instances(InstanceIds=[held])
+    stack.via_proxy.start_instances(InstanceIds=[other])
+
+    assert answer["StartingInstances"][0]["CurrentState"]["Name"] == "pending"  # botocore parsed it
+    states = {i["InstanceId"]: i["State"]["Name"] for r in stack.moto.describe_instances(
+        InstanceIds=[held, other])["Reservations"] for i in r["Instances"]}
+    assert states == {held: "stopped", other: "running"}
+    assert stack.outcomes("StartInstances") == {"fault:answer": 1, "200": 1}
 
 
 def test_an_unknown_effect_is_refused():

@@ -152,3 +152,36 @@ def test_a_worker_that_never_had_an_instance_is_released_at_once(moto_ec2, netwo
 
     assert result.release and result.error is None
     assert moto_ec2.describe_instances()["Reservations"] == []
+
+
+def test_a_start_ec2_refused_is_not_held_against_the_next_one_and_a_start_that_runs_leaves_no_record(
+        moto_ec2, network):
+    from cml_operator.ec2.exceptions import EC2QuotaExceededException
+
+    async def passes(runtime: Runtime):
+        ready = await reconcile_pass(runtime, REF, spec(network), None, max_age=0)
+        ready = await reconcile_pass(runtime, REF, spec(network), ready.status, max_age=0)
+        stopped = await reconcile_pass(runtime, REF, spec(network, desiredState="Stopped"), ready.status, max_age=0)
+        stopped = await reconcile_pass(runtime, REF, spec(network, desiredState="Stopped"), stopped.status, max_age=0)
+        real_start = runtime.ec2.start_instance
+
+        async def refused(region: str, instance_id: str) -> bool:
+            raise EC2QuotaExceededException("no capacity", code="InsufficientInstanceCapacity",
+                                            operation="StartInstances", instance_id=instance_id)
+
+        runtime.ec2.start_instance = refused  # type: ignore[method-assign]
+        failed = await reconcile_pass(runtime, REF, spec(network), stopped.status, max_age=0)
+        runtime.ec2.start_instance = real_start  # type: ignore[method-assign]
+        started = await reconcile_pass(runtime, REF, spec(network), failed.status, max_age=0)
+        return stopped, failed, started
+
+    stopped, failed, started = run(passes)
+
+    assert stopped.status["instanceState"] == "stopped"
+    assert failed.error is not None and failed.health.reason == "InsufficientCapacity"
+    # The refused call never started anything: no Start of ours is pending, nothing to count later.
+    assert "startRequested" not in failed.status.get("recovery", {})
+    # moto starts at once: the read right after the Start sees it running, so nothing is pending either.
+    assert started.status["instanceState"] == "running"
+    recovery = started.status.get("recovery", {})
+    assert "startRequested" not in recovery and "failedStarts" not in recovery

@@ -46,12 +46,14 @@ class Failed(Exception):
     """Carries an error together with what the pass had learned before it."""
 
     def __init__(self, error: Exception, observation: Observation | None, *,
-                 launch_attempt: int | None = None) -> None:
+                 launch_attempt: int | None = None, completed: int = 0) -> None:
         super().__init__(str(error))
         self.error = error
         self.observation = observation
         #: Set when RunInstances itself failed: the creationAttempt its ClientToken was built from.
         self.launch_attempt = launch_attempt
+        #: How many of the plan's actions succeeded before the error (what EC2 was really asked to do).
+        self.completed = completed
 
 
 

@@ -21,7 +21,7 @@ from ..reconcile.conditions import Health, HealthState, build_conditions, health
 from ..reconcile.policy import IDEMPOTENCY_CODES, Decision, Kind, classify
 from ..reconcile.spec import DEFAULT_INSTANCE_TYPE, SpecError, WorkerSpec, parse_spec
 from ..reconcile.status import PassOutcome, render_status
-from ..reconcile.recovery import Limits
+from ..reconcile.recovery import Limits, start_not_sent
 from ..reconcile.worker import (
     ANNOTATION_PAUSED,
     GONE_STATES,
@@ -107,7 +107,7 @@ async def reconcile_pass(
     except Failed as failed:
         result = _failure(runtime, ref, raw_status, status, spec, failed.error, failed.observation or observation,
                           notes + (cml.notes if cml else []), retry, memory, plan,
-                          launch_attempt=failed.launch_attempt)
+                          launch_attempt=failed.launch_attempt, completed=failed.completed)
         return _with_cml(result, cml.status_dict() if cml else None)
 
     memory.hot = plan.poll_soon
@@ -166,8 +166,12 @@ def _resumed(raw_status: Mapping[str, Any] | None) -> tuple[Note, ...]:
 def limits_of(runtime: Runtime) -> Limits:
     settings = runtime.settings
     cap = settings.max_retry_delay if settings.max_retry_delay is not None else Limits.backoff_cap
+    # A stopped instance counts against our Start only on a read taken after it: a hot instance's
+    # cached view is at most 2.5 fast intervals old.
+    start_grace = max(Limits.start_grace, 3 * settings.observer.fast_interval)
     return Limits(backoff_base=min(Limits.backoff_base, cap), backoff_cap=cap,
-                  max_replacements=settings.max_replacements, recheck=settings.slow_recheck)
+                  max_replacements=settings.max_replacements, recheck=settings.slow_recheck,
+                  start_grace=start_grace)
 
 
 def trust_memory(status: WorkerStatus, memory: WorkerMemory) -> WorkerStatus:
@@ -275,7 +279,7 @@ async def _act(
         except IntegrationException as error:
             if isinstance(error, EC2InstanceNotFoundException) and instance_id and not spec.instance_id:
                 observer.forget(instance_id)  # next pass sees it gone and replaces it
-            raise Failed(error, observation) from error
+            raise Failed(error, observation, completed=index) from error
         if index in after:
             notes.append(after[index])
         if isinstance(action, _STATE_CHANGING):
@@ -379,6 +383,7 @@ def _failure(
     runtime: Runtime, ref: WorkerRef, raw_status: Mapping[str, Any] | None, status: WorkerStatus,
     spec: WorkerSpec, error: Exception, observation: Observation | None, notes: list[Note], retry: int,
     memory: WorkerMemory, decided: Plan | None = None, *, launch_attempt: int | None = None,
+    completed: int = 0,
 ) -> PassResult:
     integration = as_integration(error)
     # What the decision already counted (a failed launch, a replacement, a new attempt) stays counted.
@@ -405,11 +410,14 @@ def _failure(
     memory.hot = True
     if launching:
         memory.launched_instance_id = None  # the lost instance stays forgotten
+    recovery = decided.recovery if decided else status.recovery
+    if decided is not None and any(isinstance(action, Start) for action in decided.actions[completed:]):
+        recovery = start_not_sent(recovery)  # EC2 never accepted it: nothing to judge on the next pass
     plan = Plan((), health,
                 instance_id=None if launching else status.instance_id or spec.instance_id,
                 adopted=status.adopted or bool(spec.instance_id),
                 creation_attempt=attempt,
-                recovery=decided.recovery if decided else status.recovery)
+                recovery=recovery)
     warning = Note("Warning", decision.reason, message)
     result = _result(runtime, ref, raw_status, status, plan, observation, None,
                      spec_keys=status.managed_tag_keys, notes=(*notes, warning))

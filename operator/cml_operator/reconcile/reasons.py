@@ -42,6 +42,7 @@ LICENSE_INVALID = "LicenseInvalid"  # the controller refused the licence token
 OPERATION_NOT_PERMITTED = "OperationNotPermitted"  # termination / stop protection
 INSTANCE_OWNED_BY_OTHER = "InstanceOwnedByOther"  # the instance names another worker or cluster
 LAUNCH_FAILED = "LaunchFailed"  # also Reconciling while backing off between failed launches
+START_FAILED = "StartFailed"  # StartInstances fell back to stopped; also Reconciling while backing off
 REPLACEMENT_LIMIT_REACHED = "ReplacementLimitReached"
 
 # CMLWorkerPool (Ready / Reconciling; a stalled pool carries its children's reason)

@@ -1,4 +1,4 @@
-"""Bounded launches and replacements: how often a worker may pay for a new instance. Pure.
+"""Bounded launches, starts and replacements: how often a worker may pay for a new try. Pure.
 
 Two kinds of loss, told apart by whether the lost instance was ever Ready:
 
@@ -9,7 +9,16 @@ Two kinds of loss, told apart by whether the lost instance was ever Ready:
 * a lost instance (it had been Ready) is replaced at most ``max_replacements``
   times per ``replacement_window``, then Stalled ``ReplacementLimitReached``.
 
-A stalled worker gets one more launch when its spec changes (a new generation) or
+A StartInstances that EC2 accepted but whose instance falls back to ``stopped``
+(``Server.InsufficientInstanceCapacity`` on a metal type) is a failed start: the
+operator notes each Start it sends; a ``stopped`` instance seen ``start_grace``
+after it, never ``running`` in between, counts one. Starts back off the same way
+(15 s, doubling) and after ``max_failed_starts`` in a row the worker is Stalled
+``StartFailed``. Seeing the instance ``running`` resets the count; ``desiredState:
+Stopped`` clears it. A stop made by hand outside the operator counts nothing: no
+Start of ours was pending.
+
+A stalled worker gets one more try when its spec changes (a new generation) or
 after the slow recheck. The record lives in ``status.recovery`` so a restart keeps it.
 """
 
@@ -31,9 +40,13 @@ class Limits:
     max_replacements: int = 3
     replacement_window: float = 3600.0
     recheck: float = 600.0  # a stalled worker tries once more after this long
+    max_failed_starts: int = 3
+    #: Seconds after our Start before a ``stopped`` instance counts as a failed start: a read taken
+    #: right after the call may not show it yet (EC2's read-after-write lag, the observer's cache).
+    start_grace: float = 5.0
 
     def backoff(self, failures: int) -> float:
-        """Seconds to wait after the ``failures``-th failed launch in a row (15, 30, 60, ...)."""
+        """Seconds to wait after the ``failures``-th failed launch or start in a row (15, 30, 60, ...)."""
         return min(self.backoff_cap, self.backoff_base * 2 ** max(0, failures - 1))
 
 
@@ -49,20 +62,32 @@ class Recovery:
     replacement_times: tuple[str, ...] = ()
     #: The last instance that reached Ready: losing it is a replacement, not a failed launch.
     ready_instance_id: str | None = None
+    #: When the operator's last StartInstances went out, and to which instance; None: no Start pending.
+    start_requested: str | None = None
+    start_instance_id: str | None = None
+    failed_starts: int = 0
+    last_start_failure_time: str | None = None
+    last_start_failure_reason: str | None = None
+    #: The spec generation when the last start failed: a newer one earns another try.
+    start_failure_generation: int | None = None
 
     @classmethod
     def from_dict(cls, raw: Any) -> Recovery:
         if not isinstance(raw, Mapping):
             return cls()
-        failed = raw.get("failedLaunches")
-        generation = raw.get("failureGeneration")
         return cls(
-            failed_launches=failed if isinstance(failed, int) and not isinstance(failed, bool) else 0,
+            failed_launches=_int(raw.get("failedLaunches")) or 0,
             last_failure_time=_str(raw.get("lastFailureTime")),
             last_failure_reason=_str(raw.get("lastFailureReason")),
-            failure_generation=generation if isinstance(generation, int) and not isinstance(generation, bool) else None,
+            failure_generation=_int(raw.get("failureGeneration")),
             replacement_times=tuple(t for t in raw.get("replacementTimes") or () if isinstance(t, str)),
             ready_instance_id=_str(raw.get("readyInstanceId")),
+            start_requested=_str(raw.get("startRequested")),
+            start_instance_id=_str(raw.get("startInstanceId")),
+            failed_starts=_int(raw.get("failedStarts")) or 0,
+            last_start_failure_time=_str(raw.get("lastStartFailureTime")),
+            last_start_failure_reason=_str(raw.get("lastStartFailureReason")),
+            start_failure_generation=_int(raw.get("startFailureGeneration")),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -73,6 +98,12 @@ class Recovery:
             "failureGeneration": self.failure_generation,
             "replacementTimes": list(self.replacement_times) or None,
             "readyInstanceId": self.ready_instance_id,
+            "startRequested": self.start_requested,
+            "startInstanceId": self.start_instance_id,
+            "failedStarts": self.failed_starts or None,
+            "lastStartFailureTime": self.last_start_failure_time,
+            "lastStartFailureReason": self.last_start_failure_reason,
+            "startFailureGeneration": self.start_failure_generation,
         }
         return {key: value for key, value in raw.items() if value is not None}
 
@@ -112,33 +143,95 @@ def replacement_wait(record: Recovery, limits: Limits, now: datetime) -> float |
 
 
 @dataclass(frozen=True)
-class LaunchGate:
-    """May the worker launch now? ``stalled``: the bound is reached; ``wait``: seconds to back off."""
+class Gate:
+    """May the worker launch (or start) now? ``stalled``: the bound is reached; ``wait``: seconds to back off."""
 
     allowed: bool
     stalled: bool = False
     wait: float = 0.0
 
 
-def launch_gate(record: Recovery, limits: Limits, generation: int, now: datetime) -> LaunchGate:
-    failures = record.failed_launches
+def launch_gate(record: Recovery, limits: Limits, generation: int, now: datetime) -> Gate:
+    return _gate(record.failed_launches, record.last_failure_time, record.failure_generation,
+                 limits.max_failed_launches, limits, generation, now)
+
+
+# ---------------------------------------------------------------- starts that fall back to stopped
+
+
+def start_sent(record: Recovery, instance_id: str, now: datetime) -> Recovery:
+    """The operator sends StartInstances: the next ``stopped`` seen after the grace is a failed start."""
+    return replace(record, start_requested=_rfc3339(now), start_instance_id=instance_id)
+
+
+def start_not_sent(record: Recovery) -> Recovery:
+    """The pass failed before (or at) its StartInstances: no Start of ours is pending."""
+    return replace(record, start_requested=None, start_instance_id=None)
+
+
+def started(record: Recovery) -> Recovery:
+    """The instance was seen running: failed starts count from zero again (the last failure stays readable)."""
+    if record.start_requested is None and record.start_instance_id is None and record.failed_starts == 0:
+        return record
+    return replace(record, start_requested=None, start_instance_id=None, failed_starts=0)
+
+
+def starts_cleared(record: Recovery) -> Recovery:
+    """``desiredState: Stopped``: nothing of the start bound is left."""
+    return replace(record, start_requested=None, start_instance_id=None, failed_starts=0,
+                   last_start_failure_time=None, last_start_failure_reason=None, start_failure_generation=None)
+
+
+def start_failed(record: Recovery, reason: str, generation: int, now: datetime) -> Recovery:
+    return replace(record, start_requested=None, start_instance_id=None, failed_starts=record.failed_starts + 1,
+                   last_start_failure_time=_rfc3339(now), last_start_failure_reason=reason,
+                   start_failure_generation=generation)
+
+
+def start_pending(record: Recovery, instance_id: str) -> bool:
+    return record.start_requested is not None and record.start_instance_id == instance_id
+
+
+def start_grace_left(record: Recovery, limits: Limits, now: datetime) -> float:
+    """Seconds before a ``stopped`` instance counts against the pending Start (0: it counts now)."""
+    return max(0.0, limits.start_grace - _elapsed(record.start_requested, now))
+
+
+def start_gate(record: Recovery, limits: Limits, generation: int, now: datetime) -> Gate:
+    return _gate(record.failed_starts, record.last_start_failure_time, record.start_failure_generation,
+                 limits.max_failed_starts, limits, generation, now)
+
+
+def _gate(failures: int, last_failure_time: str | None, failure_generation: int | None, max_failures: int,
+          limits: Limits, generation: int, now: datetime) -> Gate:
     if failures == 0:
-        return LaunchGate(True)
-    since = (now - (parse_rfc3339(record.last_failure_time) or now)).total_seconds()
-    if failures >= limits.max_failed_launches:
-        if record.failure_generation is not None and generation != record.failure_generation:
-            return LaunchGate(True)  # the spec changed: one more try
+        return Gate(True)
+    since = _elapsed(last_failure_time, now)
+    if failures >= max_failures:
+        if failure_generation is not None and generation != failure_generation:
+            return Gate(True)  # the spec changed: one more try
         if since >= limits.recheck:
-            return LaunchGate(True)  # the slow recheck: one more try
-        return LaunchGate(False, stalled=True, wait=limits.recheck - since)
+            return Gate(True)  # the slow recheck: one more try
+        return Gate(False, stalled=True, wait=limits.recheck - since)
     backoff = limits.backoff(failures)
     if since >= backoff:
-        return LaunchGate(True)
-    return LaunchGate(False, wait=backoff - since)
+        return Gate(True)
+    return Gate(False, wait=backoff - since)
+
+
+def _elapsed(recorded: str | None, now: datetime) -> float:
+    """Seconds since a recorded time. Records keep whole seconds (truncated), so count from the end
+    of that second: no backoff or grace is ever shorter than stated."""
+    when = parse_rfc3339(recorded)
+    return 0.0 if when is None else max(0.0, (now - when).total_seconds() - 1.0)
 
 
 def _str(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _rfc3339(when: datetime) -> str:

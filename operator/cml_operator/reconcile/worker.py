@@ -34,7 +34,22 @@ from .ownership import (  # noqa: F401 - the tag names are re-exported: older im
     ownership,
     worker_tag_value,
 )
-from .recovery import Limits, Recovery, launch_failed, launch_gate, ready, replaced, replacement_wait
+from .recovery import (
+    Limits,
+    Recovery,
+    launch_failed,
+    launch_gate,
+    ready,
+    replaced,
+    replacement_wait,
+    start_failed,
+    start_gate,
+    start_grace_left,
+    start_pending,
+    start_sent,
+    started,
+    starts_cleared,
+)
 from .spec import SpecError, WorkerSpec
 
 GONE_STATES = ("shutting-down", "terminated")
@@ -319,7 +334,7 @@ def _decide(
     owner = may_touch(ref, spec, status, instance)
     if not owner.ours:
         return _owned_by_other(status, instance, owner)
-    return _with_instance(ref, spec, status, observation, instance)
+    return _with_instance(ref, spec, status, observation, instance, now, limits)
 
 
 def _owned_by_other(status: WorkerStatus, instance: CMLWorkerInstanceDto, owner: Ownership) -> Plan:
@@ -414,7 +429,7 @@ def _launch_if_allowed(
 
 def _with_instance(
     ref: WorkerRef, spec: WorkerSpec, status: WorkerStatus, observation: Observation,
-    instance: CMLWorkerInstanceDto,
+    instance: CMLWorkerInstanceDto, now: datetime, limits: Limits,
 ) -> Plan:
     """Claim, then power state, then the rest: a worker that cannot be retagged can still be stopped."""
     instance_id = instance.aws_instance_id
@@ -438,9 +453,11 @@ def _with_instance(
     claim = claim_tags(ref, instance.tags)
     if claim is not None:
         actions.append(claim)
-    health, lifecycle, poll, lifecycle_notes = _lifecycle(spec, status, observation, instance)
+    step = _lifecycle(ref, spec, status, observation, instance, now, limits)
+    health, lifecycle, poll, lifecycle_notes = step.health, step.actions, step.poll, step.notes
     for action in lifecycle:
         actions.append(action)
+    notes.extend(step.news)
     # The lifecycle's events (Stopping, Starting, Resized...) say what its first action did;
     # without an action (an impaired check) they are news in themselves.
     if lifecycle_notes and lifecycle:
@@ -471,11 +488,77 @@ def _with_instance(
     return Plan(
         tuple(actions), health, poll_soon=poll, notes=tuple(notes),
         instance_id=instance_id, adopted=adopted, creation_attempt=attempt,
-        recovery=status.recovery, after=tuple(after),
+        recovery=step.recovery, after=tuple(after), recheck_after=step.recheck_after,
     )
 
 
+@dataclass(frozen=True)
+class _Step:
+    """What the power state calls for: health, actions and their events, and the start bound's record."""
+
+    health: Health
+    actions: list[Action]
+    poll: bool
+    notes: list[Note]
+    recovery: Recovery
+    recheck_after: float | None = None
+    #: Events that are news in themselves (a failed start), posted whatever the actions do.
+    news: tuple[Note, ...] = ()
+
+
 def _lifecycle(
+    ref: WorkerRef, spec: WorkerSpec, status: WorkerStatus, observation: Observation,
+    instance: CMLWorkerInstanceDto, now: datetime, limits: Limits,
+) -> _Step:
+    """Power state towards the spec, with the start bound kept in ``status.recovery``."""
+    record = status.recovery
+    if not spec.wants_running:
+        record = starts_cleared(record)  # desiredState Stopped: the start bound starts afresh
+    elif instance.instance_state == "running":
+        record = started(record)
+    if instance.instance_state == "stopped" and spec.wants_running:
+        return _start_bounded(ref, spec, status, observation, instance, record, now, limits)
+    health, actions, poll, notes = _transition(spec, status, observation, instance)
+    return _Step(health, actions, poll, notes, record)
+
+
+def _start_bounded(
+    ref: WorkerRef, spec: WorkerSpec, status: WorkerStatus, observation: Observation,
+    instance: CMLWorkerInstanceDto, record: Recovery, now: datetime, limits: Limits,
+) -> _Step:
+    """A stopped instance that should run: judge our last Start, then start again unless backing off.
+
+    A Start that EC2 accepted but whose instance is stopped again (never seen running since)
+    failed: it costs nothing, but re-sending it on every pass would loop without a bound.
+    """
+    instance_id = instance.aws_instance_id
+    news: tuple[Note, ...] = ()
+    if start_pending(record, instance_id):
+        grace = start_grace_left(record, limits, now)
+        if grace > 0:
+            message = f"Waiting for instance {instance_id} to leave stopped after StartInstances"
+            return _Step(Health.reconciling(reasons.STARTING, message), [], True, [], record)
+        reason = instance.state_reason or "stopped again without a StateReason"
+        record = start_failed(record, reason, ref.generation, now)
+        news = (Note("Warning", reasons.START_FAILED,
+                     f"Instance {instance_id} fell back to stopped after StartInstances (failed start "
+                     f"{record.failed_starts} of {limits.max_failed_starts}): {reason}"),)
+    gate = start_gate(record, limits, ref.generation, now)
+    if gate.allowed:
+        health, actions, poll, notes = _transition(spec, status, observation, instance)
+        return _Step(health, actions, poll, notes, start_sent(record, instance_id, now), news=news)
+    last = record.last_start_failure_reason or "unknown"
+    if gate.stalled:
+        message = (f"{record.failed_starts} starts of instance {instance_id} in a row fell back to stopped; "
+                   f"last: {last}. Wait for capacity or change the instance type, then change the spec, "
+                   "or wait for the slow recheck")
+        return _Step(Health.stalled(reasons.START_FAILED, message), [], False, [], record, gate.wait, news)
+    message = (f"Start {record.failed_starts} of {limits.max_failed_starts} of instance {instance_id} fell back "
+               f"to stopped: {last}; starting again in {gate.wait:.0f} s")
+    return _Step(Health.reconciling(reasons.START_FAILED, message), [], False, [], record, gate.wait, news)
+
+
+def _transition(
     spec: WorkerSpec, status: WorkerStatus, observation: Observation, instance: CMLWorkerInstanceDto
 ) -> tuple[Health, list[Action], bool, list[Note]]:
     """Start, stop and resize towards the spec; never against a transition."""
