@@ -20,7 +20,7 @@ from typing import Any
 
 from ..ec2.models import CMLWorkerInstanceDto, InstanceStatusChecks
 from . import reasons
-from .conditions import Health, HealthState, health_of, parse_rfc3339
+from .conditions import Health, HealthState, parse_rfc3339
 from .ownership import (  # noqa: F401 - the tag names are re-exported: older imports read them from here
     MANAGED_BY,
     OWNERSHIP_TAGS,
@@ -34,22 +34,22 @@ from .ownership import (  # noqa: F401 - the tag names are re-exported: older im
     ownership,
     worker_tag_value,
 )
-from .recovery import (
-    Limits,
-    Recovery,
-    launch_failed,
-    launch_gate,
-    ready,
-    replaced,
-    replacement_wait,
-    start_failed,
-    start_gate,
-    start_grace_left,
-    start_pending,
-    start_sent,
-    started,
-    starts_cleared,
+from .actions import (  # noqa: F401 - re-exported: passes and tests import the actions from here
+    Action,
+    Launch,
+    ModifySecurityGroups,
+    ModifyType,
+    Note,
+    RemoveOwnershipTags,
+    SetMetadataOptions,
+    SetMonitoring,
+    Start,
+    Stop,
+    SyncTags,
+    Terminate,
 )
+from .power import power_step
+from .recovery import Limits, Recovery, launch_failed, launch_gate, ready, replaced, replacement_wait
 from .spec import SpecError, WorkerSpec
 
 GONE_STATES = ("shutting-down", "terminated")
@@ -130,79 +130,6 @@ class Observation:
     @property
     def state(self) -> str | None:
         return self.instance.instance_state if self.instance else None
-
-
-# ---------------------------------------------------------------- actions
-
-
-@dataclass(frozen=True)
-class Launch:
-    """Resolve the image and RunInstances with this idempotency token."""
-
-    client_token: str
-    tags: dict[str, str]
-
-
-@dataclass(frozen=True)
-class Start:
-    pass
-
-
-@dataclass(frozen=True)
-class Stop:
-    #: Set when stopping to change the type: the new type is checked against the AZ and the
-    #: instance's architecture first, so a type that cannot run there never stops the instance.
-    resize_to: str | None = None
-
-
-@dataclass(frozen=True)
-class ModifyType:
-    instance_type: str
-
-
-@dataclass(frozen=True)
-class ModifySecurityGroups:
-    group_ids: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class SetMonitoring:
-    enabled: bool
-
-
-@dataclass(frozen=True)
-class SetMetadataOptions:
-    http_tokens: str
-    hop_limit: int
-
-
-@dataclass(frozen=True)
-class SyncTags:
-    add: dict[str, str]
-    remove: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Terminate:
-    pass
-
-
-@dataclass(frozen=True)
-class RemoveOwnershipTags:
-    pass
-
-
-Action = (Launch | Start | Stop | ModifyType | ModifySecurityGroups | SetMonitoring | SetMetadataOptions | SyncTags
-          | Terminate | RemoveOwnershipTags)
-
-
-@dataclass(frozen=True)
-class Note:
-    """An event to post on the object."""
-
-    type: str  # Normal or Warning
-    reason: str
-    message: str
 
 
 @dataclass(frozen=True)
@@ -453,7 +380,7 @@ def _with_instance(
     claim = claim_tags(ref, instance.tags)
     if claim is not None:
         actions.append(claim)
-    step = _lifecycle(ref, spec, status, observation, instance, now, limits)
+    step = power_step(ref.generation, spec, status, observation, instance, now, limits)
     health, lifecycle, poll, lifecycle_notes = step.health, step.actions, step.poll, step.notes
     for action in lifecycle:
         actions.append(action)
@@ -490,132 +417,6 @@ def _with_instance(
         instance_id=instance_id, adopted=adopted, creation_attempt=attempt,
         recovery=step.recovery, after=tuple(after), recheck_after=step.recheck_after,
     )
-
-
-@dataclass(frozen=True)
-class _Step:
-    """What the power state calls for: health, actions and their events, and the start bound's record."""
-
-    health: Health
-    actions: list[Action]
-    poll: bool
-    notes: list[Note]
-    recovery: Recovery
-    recheck_after: float | None = None
-    #: Events that are news in themselves (a failed start), posted whatever the actions do.
-    news: tuple[Note, ...] = ()
-
-
-def _lifecycle(
-    ref: WorkerRef, spec: WorkerSpec, status: WorkerStatus, observation: Observation,
-    instance: CMLWorkerInstanceDto, now: datetime, limits: Limits,
-) -> _Step:
-    """Power state towards the spec, with the start bound kept in ``status.recovery``."""
-    record = status.recovery
-    if not spec.wants_running:
-        record = starts_cleared(record)  # desiredState Stopped: the start bound starts afresh
-    elif instance.instance_state == "running":
-        record = started(record)
-    if instance.instance_state == "stopped" and spec.wants_running:
-        return _start_bounded(ref, spec, status, observation, instance, record, now, limits)
-    health, actions, poll, notes = _transition(spec, status, observation, instance)
-    return _Step(health, actions, poll, notes, record)
-
-
-def _start_bounded(
-    ref: WorkerRef, spec: WorkerSpec, status: WorkerStatus, observation: Observation,
-    instance: CMLWorkerInstanceDto, record: Recovery, now: datetime, limits: Limits,
-) -> _Step:
-    """A stopped instance that should run: judge our last Start, then start again unless backing off.
-
-    A Start that EC2 accepted but whose instance is stopped again (never seen running since)
-    failed: it costs nothing, but re-sending it on every pass would loop without a bound.
-    """
-    instance_id = instance.aws_instance_id
-    news: tuple[Note, ...] = ()
-    if start_pending(record, instance_id):
-        grace = start_grace_left(record, limits, now)
-        if grace > 0:
-            message = f"Waiting for instance {instance_id} to leave stopped after StartInstances"
-            return _Step(Health.reconciling(reasons.STARTING, message), [], True, [], record)
-        reason = instance.state_reason or "stopped again without a StateReason"
-        record = start_failed(record, reason, ref.generation, now)
-        news = (Note("Warning", reasons.START_FAILED,
-                     f"Instance {instance_id} fell back to stopped after StartInstances (failed start "
-                     f"{record.failed_starts} of {limits.max_failed_starts}): {reason}"),)
-    gate = start_gate(record, limits, ref.generation, now)
-    if gate.allowed:
-        health, actions, poll, notes = _transition(spec, status, observation, instance)
-        return _Step(health, actions, poll, notes, start_sent(record, instance_id, now), news=news)
-    last = record.last_start_failure_reason or "unknown"
-    if gate.stalled:
-        message = (f"{record.failed_starts} starts of instance {instance_id} in a row fell back to stopped; "
-                   f"last: {last}. Wait for capacity or change the instance type, then change the spec, "
-                   "or wait for the slow recheck")
-        return _Step(Health.stalled(reasons.START_FAILED, message), [], False, [], record, gate.wait, news)
-    message = (f"Start {record.failed_starts} of {limits.max_failed_starts} of instance {instance_id} fell back "
-               f"to stopped: {last}; starting again in {gate.wait:.0f} s")
-    return _Step(Health.reconciling(reasons.START_FAILED, message), [], False, [], record, gate.wait, news)
-
-
-def _transition(
-    spec: WorkerSpec, status: WorkerStatus, observation: Observation, instance: CMLWorkerInstanceDto
-) -> tuple[Health, list[Action], bool, list[Note]]:
-    """Start, stop and resize towards the spec; never against a transition."""
-    instance_id = instance.aws_instance_id
-    state = instance.instance_state
-    wanted_type = spec.wanted_type  # None: adopted and unstated, the instance keeps its type
-    resize = wanted_type is not None and instance.instance_type != wanted_type
-    if state == "pending":
-        reason = reasons.PROVISIONING if status.phase in (None, "Pending", "Provisioning") else reasons.STARTING
-        return Health.reconciling(reason, f"Instance {instance_id} is pending"), [], True, []
-    if state == "stopping":
-        reason = reasons.STOPPING if not spec.wants_running else reasons.WAITING_FOR_TRANSITION
-        return Health.reconciling(reason, f"Instance {instance_id} is stopping"), [], True, []
-    if state == "running":
-        if resize:
-            message = f"Stopping instance {instance_id} to change its type {instance.instance_type} -> {wanted_type}"
-            return (Health.reconciling(reasons.RESIZING, message), [Stop(resize_to=wanted_type)], True,
-                    [Note("Normal", reasons.EVENT_RESIZING, message)])
-        if not spec.wants_running:
-            message = f"Stopping instance {instance_id} (desiredState Stopped)"
-            return (Health.reconciling(reasons.STOPPING, message), [Stop()], True,
-                    [Note("Normal", reasons.EVENT_STOPPING, message)])
-        checks = observation.checks
-        if checks is not None and checks.all_ok:
-            return Health.ready(reasons.INSTANCE_READY, f"Instance {instance_id} is running and healthy"), [], False, []
-        if checks is not None and checks.impaired:
-            return _impaired(status, instance_id, checks)
-        detail = f"system {checks.system}, instance {checks.instance}" if checks else "not reported yet"
-        return (Health.reconciling(reasons.STATUS_CHECKS_PENDING,
-                                   f"Instance {instance_id} is running; status checks {detail}"), [], True, [])
-    # stopped
-    if resize:
-        message = f"Changing the type of instance {instance_id} {instance.instance_type} -> {wanted_type}"
-        assert wanted_type is not None
-        actions: list[Action] = [ModifyType(wanted_type)]
-        notes = [Note("Normal", reasons.EVENT_RESIZED, message)]
-        if spec.wants_running:
-            actions.append(Start())
-            return Health.reconciling(reasons.RESIZING, message), actions, True, notes
-        return Health.ready(reasons.INSTANCE_STOPPED, f"Instance {instance_id} is stopped"), actions, False, notes
-    if spec.wants_running:
-        message = f"Starting instance {instance_id}"
-        return (Health.reconciling(reasons.STARTING, message), [Start()], True,
-                [Note("Normal", reasons.EVENT_STARTING, message)])
-    return Health.ready(reasons.INSTANCE_STOPPED, f"Instance {instance_id} is stopped"), [], False, []
-
-
-def _impaired(status: WorkerStatus, instance_id: str,
-              checks: InstanceStatusChecks) -> tuple[Health, list[Action], bool, list[Note]]:
-    """A failing status check: EC2 (system) or the guest (instance) needs attention; warn once per transition."""
-    message = (f"Instance {instance_id} is running but a status check is impaired "
-               f"(system {checks.system}, instance {checks.instance}); a system failure clears when AWS "
-               "repairs the host (or stop and start the worker), an instance failure needs the guest looked at")
-    previous = health_of(status.conditions)
-    notes = [] if previous is not None and previous.reason == reasons.STATUS_CHECK_IMPAIRED else [
-        Note("Warning", reasons.STATUS_CHECK_IMPAIRED, message)]
-    return Health.reconciling(reasons.STATUS_CHECK_IMPAIRED, message), [], False, notes  # not a transition: resync pace
 
 
 def _describe_updates(actions: list[Action]) -> str:
