@@ -74,6 +74,16 @@ class Pass:
     def reads(self) -> int:
         return sum(1 for call in self.calls if str(call[1]).startswith(READ_PREFIXES))
 
+    def breakdown(self, gap: float = 2.0) -> dict[str, int]:
+        """Reads by action, split into the pass itself and the workers' own reads after it."""
+        _, end = self.read_window(gap)
+        counts: dict[str, int] = {}
+        for call in self.calls:
+            if str(call[1]).startswith(READ_PREFIXES):
+                key = f"{call[1]} ({'pass' if float(call[0]) <= end else 'workers'})"
+                counts[key] = counts.get(key, 0) + 1
+        return dict(sorted(counts.items()))
+
     def read_window(self, gap: float) -> tuple[float, float]:
         """From the pass's first call to its last read before a quiet ``gap`` (later reads are workers')."""
         last = self.started

@@ -80,6 +80,7 @@ class RunResult:
     steady_after: int | None = None  # passes until RSS stopped growing; None: it never did
     rss_by_pass: list[float] = field(default_factory=list)
     reads_by_pass: list[int] = field(default_factory=list)
+    busiest_pass: dict[str, int] = field(default_factory=dict)  # its reads by action: what made it busy
     live_instances: int = 0
     problems: list[str] = field(default_factory=list)  # duplicates, missing instances, no plateau
     cpu_idle_pct: float = float("nan")
@@ -230,6 +231,7 @@ def measure_passes(operator: OperatorProcess, proxy: FaultProxyProcess, args: ar
         return
     result.reads_by_pass = [p.reads for p in done]
     result.reads_per_resync = float(max(result.reads_by_pass))
+    result.busiest_pass = max(done, key=lambda p: p.reads).breakdown()
     result.rss_by_pass = [round(level, 1) for level in levels]
     result.rss_steady_mb = max(levels)
     if result.steady_after is None:

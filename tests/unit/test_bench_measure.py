@@ -78,3 +78,11 @@ def test_apiserver_writes_counts_writes_of_the_named_resources_across_codes() ->
 
 def test_diff_keeps_only_what_changed() -> None:
     assert measure.diff({"a": 5, "b": 2, "c": 1}, {"a": 3, "b": 2}) == {"a": 2, "c": 1}
+
+
+def test_a_pass_breakdown_tells_the_pass_own_reads_from_the_workers_later_ones():
+    log = [call(1.0, filters=MARK), call(1.2, "DescribeInstanceStatus"), call(1.3, "DescribeInstanceStatus"),
+           call(6.0, "DescribeInstances"), call(6.1, "CreateTags")]
+    _, passes = resync_passes(log, min_gap=10)
+    assert passes[0].breakdown(gap=2.0) == {"DescribeInstanceStatus (pass)": 2, "DescribeInstances (pass)": 1,
+                                            "DescribeInstances (workers)": 1}
