@@ -36,7 +36,7 @@ from tests.support.motoserver import MotoServer
 
 #: The version tests/cluster/build.sh pins; the version matrix (make test-k8s) runs another
 #: kube-apiserver with the same kubectl and says which in CML_K8S_VERSION.
-KUBECTL_VERSION = "v1.34.4"
+KUBECTL_VERSION = "v1.37.2"
 K8S_VERSION = os.environ.get("CML_K8S_VERSION") or KUBECTL_VERSION
 
 WIDGET_CRD = """

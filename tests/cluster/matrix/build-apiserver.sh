@@ -2,7 +2,7 @@
 # Build kube-apiserver for one Kubernetes version (e.g. v1.31.14) into a cache of its own,
 # for the version matrix (make test-k8s). etcd and kubectl come from the main control-plane
 # build (tests/cluster/build.sh): kubectl supports one minor version of skew either way
-# and etcd 3.6 serves every version in the supported range. Prints the bin directory,
+# and etcd 3.7 serves every version in the supported range. Prints the bin directory,
 # which holds kube-apiserver and links to that etcd and kubectl.
 #
 # The wrapper module is the one tests/cluster/go.mod uses: k8s.io/kubernetes at the
@@ -19,6 +19,9 @@ if [[ "$version" == "$(awk '$1 == "k8s.io/kubernetes" {print $2; exit}' "$here/.
   exit 0
 fi
 if [[ -x "$bin_dir/kube-apiserver" ]]; then
+  # etcd and kubectl follow the main build: after tests/cluster/go.mod moves, the links do too.
+  ln -sfn "$main_bin/etcd" "$bin_dir/etcd"
+  ln -sfn "$main_bin/kubectl" "$bin_dir/kubectl"
   echo "$bin_dir"
   exit 0
 fi
