@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="read each instance with its own calls (benchmark baseline only)")
     ec2.add_argument("--ec2-threads", type=int, default=_env("EC2_THREADS", int, d.ec2_threads),
                      help="threads running blocking boto3 calls")
+    ec2.add_argument("--malloc-arenas", type=int, default=_env("MALLOC_ARENAS", int, d.malloc_arenas),
+                     help="glibc malloc arenas at most (0: glibc's default of 8 per core); more arenas "
+                          "for the EC2 threads only hold more memory")
 
     c = _DEFAULTS.cml
     cml = run.add_argument_group("CML controllers (workers with spec.cml)")
@@ -180,6 +183,7 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
         leader_election=replace(d.leader_election, enabled=args.leader_election,
                                 namespace=args.leader_election_namespace, name=args.leader_election_id),
         ec2_threads=args.ec2_threads,
+        malloc_arenas=args.malloc_arenas,
         api_connections=args.api_connections,
         orphan_policy=args.orphan_policy,
         orphan_grace=args.orphan_grace,
@@ -205,6 +209,9 @@ def run(settings: OperatorSettings) -> int:
     from .logs import configure_logging
     from .metrics import Metrics
 
+    from .malloc import limit_arenas
+
+    limit_arenas(settings.malloc_arenas)  # before any thread starts: later arenas follow the cap
     configure_logging(settings.log_format, settings.log_level)
     log = logging.getLogger("cml_operator")
     metrics = Metrics()

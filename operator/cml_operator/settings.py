@@ -66,6 +66,8 @@ class OperatorSettings:
     max_replacements: int = 3
     #: Threads running blocking boto3 calls.
     ec2_threads: int = 16
+    #: glibc malloc arenas at most (0: glibc's default); see malloc.py for the measurement.
+    malloc_arenas: int = 2
     ec2: EC2ClientSettings = field(default_factory=EC2ClientSettings)
     rate_limits: RateLimitSettings = field(default_factory=RateLimitSettings)
     observer: ObserverSettings = field(default_factory=ObserverSettings)
