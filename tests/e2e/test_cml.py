@@ -116,6 +116,28 @@ def test_a_changed_certificate_stalls_until_the_pin_is_reset(kube, network, cont
         own.stop()
 
 
+def test_a_ca_secret_verifies_the_controller_and_an_untrusted_one_stalls(kube, network, sim, operator_factory,
+                                                                         tmp_path):
+    """spec.cml.tls.caSecretRef: the certificate must verify against the CA; nothing is pinned."""
+    from tests.support.cmlsim import make_certificate
+
+    prefix = unique("ca", kube)
+    other_ca, _ = make_certificate(tmp_path)  # a CA that did not sign the simulator's certificate
+    secret(kube, "cml-ca-bundle", **{"ca.crt": other_ca.read_text()})
+    operator_factory(*CML_ARGS)
+    cml_worker(kube, "cml-ca", network, sim, prefix, tls={"caSecretRef": {"name": "cml-ca-bundle"}})
+
+    stalled = kube.wait_condition("cml-ca", "Stalled", reason="CMLCertificateChanged", timeout=90)
+    assert "not trusted" in stalled["message"]
+    assert sim.worker(prefix)["calls"].get("POST authenticate", 0) == 0  # no password sent to it
+
+    secret(kube, "cml-ca-bundle", **{"ca.crt": sim.certificate()})  # the simulator's own (self-signed) CA
+    kube.wait_condition("cml-ca", "Ready", reason="CMLReady", timeout=60)
+    cml = kube.get("cml-ca")["status"]["cml"]
+    assert cml["ready"] is True and not cml.get("certificateSHA256")  # verified, not pinned
+    assert "CertificatePinned" not in kube.event_reasons("cml-ca")
+
+
 def test_an_idle_worker_stops_itself_and_wakes_on_the_annotation(kube, network, aws, sim, operator_factory):
     prefix = unique("idle", kube)
     operator = operator_factory(*CML_ARGS)

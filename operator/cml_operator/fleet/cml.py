@@ -32,7 +32,9 @@ class CMLMemory:
     last_look: object | None = None  # reconcile.cml.CheckOutcome
     looked_generation: int | None = None
     looked_instance: str | None = None
-    #: The credentials Secret's resourceVersion that was refused; a new version means "try again now".
+    #: The Secret behind a refusal (credentials for a 401/403, the CA for an untrusted certificate)
+    #: and its resourceVersion then (None: it did not exist); a new version means "try again now".
+    refused_secret: str | None = None
     refused_secret_version: str | None = None
     secret_checked_at: float = 0.0
     release_failures: int = 0

@@ -195,12 +195,11 @@ class CMLStep:
                 self._keep_pin(client, instance_id)
             decision = classify(error, slow_recheck_seconds=self.runtime.settings.slow_recheck)
             memory.seen_ready = memory.seen_ready and not isinstance(error, CMLUnavailableException)
-            if isinstance(error, CMLAuthenticationException):
-                memory.refused_secret_version = memory.client_key[2] if memory.client_key else None
-                memory.secret_checked_at = clock
+            memory.refused_secret, memory.refused_secret_version = self._refused_secret(error, memory)
+            memory.secret_checked_at = clock
             memory.next_look = clock + self._retry_after(decision)
             return CheckOutcome(endpoint, info=memory.info, error_message=str(error), decision=decision)
-        memory.refused_secret_version = None
+        memory.refused_secret = memory.refused_secret_version = None
         pending = license_status is not None and not license_status.valid
         memory.next_look = clock + (settings.starting_interval if pending else settings.interval)
         return CheckOutcome(endpoint, info=memory.info, snapshot=Snapshot(labs, stats, license_status))
@@ -255,15 +254,26 @@ class CMLStep:
                                           code="SecretIncomplete", operation="tls")
         return secret.data[ref.key], secret.resource_version
 
+    def _refused_secret(self, error: IntegrationException, memory: CMLMemory) -> tuple[str | None, str | None]:
+        """The Secret whose change may fix ``error``, and its version when it was refused."""
+        key = memory.client_key
+        if isinstance(error, CMLAuthenticationException):
+            return self.cml.credentials_secret, key[2] if key else None
+        if isinstance(error, CMLCertificateException) and self.cml.ca is not None:
+            # No CA Secret (or no key in it) yet: any version of it is news.
+            missing = error.code in ("SecretNotFound", "SecretIncomplete")
+            return self.cml.ca.name, None if missing or not key else key[3]
+        return None, None
+
     async def _credentials_changed(self, memory: CMLMemory, clock: float) -> bool:
-        """While refused: read the Secret's version at most every starting interval; a new one: look now."""
-        if memory.refused_secret_version is None:
+        """While refused: read that Secret's version at most every starting interval; a new one: look now."""
+        if memory.refused_secret is None:
             return False
         if clock - memory.secret_checked_at < self.service.settings.starting_interval:
             return False
         memory.secret_checked_at = clock
         try:
-            secret = await self.service.secrets.read(self.ref.namespace, self.cml.credentials_secret)
+            secret = await self.service.secrets.read(self.ref.namespace, memory.refused_secret)
         except (SecretNotFound, IntegrationException):
             return False
         return secret.resource_version != memory.refused_secret_version
