@@ -75,12 +75,12 @@ class Pass:
         return sum(1 for call in self.calls if str(call[1]).startswith(READ_PREFIXES))
 
     def breakdown(self, gap: float = 2.0) -> dict[str, int]:
-        """Reads by action, split into the pass itself and the workers' own reads after it."""
+        """Reads by action: the pass itself, and the reads after its window (workers' own, the orphan watch)."""
         _, end = self.read_window(gap)
         counts: dict[str, int] = {}
         for call in self.calls:
             if str(call[1]).startswith(READ_PREFIXES):
-                key = f"{call[1]} ({'pass' if float(call[0]) <= end else 'workers'})"
+                key = f"{call[1]} ({'pass' if float(call[0]) <= end else 'after'})"
                 counts[key] = counts.get(key, 0) + 1
         return dict(sorted(counts.items()))
 

@@ -85,4 +85,4 @@ def test_a_pass_breakdown_tells_the_pass_own_reads_from_the_workers_later_ones()
            call(6.0, "DescribeInstances"), call(6.1, "CreateTags")]
     _, passes = resync_passes(log, min_gap=10)
     assert passes[0].breakdown(gap=2.0) == {"DescribeInstanceStatus (pass)": 2, "DescribeInstances (pass)": 1,
-                                            "DescribeInstances (workers)": 1}
+                                            "DescribeInstances (after)": 1}
