@@ -32,7 +32,7 @@ image: ## build the Dockerfile with buildah into localhost/cml-operator:dev (IMA
 VERSIONS ?= v1.31.14 v1.35.4 v1.36.3 v1.37.2
 K8S_SUBSET ?= tests/cluster/test_controlplane.py tests/e2e/test_bad_input.py tests/e2e/test_lifecycle.py
 
-test-k8s: install control-plane ## control-plane tests and a lifecycle subset against each Kubernetes version (VERSIONS="v1.31.14 v1.37.2")
+test-k8s: install control-plane ## control-plane tests and a lifecycle subset against each Kubernetes version (VERSIONS="v1.31.14 v1.35.4 v1.36.3 v1.37.2")
 	@for version in $(VERSIONS); do \
 	  bin=$$(tests/cluster/matrix/build-apiserver.sh $$version) || exit 1; \
 	  echo "==> Kubernetes $$version ($$bin)"; \

@@ -1,13 +1,13 @@
 """Bound glibc's malloc arenas before any thread starts.
 
-glibc gives each thread that allocates under contention an arena of its own, up to
-8 per core, and an arena keeps the memory its peak needed. The EC2 worker threads
-parse DescribeInstances pages of 1000 instances, so every new arena grew by about
-11 MB and kept it: at 1000 workers the operator's RSS climbed from 254 to 383 MiB over
-26 resyncs before it settled (``make bench``, docs/scale.md). Two arenas keep it flat
-(215 MiB from the first resync). The Python side holds the GIL, so the threads barely
-contend for an arena anyway. ``mallopt(M_ARENA_MAX)`` is what ``MALLOC_ARENA_MAX`` sets,
-done here so that every way of running the operator gets it.
+glibc gives each new thread an arena of its own, up to 8 per core, and an arena
+keeps the memory its peak needed. The EC2 worker threads parse DescribeInstances
+pages of 1000 instances, so every new arena grew by about 11 MB and kept it: at 1000
+workers the operator's RSS climbed from 254 to 383 MiB over 26 resyncs before it
+settled (``make bench``, docs/scale.md). Two arenas keep it at 215-228 MiB within 8
+resyncs. The Python side holds the GIL, so sharing two arenas costs the threads next
+to nothing. ``mallopt(M_ARENA_MAX)`` is what ``MALLOC_ARENA_MAX`` sets, done here so
+that every way of running the operator gets it.
 """
 
 from __future__ import annotations

@@ -185,3 +185,36 @@ def test_a_start_ec2_refused_is_not_held_against_the_next_one_and_a_start_that_r
     assert started.status["instanceState"] == "running"
     recovery = started.status.get("recovery", {})
     assert "startRequested" not in recovery and "failedStarts" not in recovery
+
+
+def test_a_start_that_went_out_stays_pending_when_the_read_after_it_fails(moto_ec2, network):
+    """The bound must hold when DescribeInstances is throttled right after a Start EC2 accepted."""
+    from cml_operator.ec2.exceptions import EC2Exception
+
+    async def passes(runtime: Runtime):
+        ready = await reconcile_pass(runtime, REF, spec(network), None, max_age=0)
+        ready = await reconcile_pass(runtime, REF, spec(network), ready.status, max_age=0)
+        stopped = await reconcile_pass(runtime, REF, spec(network, desiredState="Stopped"), ready.status, max_age=0)
+        stopped = await reconcile_pass(runtime, REF, spec(network, desiredState="Stopped"), stopped.status, max_age=0)
+        real_start, real_describe = runtime.ec2.start_instance, runtime.ec2.describe_instances
+        sent: list[str] = []
+
+        async def start(region: str, instance_id: str) -> bool:
+            sent.append(instance_id)
+            return await real_start(region, instance_id)
+
+        async def throttled_after_start(region: str, ids: list[str]):
+            if sent:
+                raise EC2Exception("Rate exceeded", code="RequestLimitExceeded", operation="DescribeInstances")
+            return await real_describe(region, ids)
+
+        runtime.ec2.start_instance = start  # type: ignore[method-assign]
+        runtime.ec2.describe_instances = throttled_after_start  # type: ignore[method-assign]
+        failed = await reconcile_pass(runtime, REF, spec(network), stopped.status, max_age=0)
+        return sent, failed
+
+    sent, failed = run(passes)
+
+    assert len(sent) == 1 and failed.error is not None  # the Start went out, the read after it failed
+    recovery = failed.status.get("recovery", {})
+    assert recovery.get("startRequested") and recovery.get("startInstanceId") == sent[0]

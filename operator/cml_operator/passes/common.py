@@ -46,7 +46,7 @@ class Failed(Exception):
     """Carries an error together with what the pass had learned before it."""
 
     def __init__(self, error: Exception, observation: Observation | None, *,
-                 launch_attempt: int | None = None, completed: int = 0) -> None:
+                 launch_attempt: int | None = None, completed: int = 0, restarted: bool = False) -> None:
         super().__init__(str(error))
         self.error = error
         self.observation = observation
@@ -54,6 +54,8 @@ class Failed(Exception):
         self.launch_attempt = launch_attempt
         #: How many of the plan's actions succeeded before the error (what EC2 was really asked to do).
         self.completed = completed
+        #: A failed type change was undone by a StartInstances of its own (it is bounded like any Start).
+        self.restarted = restarted
 
 
 

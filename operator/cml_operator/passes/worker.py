@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
+from datetime import datetime, timezone
 from typing import Any
 
 from ..ec2.client import MetadataOptions, RootVolume
@@ -21,7 +22,7 @@ from ..reconcile.conditions import Health, HealthState, build_conditions, health
 from ..reconcile.policy import IDEMPOTENCY_CODES, Decision, Kind, classify
 from ..reconcile.spec import DEFAULT_INSTANCE_TYPE, SpecError, WorkerSpec, parse_spec
 from ..reconcile.status import PassOutcome, render_status
-from ..reconcile.recovery import Limits, start_not_sent
+from ..reconcile.recovery import Limits, start_not_sent, start_sent
 from ..reconcile.worker import (
     ANNOTATION_PAUSED,
     GONE_STATES,
@@ -99,6 +100,11 @@ async def reconcile_pass(
             observation, image_id, created = changed.observation, None, None
             plan = decide(ref, spec, status, observation, limits=limits)
             notes.extend(plan.notes)
+        if any(isinstance(a, Start) for a in plan.actions) and plan.recovery.start_instance_id:
+            # The grace before judging a Start runs from when it went out, not from the decision
+            # (the mutating token bucket may have held it back).
+            plan = replace(plan, recovery=start_sent(plan.recovery, plan.recovery.start_instance_id,
+                                                     datetime.now(timezone.utc)))
         if created is not None:
             notes.append(Note("Normal", reasons.EVENT_CREATED,
                               f"Launched instance {created.aws_instance_id} ({created.instance_type}, "
@@ -107,7 +113,8 @@ async def reconcile_pass(
     except Failed as failed:
         result = _failure(runtime, ref, raw_status, status, spec, failed.error, failed.observation or observation,
                           notes + (cml.notes if cml else []), retry, memory, plan,
-                          launch_attempt=failed.launch_attempt, completed=failed.completed)
+                          launch_attempt=failed.launch_attempt, completed=failed.completed,
+                          restarted=failed.restarted)
         return _with_cml(result, cml.status_dict() if cml else None)
 
     memory.hot = plan.poll_soon
@@ -273,9 +280,13 @@ async def _act(
                 # Never leave a worker stopped that should run: start it again with its old type.
                 old_type = observation.instance.instance_type if observation and observation.instance else None
                 reported = await restart_after_failed_modify(runtime, spec.region, instance_id, old_type, error)
+                restarted = reported is not error
                 # The status the failure renders shows the restart (pending), not the stop it undid.
-                observation = await _read_now(observer, instance_id, observation)
-                raise reported from error
+                try:
+                    observation = await _read_now(observer, instance_id, observation)
+                except Failed as failed:
+                    raise Failed(reported, failed.observation, completed=index, restarted=restarted) from error
+                raise Failed(reported, observation, completed=index, restarted=restarted) from error
         except IntegrationException as error:
             if isinstance(error, EC2InstanceNotFoundException) and instance_id and not spec.instance_id:
                 observer.forget(instance_id)  # next pass sees it gone and replaces it
@@ -283,7 +294,11 @@ async def _act(
         if index in after:
             notes.append(after[index])
         if isinstance(action, _STATE_CHANGING):
-            observation = await _read_now(observer, instance_id, observation)
+            try:
+                observation = await _read_now(observer, instance_id, observation)
+            except Failed as failed:
+                failed.completed = index + 1  # the call itself went out: its Start is pending
+                raise
         elif observation is not None and observation.instance is not None:
             # No re-sent writes: the cache shows what this call changed, so the next pass
             # (which may read the cache) does not send it again.
@@ -354,6 +369,8 @@ def _follow_up(ref: WorkerRef, spec: WorkerSpec, status: WorkerStatus, plan: Pla
     after = decide(ref, spec, applied, observation, limits=limits)
     if after.actions or after.instance_id != plan.instance_id and plan.instance_id is not None:
         return plan
+    if after.recovery.failed_starts > plan.recovery.failed_starts:
+        return plan  # a Start of this very pass is judged on a later read, never on the one right after it
     return replace(plan, health=after.health, poll_soon=after.poll_soon, instance_id=observation.instance_id,
                    recovery=after.recovery)
 
@@ -383,7 +400,7 @@ def _failure(
     runtime: Runtime, ref: WorkerRef, raw_status: Mapping[str, Any] | None, status: WorkerStatus,
     spec: WorkerSpec, error: Exception, observation: Observation | None, notes: list[Note], retry: int,
     memory: WorkerMemory, decided: Plan | None = None, *, launch_attempt: int | None = None,
-    completed: int = 0,
+    completed: int = 0, restarted: bool = False,
 ) -> PassResult:
     integration = as_integration(error)
     # What the decision already counted (a failed launch, a replacement, a new attempt) stays counted.
@@ -413,6 +430,9 @@ def _failure(
     recovery = decided.recovery if decided else status.recovery
     if decided is not None and any(isinstance(action, Start) for action in decided.actions[completed:]):
         recovery = start_not_sent(recovery)  # EC2 never accepted it: nothing to judge on the next pass
+    if restarted and status.instance_id:
+        # The undo of a failed type change started the instance: judged like any Start of ours.
+        recovery = start_sent(recovery, status.instance_id, datetime.now(timezone.utc))
     plan = Plan((), health,
                 instance_id=None if launching else status.instance_id or spec.instance_id,
                 adopted=status.adopted or bool(spec.instance_id),
