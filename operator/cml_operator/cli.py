@@ -209,9 +209,10 @@ def run(settings: OperatorSettings) -> int:
     from .logs import configure_logging
     from .metrics import Metrics
 
-    from .malloc import limit_arenas
+    from .malloc import arenas_to_set, limit_arenas
 
-    limit_arenas(settings.malloc_arenas)  # before any thread starts: later arenas follow the cap
+    # Before any thread starts: later arenas follow the cap.
+    limit_arenas(arenas_to_set(settings.malloc_arenas, os.environ))
     configure_logging(settings.log_format, settings.log_level)
     log = logging.getLogger("cml_operator")
     metrics = Metrics()

@@ -15,11 +15,17 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+from collections.abc import Mapping
 
 logger = logging.getLogger(__name__)
 
 #: glibc's malloc.h: ``#define M_ARENA_MAX -8``.
 M_ARENA_MAX = -8
+
+
+def arenas_to_set(setting: int, environ: Mapping[str, str]) -> int:
+    """The cap to set: none where the user set ``MALLOC_ARENA_MAX`` (glibc already applied theirs)."""
+    return 0 if environ.get("MALLOC_ARENA_MAX") else setting
 
 
 def limit_arenas(arenas: int) -> bool:

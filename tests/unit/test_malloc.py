@@ -8,11 +8,11 @@ import textwrap
 
 import pytest
 
-from cml_operator.malloc import limit_arenas
+from cml_operator.malloc import arenas_to_set, limit_arenas
 
 PROGRAM = textwrap.dedent("""
     import ctypes, ctypes.util, sys, tempfile, threading
-    from cml_operator.malloc import limit_arenas
+    from cml_operator.malloc import arenas_to_set, limit_arenas
     limit_arenas(int(sys.argv[1]))
     together = threading.Barrier(8)
     def work():
@@ -52,3 +52,8 @@ def test_the_arena_cap_holds_where_eight_threads_would_take_an_arena_each():
 
 def test_zero_leaves_glibc_alone():
     assert limit_arenas(0) is False
+
+
+def test_a_malloc_arena_max_the_user_set_is_left_as_it_is():
+    assert arenas_to_set(2, {"MALLOC_ARENA_MAX": "4"}) == 0
+    assert arenas_to_set(2, {}) == 2 and arenas_to_set(2, {"MALLOC_ARENA_MAX": ""}) == 2
