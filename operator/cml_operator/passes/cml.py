@@ -75,6 +75,9 @@ class CMLStep:
     hold: bool = False
     notes: list[Note] = field(default_factory=list)
     looked: bool = False  # this pass asked the controller (idle stops act only on a fresh look)
+    #: resourceVersion of the credentials and CA Secrets as this pass read them (None: not read,
+    #: or not there): a refusal remembers the one it hinged on, so only a change of it counts.
+    secret_versions: dict[str, str | None] = field(default_factory=dict)
 
     # ------------------------------------------------------------ before EC2 decides
 
@@ -195,7 +198,7 @@ class CMLStep:
                 self._keep_pin(client, instance_id)
             decision = classify(error, slow_recheck_seconds=self.runtime.settings.slow_recheck)
             memory.seen_ready = memory.seen_ready and not isinstance(error, CMLUnavailableException)
-            memory.refused_secret, memory.refused_secret_version = self._refused_secret(error, memory)
+            memory.refused_secret, memory.refused_secret_version = self._refused_secret(error)
             memory.secret_checked_at = clock
             memory.next_look = clock + self._retry_after(decision)
             return CheckOutcome(endpoint, info=memory.info, error_message=str(error), decision=decision)
@@ -226,6 +229,7 @@ class CMLStep:
         except SecretNotFound as error:
             raise CMLAuthenticationException(f"{error} (spec.cml.credentialsSecretRef)", code="SecretNotFound",
                                              operation="credentials") from error
+        self.secret_versions[credentials.name] = credentials.resource_version
         username, password = credentials.data.get("username"), credentials.data.get("password")
         if not username or not password:
             raise CMLAuthenticationException(
@@ -249,21 +253,21 @@ class CMLStep:
         except SecretNotFound as error:
             raise CMLCertificateException(f"{error} (spec.cml.tls.caSecretRef)", code="SecretNotFound",
                                           operation="tls") from error
+        self.secret_versions[ref.name] = secret.resource_version
         if not secret.data.get(ref.key):
             raise CMLCertificateException(f"Secret {self.ref.namespace}/{ref.name} has no key {ref.key}",
                                           code="SecretIncomplete", operation="tls")
         return secret.data[ref.key], secret.resource_version
 
-    def _refused_secret(self, error: IntegrationException, memory: CMLMemory) -> tuple[str | None, str | None]:
-        """The Secret whose change may fix ``error``, and its version when it was refused."""
-        key = memory.client_key
+    def _refused_secret(self, error: IntegrationException) -> tuple[str | None, str | None]:
+        """The Secret whose change may fix ``error``, and its version as this pass read it (None: missing)."""
         if isinstance(error, CMLAuthenticationException):
-            return self.cml.credentials_secret, key[2] if key else None
-        if isinstance(error, CMLCertificateException) and self.cml.ca is not None:
-            # No CA Secret (or no key in it) yet: any version of it is news.
-            missing = error.code in ("SecretNotFound", "SecretIncomplete")
-            return self.cml.ca.name, None if missing or not key else key[3]
-        return None, None
+            name = self.cml.credentials_secret
+        elif isinstance(error, CMLCertificateException) and self.cml.ca is not None:
+            name = self.cml.ca.name
+        else:
+            return None, None
+        return name, self.secret_versions.get(name)
 
     async def _credentials_changed(self, memory: CMLMemory, clock: float) -> bool:
         """While refused: read that Secret's version at most every starting interval; a new one: look now."""
