@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import cluster_required
 from tests.support import images
-from tests.support.processes import FAKE_AWS_ENV, OperatorProcess, free_port, wait_for
+from tests.support.processes import FAKE_AWS_ENV, OperatorProcess, free_ports, wait_for
 
 from .conftest import instances_of, worker_manifest
 
@@ -52,7 +52,7 @@ def test_the_image_runs_the_operator_non_root_read_only_and_a_worker_gets_ready(
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_bytes(control_plane.kubeconfig_path.read_bytes())
     kubeconfig.chmod(0o644)
-    metrics_port, liveness_port = free_port(), free_port()
+    metrics_port, liveness_port = free_ports(2)  # distinct, or the two servers collide
     env = {**FAKE_AWS_ENV, "KUBECONFIG": "/etc/cml-operator/kubeconfig", "AWS_ENDPOINT_URL_EC2": proxy.url}
     env_args = [arg for key, value in env.items() for arg in ("--env", f"{key}={value}")]
     images.podman(

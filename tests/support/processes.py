@@ -83,13 +83,20 @@ def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.2
                        + (f" (last error: {last_error!r})" if last_error else ""))
 
 
-def free_port() -> int:
-    """A port free right now. Racy by nature: prefer a process that binds port 0 and reports it."""
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports free right now. Racy by nature (prefer a process that binds port 0
+    and reports it), but never the same port twice: all are held open together, where one
+    socket at a time got the same port back from the kernel for both."""
     import socket
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def _stop(process: subprocess.Popen, timeout: float = 15.0, sig: int = signal.SIGTERM) -> None:
@@ -242,7 +249,9 @@ class OperatorProcess:
         return self
 
     def _launch(self) -> None:
-        self.metrics_port, self.liveness_port = free_port(), free_port()
+        # Distinct: with one port for both, /healthz was answered by the metrics server and the
+        # operator died a moment later when Kopf's liveness endpoint could not bind.
+        self.metrics_port, self.liveness_port = free_ports(2)
         self.exit_expected = False
         if self.log_path is None:
             self.log_path = Path(tempfile.mkstemp(prefix="cml-operator-", suffix=".log")[1])

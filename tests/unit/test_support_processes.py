@@ -84,3 +84,11 @@ def test_an_exit_the_test_caused_is_not_a_crash(tmp_path):
     operator.start(wait=False)
     operator.wait_exit(10)
     operator.check_alive()  # no ProcessExited: the test said it expected the exit
+
+
+def test_free_ports_are_distinct_however_many_are_asked_for():
+    from tests.support.processes import free_ports
+
+    for _ in range(50):  # free_port() twice in a row returned one port for both here once
+        ports = free_ports(2)
+        assert len(set(ports)) == 2
