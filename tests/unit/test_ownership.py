@@ -20,12 +20,9 @@ from cml_operator.reconcile.ownership import (
     worker_tag_value,
 )
 from cml_operator.reconcile.spec import parse_spec
+from cml_operator.reconcile.actions import RemoveOwnershipTags, Stop, SyncTags, Terminate
 from cml_operator.reconcile.worker import (
     Observation,
-    RemoveOwnershipTags,
-    Stop,
-    SyncTags,
-    Terminate,
     WorkerRef,
     WorkerStatus,
     decide,

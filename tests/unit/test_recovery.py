@@ -13,7 +13,8 @@ from cml_operator.reconcile import reasons
 from cml_operator.reconcile.conditions import HealthState
 from cml_operator.reconcile.recovery import Limits, Recovery, launch_gate
 from cml_operator.reconcile.spec import parse_spec
-from cml_operator.reconcile.worker import Launch, ModifyType, Observation, Start, WorkerRef, WorkerStatus, decide
+from cml_operator.reconcile.actions import Launch, ModifyType, Start
+from cml_operator.reconcile.worker import Observation, WorkerRef, WorkerStatus, decide
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
 REF = WorkerRef(uid="u1", namespace="lab", name="w1", generation=3, cluster_id="c1")

@@ -12,18 +12,20 @@ from cml_operator.reconcile import reasons
 from cml_operator.reconcile.conditions import HealthState, build_conditions
 from cml_operator.reconcile.recovery import Recovery
 from cml_operator.reconcile.spec import SpecError, parse_spec
-from cml_operator.reconcile.worker import (
+from cml_operator.reconcile.actions import (
     Launch,
     ModifySecurityGroups,
-    SetMetadataOptions,
     ModifyType,
-    Observation,
     RemoveOwnershipTags,
+    SetMetadataOptions,
     SetMonitoring,
     Start,
     Stop,
     SyncTags,
     Terminate,
+)
+from cml_operator.reconcile.worker import (
+    Observation,
     WorkerRef,
     WorkerStatus,
     attempt_of_token,

@@ -54,7 +54,8 @@ from ..reconcile.cml_spec import CMLSpec, SecretKeyRef
 from ..reconcile.conditions import Health, HealthState, health_of, now_rfc3339
 from ..reconcile.policy import Decision, Kind, classify
 from ..reconcile.spec import WorkerSpec
-from ..reconcile.worker import Note, Observation, Plan, Stop, Terminate, WorkerRef
+from ..reconcile.actions import Note, Stop, Terminate
+from ..reconcile.worker import Observation, Plan, WorkerRef
 from ..runtime import Runtime
 
 #: A valid licence is read again every this many looks (it rarely changes; keeps a look under 3 requests).

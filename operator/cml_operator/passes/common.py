@@ -11,13 +11,11 @@ from ..ec2.exceptions import IntegrationException
 from ..ec2.models import CMLWorkerInstanceDto
 from ..reconcile.conditions import Health
 from ..reconcile.policy import Decision
-from ..reconcile.worker import (
-    OWNERSHIP_TAGS,
+from ..reconcile.actions import (
     Action,
     ModifySecurityGroups,
     ModifyType,
     Note,
-    Observation,
     RemoveOwnershipTags,
     SetMetadataOptions,
     SetMonitoring,
@@ -26,6 +24,7 @@ from ..reconcile.worker import (
     SyncTags,
     Terminate,
 )
+from ..reconcile.worker import OWNERSHIP_TAGS, Observation
 from ..runtime import Runtime
 
 logger = logging.getLogger(__name__)

@@ -11,17 +11,8 @@ from ..reconcile import reasons
 from ..reconcile.conditions import Health
 from ..reconcile.policy import Decision, Kind, classify
 from ..reconcile.spec import SpecError, parse_spec
-from ..reconcile.worker import (
-    GONE_STATES,
-    Action,
-    Note,
-    Observation,
-    RemoveOwnershipTags,
-    Terminate,
-    WorkerRef,
-    WorkerStatus,
-    decide_deletion,
-)
+from ..reconcile.actions import Action, Note, RemoveOwnershipTags, Terminate
+from ..reconcile.worker import GONE_STATES, Observation, WorkerRef, WorkerStatus, decide_deletion
 from ..runtime import Runtime
 from .cml import release_before_terminate
 from .common import PassResult, apply_action, capped

@@ -24,7 +24,7 @@ from ..reconcile.discovery import (
     worker_for_instance,
 )
 from ..reconcile.policy import classify
-from ..reconcile.worker import Note
+from ..reconcile.actions import Note
 from ..runtime import Runtime
 from .orphans import all_workers, handle_orphans, judge_orphans, managed_instances
 

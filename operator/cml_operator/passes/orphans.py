@@ -20,7 +20,8 @@ from ..ec2.models import CMLWorkerInstanceDto
 from ..kubeapi import CMLWORKERS, KubeApi, KubeApiError
 from ..reconcile import reasons
 from ..reconcile.discovery import TAG_CLUSTER, find_orphans, orphan_action
-from ..reconcile.worker import TAG_UID, TAG_WORKER, Note
+from ..reconcile.actions import Note
+from ..reconcile.worker import TAG_UID, TAG_WORKER
 from ..runtime import Runtime
 
 logger = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ from ..reconcile.pool import (
     owned_by,
     plan_pool,
 )
-from ..reconcile.worker import Note
+from ..reconcile.actions import Note
 
 logger = logging.getLogger(__name__)
 #: Names listed in one event at most; the rest are counted.

@@ -23,18 +23,12 @@ from ..reconcile.policy import IDEMPOTENCY_CODES, Decision, Kind, classify
 from ..reconcile.spec import DEFAULT_INSTANCE_TYPE, SpecError, WorkerSpec, parse_spec
 from ..reconcile.status import PassOutcome, render_status
 from ..reconcile.recovery import Limits, start_not_sent, start_sent
+from ..reconcile.actions import Launch, ModifyType, Note, SetMetadataOptions, Start, Stop, Terminate
 from ..reconcile.worker import (
     ANNOTATION_PAUSED,
     GONE_STATES,
-    Launch,
-    ModifyType,
-    Note,
     Observation,
     Plan,
-    SetMetadataOptions,
-    Start,
-    Stop,
-    Terminate,
     WorkerRef,
     WorkerStatus,
     decide,

@@ -34,17 +34,14 @@ from .ownership import (  # noqa: F401 - the tag names are re-exported: older im
     ownership,
     worker_tag_value,
 )
-from .actions import (  # noqa: F401 - re-exported: passes and tests import the actions from here
+from .actions import (
     Action,
     Launch,
     ModifySecurityGroups,
-    ModifyType,
     Note,
     RemoveOwnershipTags,
     SetMetadataOptions,
     SetMonitoring,
-    Start,
-    Stop,
     SyncTags,
     Terminate,
 )
