@@ -25,14 +25,8 @@ start=$(date +%s)
 echo "build.sh: building kube-apiserver, kubectl ($k8s_version) and etcd ($etcd_version); the first build takes 10-30 minutes on 2 cores" >&2
 (
   cd "$here"
-  # Versions (git tag) are stamped the way Kubernetes' own build does, so
-  # `kubectl version` reports the real release instead of v0.0.0.
-  pkg=k8s.io/client-go/pkg/version
-  cpkg=k8s.io/component-base/version
-  ldflags="-s -w"
-  for p in "$pkg" "$cpkg"; do
-    ldflags+=" -X $p.gitVersion=$k8s_version -X $p.gitMajor=1 -X $p.gitMinor=$(echo "$k8s_version" | cut -d. -f2) -X $p.gitTreeState=clean"
-  done
+  source "$here/version-ldflags.sh"
+  ldflags="$(version_ldflags "$k8s_version")"
   CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -ldflags "$ldflags" -o "$bin_dir.tmp/" \
     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl
   CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -ldflags "-s -w" -o "$bin_dir.tmp/etcd" go.etcd.io/etcd/server/v3

@@ -48,12 +48,8 @@ echo "build-apiserver.sh: building kube-apiserver $version (staging $staging_ver
 (
   cd "$work"
   GOFLAGS=-mod=mod go mod tidy >&2
-  pkg=k8s.io/client-go/pkg/version
-  cpkg=k8s.io/component-base/version
-  ldflags="-s -w"
-  for p in "$pkg" "$cpkg"; do
-    ldflags+=" -X $p.gitVersion=$version -X $p.gitMajor=1 -X $p.gitMinor=$(echo "$version" | cut -d. -f2) -X $p.gitTreeState=clean"
-  done
+  source "$here/../version-ldflags.sh"
+  ldflags="$(version_ldflags "$version")"
   mkdir -p "$bin_dir.tmp"
   CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -ldflags "$ldflags" -o "$bin_dir.tmp/kube-apiserver" \
     k8s.io/kubernetes/cmd/kube-apiserver
