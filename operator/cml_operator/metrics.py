@@ -7,7 +7,7 @@ Series (all prefixed ``cml_``):
     reconcile_duration_seconds{trigger}              one reconcile pass (create/update/resume/timer/delete)
     retries_total{reason}                            passes that scheduled a retry, by condition reason
     workers{phase}                                   workers this replica tracks, by status.phase
-    ec2_batch_size{kind}                             ids per batched read (describe/status/uid)
+    ec2_batch_size{kind}                             ids per batched read (describe/status/uid/managed)
     orphan_instances{region}                         instances this cluster manages whose worker is gone (last scan)
     cml_api_calls_total{operation,outcome}           every CML request; outcome "ok", "HTTP503", "Timeout", ...
     cml_idle_stops_total                             instances stopped by the idle rule (spec.cml.idleStop)

@@ -610,6 +610,19 @@ async def test_batch_sizes_are_reported_by_region_and_kind():
     assert heard == [("us-east-1", "describe", 3), ("us-east-1", "status", 2), ("us-east-1", "uid", 1)]
 
 
+@virtual_time_test
+async def test_the_observer_passes_report_their_batched_reads_too():
+    # A launched worker can reach Ready on the fast passes alone; the metric must still see those reads.
+    ec2 = FakeEC2(managed("i-1"), managed("i-2", "stopped"), instance("i-retagged"))
+    heard: list[tuple[str, int]] = []
+    obs = RegionObserver("us-east-1", ec2, ObserverSettings(), on_batch=lambda kind, size: heard.append((kind, size)))
+
+    await obs.refresh(["i-1", "i-2"])
+    await obs.refresh(["i-1", "i-2", "i-retagged"], full=True)
+
+    assert heard == [("describe", 2), ("status", 1), ("managed", 2), ("describe", 1), ("status", 2)]
+
+
 def managed(instance_id: str, state: str = "running") -> CMLWorkerInstanceDto:
     dto = instance(instance_id, state)
     return replace(dto, tags={**dto.tags, TAG_MANAGED_BY: MANAGED_BY})

@@ -65,6 +65,7 @@ class RegionObserver:
         self._cache: dict[str, _Entry] = {}
         self._wanted: dict[str, float] = {}  # id -> last time a worker asked
         self._hot: dict[str, float] = {}  # id -> hot until
+        self._on_batch = on_batch
         batch = self.settings.batch if self.settings.batching else BatchSettings(idle=0, max_wait=0, max_items=1)
 
         def counted(kind: str) -> Callable[[int], None] | None:
@@ -160,8 +161,11 @@ class RegionObserver:
         if full:
             instances = await self._managed_instances(instance_ids)
         else:
+            self._heard("describe", len(instance_ids))
             instances = await self._ec2.describe_instances(self.region, list(instance_ids))
         running = [i for i, dto in instances.items() if dto.instance_state == "running"]
+        if running:
+            self._heard("status", len(running))
         checks = await self._ec2.status_checks(self.region, running) if running else {}
         for instance_id in instance_ids:
             self._store(instance_id, instances.get(instance_id), checks.get(instance_id), now)
@@ -170,10 +174,21 @@ class RegionObserver:
         wanted = set(instance_ids)
         tagged = await self._ec2.find_by_tag_values(self.region, TAG_MANAGED_BY, [MANAGED_BY])
         found = {dto.aws_instance_id: dto for dto in tagged.get(MANAGED_BY, []) if dto.aws_instance_id in wanted}
+        self._heard("managed", len(found))
         missed = [i for i in instance_ids if i not in found]
         if missed:
+            self._heard("describe", len(missed))
             found.update(await self._ec2.describe_instances(self.region, missed))
         return found
+
+    def _heard(self, kind: str, size: int) -> None:
+        """Report a pass's own batched read, as the batchers report theirs (metrics must not break a pass)."""
+        if self._on_batch is None:
+            return
+        try:
+            self._on_batch(kind, size)
+        except Exception:  # noqa: BLE001
+            logger.exception("region %s: batch-size hook failed", self.region)
 
     # ------------------------------------------------------------ batch executors
 
