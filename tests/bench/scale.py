@@ -22,7 +22,7 @@ outside the operator (tests/bench/measure.py):
 * afterwards, live instances per worker counted at moto: any duplicate or missing one fails.
 
 Targets (the batched run of every N is held to them; ``--max-... 0`` disables one):
-``--max-ready-s`` 120, ``--max-reads-per-resync`` 15, ``--max-writes-per-worker`` 5,
+``--max-ready-s`` 120, ``--max-reads-per-resync`` 15, ``--max-writes-per-worker`` 6,
 ``--max-rss-mb`` 250 (the steady-state RSS). The exit status is 1 and a ``FAILED`` line
 names each figure over its limit, each duplicate or missing instance, and a memory that
 never settled; 0 otherwise.
@@ -41,6 +41,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +83,7 @@ class RunResult:
     reads_by_pass: list[int] = field(default_factory=list)
     busiest_pass: dict[str, int] = field(default_factory=dict)  # its reads by action: what made it busy
     live_instances: int = 0
+    events_by_reason: dict[str, int] = field(default_factory=dict)  # "Type/Reason": what the writes said
     problems: list[str] = field(default_factory=list)  # duplicates, missing instances, no plateau
     cpu_idle_pct: float = float("nan")
     cpu_resync_pct: float = float("nan")
@@ -111,6 +113,12 @@ def runtime_python() -> str:
 def apiserver_writes(plane: ControlPlane) -> dict[str, int]:
     """Write requests so far, keyed 'VERB resource[/subresource]', for cmlworkers and events."""
     return measure.apiserver_writes(plane.kubectl("get", "--raw", "/metrics").stdout, ("cmlworkers", "events"))
+
+
+def events_by_reason(plane: ControlPlane, namespace: str) -> dict[str, int]:
+    """Events posted so far, counted by type and reason: an extra write per worker says what it was."""
+    listed = json.loads(plane.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
+    return dict(sorted(Counter(f"{e.get('type')}/{e.get('reason')}" for e in listed).items()))
 
 
 def network(moto_url: str) -> dict[str, str]:
@@ -170,12 +178,13 @@ def run_workload(plane: ControlPlane, moto: MotoServer, proxy: FaultProxyProcess
         writes = diff(apiserver_writes(plane), before)
         writes.pop("POST cmlworkers", None)  # the benchmark's own creates
         per_worker = sum(writes.values()) / n
+        reasons = events_by_reason(plane, namespace)
 
         result = RunResult(
             n=n, batching=batching, ready_s=ready_s,
             ec2_calls_to_ready={a: sum(o.values()) for a, o in sorted(to_ready.items())},
             reads_per_resync=float("nan"), k8s_writes=writes, writes_per_worker=per_worker, rss_mb=float("nan"),
-            notes=[f"create requests took {applied_s:.1f}s"],
+            notes=[f"create requests took {applied_s:.1f}s"], events_by_reason=reasons,
         )
         if batching:
             measure_passes(operator, proxy, args, result)
