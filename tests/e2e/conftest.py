@@ -118,6 +118,16 @@ class Kube:
     def event_reasons(self, name: str, type_: str | None = None) -> list[str]:
         return [e["reason"] for e in self.events(name) if type_ is None or e["type"] == type_]
 
+    def wait_event(self, name: str, reason: str, type_: str | None = "Warning", count: int = 1,
+                   timeout: float = 15) -> list[str]:
+        """Wait until ``reason`` was posted ``count`` times; return the reasons then.
+
+        Kopf posts a handler's events from a queue of its own, so one can land just after the
+        status patch of the same pass: a test that saw the condition must wait for the event.
+        """
+        return wait_for(lambda: (found := self.event_reasons(name, type_)).count(reason) >= count and found,
+                        timeout, what=f"{count} {type_ or ''} event(s) {reason} on {name}")
+
     def delete(self, name: str, wait: bool = True, timeout: str = "60s"):
         return self.run("delete", "cmlworker", name, f"--wait={str(wait).lower()}", f"--timeout={timeout}")
 

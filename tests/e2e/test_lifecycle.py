@@ -90,7 +90,9 @@ def test_tags_are_added_changed_and_removed_on_ec2(kube, network, aws, operator)
     tags = tags_of(aws, instance_id)
     assert tags["backup"] == "daily"  # foreign tags are left alone
     assert tags["cml.dev/worker-uid"] == kube.get("lab-3")["metadata"]["uid"]
-    assert sorted(kube.get("lab-3")["status"]["managedTagKeys"]) == ["cost", "team"]
+    # The status is written when the pass that synced the tags ends, a moment after EC2 has them.
+    wait_for(lambda: sorted(kube.get("lab-3")["status"]["managedTagKeys"]) == ["cost", "team"], 15,
+             what="status.managedTagKeys to name exactly the spec's tags")
 
 
 def test_changing_the_instance_type_stops_modifies_and_starts(kube, network, aws, operator):

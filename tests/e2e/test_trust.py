@@ -83,7 +83,7 @@ def test_instances_dying_before_ready_stall_launch_failed_after_three_launches(k
     assert len(killed) == 3 and proxy.count("RunInstances") == 3
     recovery = kube.get("boot-1")["status"]["recovery"]
     assert recovery["failedLaunches"] == 3
-    assert kube.event_reasons("boot-1", "Warning").count("LaunchFailed") >= 3
+    kube.wait_event("boot-1", "LaunchFailed", count=3)
     # A spec change earns exactly one more try.
     kube.patch_spec("boot-1", {"tags": {"retry": "1"}})
     wait_for(lambda: proxy.count("RunInstances") == 4, 30, what="one more launch after the spec change")
@@ -100,7 +100,7 @@ def test_a_lost_ready_instance_is_replaced_at_most_max_replacements_times(kube, 
     second = wait_for(lambda: (kube.get("lost-1")["status"].get("instanceId") or first) != first
                       and kube.get("lost-1")["status"]["instanceId"], 60, what="a replacement")
     kube.wait_condition("lost-1", "Ready")
-    assert "InstanceLost" in kube.event_reasons("lost-1", "Warning")
+    kube.wait_event("lost-1", "InstanceLost")
 
     aws.terminate_instances(InstanceIds=[second])
     stalled = kube.wait_condition("lost-1", "Stalled", reason="ReplacementLimitReached")
@@ -138,7 +138,7 @@ def test_a_start_that_falls_back_to_stopped_backs_off_and_stalls_start_failed_af
     assert all(gap >= backoff + grace - 1 for gap in gaps), gaps
     status = kube.get("cap-1")["status"]
     assert status["recovery"]["failedStarts"] == 3 and status["instanceState"] == "stopped"
-    assert kube.event_reasons("cap-1", "Warning").count("StartFailed") == 3
+    assert kube.wait_event("cap-1", "StartFailed", count=3).count("StartFailed") == 3
     time.sleep(backoff + grace + 2)  # longer than a retry would take: none may come while stalled
     assert proxy.count("StartInstances") == 3
 

@@ -4,7 +4,8 @@ Order matters: the instances are read first, the CMLWorkers second, and the susp
 are read from EC2 once more, so a worker deleted (and its instance terminated or
 untagged) between the two reads is never taken for an orphan. Discovery scans judge
 their own region (the Warning event goes on the discovery object); ``orphan_watch``
-judges every other region where this process has seen workers (metric and log only).
+judges every other region where this process has seen workers (the same policy; reported by
+metric and log only, as there is no object to put an event on).
 """
 
 from __future__ import annotations
