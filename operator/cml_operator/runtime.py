@@ -48,6 +48,14 @@ class WorkerMemory:
     #: The instance id this process last wrote into the cml.dev/instance-id annotation, and when.
     annotated_instance_id: str | None = None
     annotated_at: float = 0.0
+    #: Kopf starts a worker's timer before its create handler (it adds the finalizer first), so
+    #: under load the timer can go first; the create pass would then repeat the timer's calls
+    #: (a second RunInstances after a permanent error, a second Warning). Timers wait for it.
+    change_pass_ran: bool = False
+    first_timer_at: float | None = None
+    #: When Kopf retries a create/update/resume pass that raised a temporary error: the timer
+    #: stands down until then, so one retry chain paces the worker, not two side by side.
+    change_retry_at: float | None = None
 
     def block(self, generation: int, delay: float | None, clock: float) -> None:
         self.blocked_generation = generation
@@ -59,6 +67,18 @@ class WorkerMemory:
     def clear(self) -> None:
         self.next_attempt = 0.0
         self.blocked_generation = None
+
+    def timer_may_act(self, clock: float, grace: float) -> bool:
+        """Whether a timer may act: once this process ran the worker's create, update or resume
+        pass, or, should that never come, ``grace`` seconds after the first timer tick; and not
+        while Kopf is retrying that pass (unless the retry is ``grace`` seconds overdue)."""
+        if self.change_retry_at is not None:
+            return clock >= self.change_retry_at + grace
+        if self.change_pass_ran:
+            return True
+        if self.first_timer_at is None:
+            self.first_timer_at = clock
+        return clock - self.first_timer_at >= grace
 
     def due(self, generation: int, clock: float) -> bool:
         if self.blocked_generation is not None and self.blocked_generation != generation:

@@ -28,6 +28,9 @@ GROUP, VERSION, PLURAL = "cml.dev", "v1alpha1", "cmlworkers"
 FINALIZER = "cml.dev/finalizer"
 #: How long a body may lag behind our own status write before we write again (a lost patch heals).
 STALE_BODY_GRACE = 30.0
+#: How long a timer waits for the create/resume pass it should follow (a safety net: Kopf runs one
+#: for every worker a process sees, normally within milliseconds of the first timer tick).
+CHANGE_PASS_GRACE = 30.0
 #: Kubernetes caps event messages; keep ours readable and under it.
 EVENT_MESSAGE_LIMIT = 1000
 
@@ -77,8 +80,12 @@ async def _reconcile(runtime: Runtime, body: kopf.Body, patch: kopf.Patch, retry
     # The lock comes before the due-check: a timer and a change handler waking together
     # must not both find the worker due and both call EC2 (the second sees the first's outcome).
     async with memory.lock:
+        if timer and not memory.timer_may_act(runtime.clock(), CHANGE_PASS_GRACE):
+            return  # the create/resume pass comes first; it reads EC2 itself
         if timer and not memory.due(ref.generation, runtime.clock()):
             return  # waiting out a retry delay, or stalled until the spec changes
+        if not timer:
+            memory.change_pass_ran = True
         if timer:
             # The region observer refreshes on its own schedule (hot ids every fast interval, all
             # every resync); a busy event loop makes it late. A worker reads EC2 itself only when
@@ -92,6 +99,9 @@ async def _reconcile(runtime: Runtime, body: kopf.Body, patch: kopf.Patch, retry
                                           max_age=max_age, retry=retry, annotations=_annotations(body))
         _patch_status(body, patch, result.status, memory)
         _record_instance_id(body, patch, result.status, memory)
+        if not timer:
+            retrying = result.decision is not None and result.decision.temporary
+            memory.change_retry_at = runtime.clock() + (result.decision.delay or 1.0) if retrying else None
     _post(body, result)
     decision = result.decision
     if decision is None:
