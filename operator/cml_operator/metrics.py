@@ -11,6 +11,7 @@ Series (all prefixed ``cml_``):
     orphan_instances{region}                         instances this cluster manages whose worker is gone (last scan)
     cml_api_calls_total{operation,outcome}           every CML request; outcome "ok", "HTTP503", "Timeout", ...
     cml_idle_stops_total                             instances stopped by the idle rule (spec.cml.idleStop)
+    status_patches_total{state,reason}               CMLWorker status patches sent, by the health they carried
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ class Metrics:
                                  ["operation", "outcome"], registry=self.registry)
         self.idle_stops = Counter("cml_idle_stops", "Instances stopped for inactivity (spec.cml.idleStop)",
                                   registry=self.registry)
+        self.status_patches = Counter("cml_status_patches", "CMLWorker status patches sent, by the health "
+                                      "state and reason they carried", ["state", "reason"], registry=self.registry)
         self._phases: dict[str, str] = {}
         self._lock = threading.Lock()
         for phase in PHASES:

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 #: The tag filter of the observer's full pass (DescribeInstances by the managed-by tag).
 PASS_MARKER = "tag:cml.dev/managed-by"
 READ_PREFIXES = ("Describe",)
@@ -53,8 +55,24 @@ class Limits:
                   ("k8s_writes_per_worker", writes_per_worker, self.max_writes_per_worker,
                    "--max-writes-per-worker"),
                   ("rss_steady_mb", rss_steady_mb, self.max_rss_mb, "--max-rss-mb")]
-        return [f"{name}={value:.2f} is over its limit {limit:g} ({flag})"
+        return [f"{name}={_exact(value)} is over its limit {limit:g} ({flag})"
                 for name, value, limit, flag in checks if limit is not None and value > limit]
+
+
+def _exact(value: float) -> str:
+    """Enough digits to see why it failed: 6.003 over 6 must not print as 6.00."""
+    return f"{value:.3f}".rstrip("0").rstrip(".")
+
+
+def status_patches(metrics_text: str) -> dict[str, int]:
+    """The operator's ``cml_status_patches_total`` samples, keyed "State/Reason"."""
+    found: dict[str, int] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            if sample.name == "cml_status_patches_total":
+                key = f"{sample.labels['state']}/{sample.labels['reason']}"
+                found[key] = found.get(key, 0) + int(sample.value)
+    return dict(sorted(found.items()))
 
 
 # ---------------------------------------------------------------- resync passes from the call log

@@ -84,6 +84,7 @@ class RunResult:
     busiest_pass: dict[str, int] = field(default_factory=dict)  # its reads by action: what made it busy
     live_instances: int = 0
     events_by_reason: dict[str, int] = field(default_factory=dict)  # "Type/Reason": what the writes said
+    status_patches: dict[str, int] = field(default_factory=dict)  # "State/Reason", from the operator's metric
     problems: list[str] = field(default_factory=list)  # duplicates, missing instances, no plateau
     cpu_idle_pct: float = float("nan")
     cpu_resync_pct: float = float("nan")
@@ -179,12 +180,14 @@ def run_workload(plane: ControlPlane, moto: MotoServer, proxy: FaultProxyProcess
         writes.pop("POST cmlworkers", None)  # the benchmark's own creates
         per_worker = sum(writes.values()) / n
         reasons = events_by_reason(plane, namespace)
+        patches = measure.status_patches(operator.metrics())
 
         result = RunResult(
             n=n, batching=batching, ready_s=ready_s,
             ec2_calls_to_ready={a: sum(o.values()) for a, o in sorted(to_ready.items())},
             reads_per_resync=float("nan"), k8s_writes=writes, writes_per_worker=per_worker, rss_mb=float("nan"),
             notes=[f"create requests took {applied_s:.1f}s"], events_by_reason=reasons,
+            status_patches=patches,
         )
         if batching:
             measure_passes(operator, proxy, args, result)

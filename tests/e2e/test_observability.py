@@ -57,6 +57,9 @@ def test_metrics_show_calls_reconciles_phases_errors_and_retries(kube, network, 
     assert sample(metrics, "cml_reconcile_duration_seconds_count", trigger="create") >= 1
     assert sample(metrics, "cml_reconcile_duration_seconds_count", trigger="timer") >= 1
     assert sample(metrics, "cml_ec2_batch_size_count", kind="describe") >= 1
+    # Status writes by what they said: the throttled first pass, and Ready.
+    assert sample(metrics, "cml_status_patches_total", state="Reconciling", reason="Throttled") >= 1
+    assert sample(metrics, "cml_status_patches_total", state="Ready") >= 1
     # A missing series would also sum to 0: the gauge must be there, and say 0.
     assert series(metrics, "cml_workers", phase="Pending") == [0.0]
     assert sum(series(metrics, "cml_workers")) == 1  # the one worker, in one phase

@@ -38,8 +38,11 @@ def test_rss_is_steady_after_5_passes_without_growth(levels, after):
 
 def test_limits_name_every_figure_over_its_limit_and_only_those():
     found = Limits().violations(ready_s=130, reads_per_resync=11, writes_per_worker=5.0, rss_steady_mb=251)
-    assert found == ["ready_s=130.00 is over its limit 120 (--max-ready-s)",
-                     "rss_steady_mb=251.00 is over its limit 250 (--max-rss-mb)"]
+    assert found == ["ready_s=130 is over its limit 120 (--max-ready-s)",
+                     "rss_steady_mb=251 is over its limit 250 (--max-rss-mb)"]
+    # Two decimals would print 6.003 as 6.00, "over its limit 6": the figure shows why it failed.
+    assert Limits().violations(ready_s=1, reads_per_resync=1, writes_per_worker=6.003, rss_steady_mb=1) == \
+        ["k8s_writes_per_worker=6.003 is over its limit 6 (--max-writes-per-worker)"]
     assert Limits(max_ready_s=None).violations(ready_s=1e9, reads_per_resync=0, writes_per_worker=0,
                                                rss_steady_mb=0) == []
 
@@ -86,3 +89,13 @@ def test_a_pass_breakdown_tells_the_pass_own_reads_from_the_workers_later_ones()
     _, passes = resync_passes(log, min_gap=10)
     assert passes[0].breakdown(gap=2.0) == {"DescribeInstanceStatus (pass)": 2, "DescribeInstances (pass)": 1,
                                             "DescribeInstances (after)": 1}
+
+
+def test_status_patches_are_read_from_the_operators_metric_by_state_and_reason():
+    text = ('# HELP cml_status_patches_total x\n# TYPE cml_status_patches_total counter\n'
+            'cml_status_patches_total{reason="Provisioning",state="Reconciling"} 1000.0\n'
+            'cml_status_patches_total{reason="InstanceReady",state="Ready"} 1000.0\n'
+            'cml_status_patches_total{reason="IntegrationError",state="Reconciling"} 1.0\n'
+            'cml_status_patches_created{reason="Provisioning",state="Reconciling"} 1.7e+09\n')
+    assert measure.status_patches(text) == {"Ready/InstanceReady": 1000, "Reconciling/IntegrationError": 1,
+                                            "Reconciling/Provisioning": 1000}

@@ -68,7 +68,8 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
         rendered = dict(result.status)
         rendered["conditions"] = build_conditions(
             (body.get("status") or {}).get("conditions"), result.health, ref.generation)
-        _patch_status(body, patch, rendered, memory)
+        if _patch_status(body, patch, rendered, memory):
+            runtime.metrics.status_patches.labels(result.health.state.value, result.health.reason).inc()
         delay = result.decision.delay if result.decision and result.decision.delay else 5.0
         raise kopf.TemporaryError(result.health.message, delay=delay)
 
@@ -97,7 +98,8 @@ async def _reconcile(runtime: Runtime, body: kopf.Body, patch: kopf.Patch, retry
         with runtime.metrics.reconcile_duration.labels(trigger).time():
             result = await reconcile_pass(runtime, ref, body.get("spec"), _freshest_status(body, memory),
                                           max_age=max_age, retry=retry, annotations=_annotations(body))
-        _patch_status(body, patch, result.status, memory)
+        if _patch_status(body, patch, result.status, memory):
+            runtime.metrics.status_patches.labels(result.health.state.value, result.health.reason).inc()
         _record_instance_id(body, patch, result.status, memory)
         if not timer:
             retrying = result.decision is not None and result.decision.temporary
@@ -152,15 +154,17 @@ def _freshest_status(body: kopf.Body, memory: WorkerMemory) -> Mapping[str, Any]
     return {**kept, **memory.last_status}
 
 
-def _patch_status(body: kopf.Body, patch: kopf.Patch, rendered: Mapping[str, Any], memory: WorkerMemory) -> None:
+def _patch_status(body: kopf.Body, patch: kopf.Patch, rendered: Mapping[str, Any], memory: WorkerMemory) -> bool:
+    """Put the status changes into Kopf's patch; whether there were any to send."""
     changes = status_patch(body.get("status"), rendered)
     if not changes:
-        return
+        return False
     now = Runtime.clock()
     if memory.last_status == rendered and now - memory.last_status_at < STALE_BODY_GRACE:
-        return  # we just wrote exactly this; the body in hand predates that write
+        return False  # we just wrote exactly this; the body in hand predates that write
     patch.setdefault("status", {}).update(changes)
     memory.last_status, memory.last_status_at = dict(rendered), now
+    return True
 
 
 def _post(body: kopf.Body, result: PassResult) -> None:
