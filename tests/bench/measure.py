@@ -64,15 +64,27 @@ def _exact(value: float) -> str:
     return f"{value:.3f}".rstrip("0").rstrip(".")
 
 
-def status_patches(metrics_text: str) -> dict[str, int]:
-    """The operator's ``cml_status_patches_total`` samples, keyed "State/Reason"."""
+def counter_by(metrics_text: str, name: str, labels: Sequence[str],
+               keep: Callable[[dict[str, str]], bool] = lambda _: True) -> dict[str, int]:
+    """A counter's samples from the operator's Prometheus text, summed by ``labels`` joined with "/"."""
     found: dict[str, int] = {}
     for family in text_string_to_metric_families(metrics_text):
         for sample in family.samples:
-            if sample.name == "cml_status_patches_total":
-                key = f"{sample.labels['state']}/{sample.labels['reason']}"
+            if sample.name == name and keep(sample.labels):
+                key = "/".join(sample.labels[label] for label in labels)
                 found[key] = found.get(key, 0) + int(sample.value)
     return dict(sorted(found.items()))
+
+
+def status_patches(metrics_text: str) -> dict[str, int]:
+    """Status patches the operator sent, keyed "State/Reason"."""
+    return counter_by(metrics_text, "cml_status_patches_total", ("state", "reason"))
+
+
+def ec2_errors(metrics_text: str) -> dict[str, int]:
+    """EC2 attempts that failed, keyed "Operation/outcome" (a 500, a read timeout, a throttle)."""
+    return counter_by(metrics_text, "cml_ec2_api_calls_total", ("operation", "outcome"),
+                      keep=lambda labels: labels.get("outcome") != "ok")
 
 
 # ---------------------------------------------------------------- resync passes from the call log

@@ -85,6 +85,7 @@ class RunResult:
     live_instances: int = 0
     events_by_reason: dict[str, int] = field(default_factory=dict)  # "Type/Reason": what the writes said
     status_patches: dict[str, int] = field(default_factory=dict)  # "State/Reason", from the operator's metric
+    ec2_errors: dict[str, int] = field(default_factory=dict)  # failed EC2 attempts over the whole run
     problems: list[str] = field(default_factory=list)  # duplicates, missing instances, no plateau
     cpu_idle_pct: float = float("nan")
     cpu_resync_pct: float = float("nan")
@@ -207,6 +208,7 @@ def run_workload(plane: ControlPlane, moto: MotoServer, proxy: FaultProxyProcess
             growth = profile.with_name(profile.name + ".growth")
             if growth.exists():
                 print(f"--- growth per pass ({growth}) ---\n{growth.read_text()}", flush=True)
+        result.ec2_errors = measure.ec2_errors(operator.metrics())  # what a figure over its limit met
         count_instances(api, namespace, moto, result)
         return result
     finally:

@@ -99,3 +99,12 @@ def test_status_patches_are_read_from_the_operators_metric_by_state_and_reason()
             'cml_status_patches_created{reason="Provisioning",state="Reconciling"} 1.7e+09\n')
     assert measure.status_patches(text) == {"Ready/InstanceReady": 1000, "Reconciling/IntegrationError": 1,
                                             "Reconciling/Provisioning": 1000}
+
+
+def test_ec2_errors_are_the_failed_attempts_by_operation_and_outcome():
+    text = ('# HELP cml_ec2_api_calls_total x\n# TYPE cml_ec2_api_calls_total counter\n'
+            'cml_ec2_api_calls_total{operation="RunInstances",outcome="ok",region="us-east-1"} 1000.0\n'
+            'cml_ec2_api_calls_total{operation="RunInstances",outcome="ResponseParserError",region="us-east-1"} 1.0\n'
+            'cml_ec2_api_calls_total{operation="DescribeInstances",outcome="ReadTimeoutError",region="us-east-1"} 2.0\n'
+            'cml_ec2_api_calls_total{operation="DescribeInstances",outcome="ReadTimeoutError",region="eu-west-1"} 1.0\n')
+    assert measure.ec2_errors(text) == {"DescribeInstances/ReadTimeoutError": 3, "RunInstances/ResponseParserError": 1}
