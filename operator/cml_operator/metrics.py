@@ -11,7 +11,7 @@ Series (all prefixed ``cml_``):
     orphan_instances{region}                         instances this cluster manages whose worker is gone (last scan)
     cml_api_calls_total{operation,outcome}           every CML request; outcome "ok", "HTTP503", "Timeout", ...
     cml_idle_stops_total                             instances stopped by the idle rule (spec.cml.idleStop)
-    status_patches_total{state,reason}               CMLWorker status patches sent, by the health they carried
+    status_patches_total{state,reason}               CMLWorker status patches written, by the health they carried
 """
 
 from __future__ import annotations

@@ -56,6 +56,9 @@ class WorkerMemory:
     #: When Kopf retries a create/update/resume pass that raised a temporary error: the timer
     #: stands down until then, so one retry chain paces the worker, not two side by side.
     change_retry_at: float | None = None
+    #: The generation that pass saw: after a spec change Kopf may never retry it (a reverted spec
+    #: leaves no diff to handle), so the timer stands down for that generation only.
+    change_retry_generation: int | None = None
 
     def block(self, generation: int, delay: float | None, clock: float) -> None:
         self.blocked_generation = generation
@@ -68,11 +71,11 @@ class WorkerMemory:
         self.next_attempt = 0.0
         self.blocked_generation = None
 
-    def timer_may_act(self, clock: float, grace: float) -> bool:
+    def timer_may_act(self, clock: float, grace: float, generation: int | None = None) -> bool:
         """Whether a timer may act: once this process ran the worker's create, update or resume
         pass, or, should that never come, ``grace`` seconds after the first timer tick; and not
-        while Kopf is retrying that pass (unless the retry is ``grace`` seconds overdue)."""
-        if self.change_retry_at is not None:
+        while Kopf is retrying that pass for this generation (unless ``grace`` seconds overdue)."""
+        if self.change_retry_at is not None and (generation is None or generation == self.change_retry_generation):
             return clock >= self.change_retry_at + grace
         if self.change_pass_ran:
             return True

@@ -60,8 +60,8 @@ class Limits:
 
 
 def _exact(value: float) -> str:
-    """Enough digits to see why it failed: 6.003 over 6 must not print as 6.00."""
-    return f"{value:.3f}".rstrip("0").rstrip(".")
+    """Enough digits to see why it failed: 6.003 over 6 must not print as 6.00 (nor 6.0005 at N=2000)."""
+    return f"{value:.4f}".rstrip("0").rstrip(".")
 
 
 def counter_by(metrics_text: str, name: str, labels: Sequence[str],

@@ -42,3 +42,9 @@ def test_a_timer_stands_down_while_kopf_retries_the_create_pass():
     assert memory.timer_may_act(132.0, grace=30.0)  # the retry never came: the timer takes over
     memory.change_retry_at = None  # the retry ended the chain
     assert memory.timer_may_act(102.5, grace=30.0)
+
+
+def test_a_spec_change_ends_the_stand_down_as_kopf_may_never_retry_the_old_generation():
+    memory = WorkerMemory(change_pass_ran=True, change_retry_at=400.0, change_retry_generation=2)
+    assert not memory.timer_may_act(100.0, grace=30.0, generation=2)
+    assert memory.timer_may_act(100.0, grace=30.0, generation=3)  # e.g. reverted to a spec already handled

@@ -81,7 +81,7 @@ async def _reconcile(runtime: Runtime, body: kopf.Body, patch: kopf.Patch, retry
     # The lock comes before the due-check: a timer and a change handler waking together
     # must not both find the worker due and both call EC2 (the second sees the first's outcome).
     async with memory.lock:
-        if timer and not memory.timer_may_act(runtime.clock(), CHANGE_PASS_GRACE):
+        if timer and not memory.timer_may_act(runtime.clock(), CHANGE_PASS_GRACE, ref.generation):
             return  # the create/resume pass comes first; it reads EC2 itself
         if timer and not memory.due(ref.generation, runtime.clock()):
             return  # waiting out a retry delay, or stalled until the spec changes
@@ -104,6 +104,7 @@ async def _reconcile(runtime: Runtime, body: kopf.Body, patch: kopf.Patch, retry
         if not timer:
             retrying = result.decision is not None and result.decision.temporary
             memory.change_retry_at = runtime.clock() + (result.decision.delay or 1.0) if retrying else None
+            memory.change_retry_generation = ref.generation
     _post(body, result)
     decision = result.decision
     if decision is None:
