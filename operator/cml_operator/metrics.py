@@ -47,7 +47,7 @@ class Metrics:
                                  ["operation", "outcome"], registry=self.registry)
         self.idle_stops = Counter("cml_idle_stops", "Instances stopped for inactivity (spec.cml.idleStop)",
                                   registry=self.registry)
-        self.status_patches = Counter("cml_status_patches", "CMLWorker status patches sent, by the health "
+        self.status_patches = Counter("cml_status_patches", "CMLWorker status patches written, by the health "
                                       "state and reason they carried", ["state", "reason"], registry=self.registry)
         self._phases: dict[str, str] = {}
         self._lock = threading.Lock()

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.cluster.controlplane import parent_death_signal
+from tests.cluster.controlplane import free_ports, parent_death_signal
 from tests.support.faultproxy import FaultRule, KillRule, RewriteRule
 
 REPO = Path(__file__).resolve().parents[2]
@@ -81,22 +81,6 @@ def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.2
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}"
                        + (f" (last error: {last_error!r})" if last_error else ""))
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct ports free right now. Racy by nature (prefer a process that binds port 0
-    and reports it), but never the same port twice: all are held open together, where one
-    socket at a time got the same port back from the kernel for both."""
-    import socket
-
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def _stop(process: subprocess.Popen, timeout: float = 15.0, sig: int = signal.SIGTERM) -> None:

@@ -17,7 +17,8 @@ from typing import Any
 import kopf
 
 from ..passes import PassResult, deletion_pass, reconcile_pass
-from ..reconcile.conditions import build_conditions
+from ..metrics import Metrics
+from ..reconcile.conditions import Health, build_conditions
 from ..reconcile.status import REMOVABLE_KEYS, status_patch
 from ..reconcile.ownership import ANNOTATION_INSTANCE_ID
 from ..reconcile.worker import WorkerRef
@@ -68,8 +69,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
         rendered = dict(result.status)
         rendered["conditions"] = build_conditions(
             (body.get("status") or {}).get("conditions"), result.health, ref.generation)
-        if _patch_status(body, patch, rendered, memory):
-            runtime.metrics.status_patches.labels(result.health.state.value, result.health.reason).inc()
+        _patch_status(body, patch, rendered, memory, runtime.metrics, result.health)
         delay = result.decision.delay if result.decision and result.decision.delay else 5.0
         raise kopf.TemporaryError(result.health.message, delay=delay)
 
@@ -98,8 +98,7 @@ async def _reconcile(runtime: Runtime, body: kopf.Body, patch: kopf.Patch, retry
         with runtime.metrics.reconcile_duration.labels(trigger).time():
             result = await reconcile_pass(runtime, ref, body.get("spec"), _freshest_status(body, memory),
                                           max_age=max_age, retry=retry, annotations=_annotations(body))
-        if _patch_status(body, patch, result.status, memory):
-            runtime.metrics.status_patches.labels(result.health.state.value, result.health.reason).inc()
+        _patch_status(body, patch, result.status, memory, runtime.metrics, result.health)
         _record_instance_id(body, patch, result.status, memory)
         if not timer:
             retrying = result.decision is not None and result.decision.temporary
@@ -155,17 +154,18 @@ def _freshest_status(body: kopf.Body, memory: WorkerMemory) -> Mapping[str, Any]
     return {**kept, **memory.last_status}
 
 
-def _patch_status(body: kopf.Body, patch: kopf.Patch, rendered: Mapping[str, Any], memory: WorkerMemory) -> bool:
-    """Put the status changes into Kopf's patch; whether there were any to send."""
+def _patch_status(body: kopf.Body, patch: kopf.Patch, rendered: Mapping[str, Any], memory: WorkerMemory,
+                  metrics: Metrics, health: Health) -> None:
+    """Put the status changes into Kopf's patch, counted by the health they carry."""
     changes = status_patch(body.get("status"), rendered)
     if not changes:
-        return False
+        return
     now = Runtime.clock()
     if memory.last_status == rendered and now - memory.last_status_at < STALE_BODY_GRACE:
-        return False  # we just wrote exactly this; the body in hand predates that write
+        return  # we just wrote exactly this; the body in hand predates that write
     patch.setdefault("status", {}).update(changes)
     memory.last_status, memory.last_status_at = dict(rendered), now
-    return True
+    metrics.status_patches.labels(health.state.value, health.reason).inc()
 
 
 def _post(body: kopf.Body, result: PassResult) -> None:
