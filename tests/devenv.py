@@ -62,11 +62,13 @@ def _sample_for_moto(moto_url: str, cml_endpoint: str) -> str:
     return yaml.safe_dump(secret, sort_keys=False) + "---\n" + yaml.safe_dump(manifest, sort_keys=False)
 
 
-def _write_env(kubeconfig: Path, moto_url: str, kubectl_dir: Path) -> Path:
+def _write_env(kubeconfig: Path, moto_url: str, kubectl_dir: Path, dev_dir: Path = DEV) -> Path:
+    # The virtualenv's bin too: the README's `python -m tests.support.cmlsim` and boto3 lines need its python.
+    venv_bin = Path(sys.executable).parent
     values = {"KUBECONFIG": str(kubeconfig), "AWS_ENDPOINT_URL_EC2": moto_url, **FAKE_AWS_ENV,
-              "PATH": f"{kubectl_dir}:$PATH"}
+              "PATH": f"{kubectl_dir}:{venv_bin}:$PATH"}
     lines = [f"export {key}={shlex.quote(value) if key != 'PATH' else value}" for key, value in values.items()]
-    path = DEV / "env"
+    path = dev_dir / "env"
     path.write_text("# source .dev/env  (written by make dev; dummy credentials for moto)\n" + "\n".join(lines) + "\n")
     return path
 

@@ -42,6 +42,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from datetime import datetime
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,7 @@ from tests.bench.measure import (Limits, ProcessSampler, instance_problems, live
                                  resync_passes)
 from tests.bench import measure
 from tests.bench.measure import diff
+from tests.bench.plots import PlotLimits, Series, write_plots
 from tests.cluster.controlplane import ControlPlane, ControlPlaneConfig
 from tests.support.motoserver import MotoServer, own_image
 from tests.support.processes import FAKE_AWS_ENV, FaultProxyProcess, OperatorProcess, wait_for
@@ -89,6 +91,7 @@ class RunResult:
     problems: list[str] = field(default_factory=list)  # duplicates, missing instances, no plateau
     cpu_idle_pct: float = float("nan")
     cpu_resync_pct: float = float("nan")
+    ready_times_s: list[float] = field(default_factory=list)  # per worker: creation to Ready (1 s resolution)
 
 
 RUNTIME_VENV = REPO / ".venv-runtime"
@@ -137,6 +140,18 @@ def manifest(name: str, net: dict[str, str]) -> dict:
     return {"apiVersion": "cml.dev/v1alpha1", "kind": "CMLWorker", "metadata": {"name": name},
             "spec": {"region": "us-east-1", "amiId": net["ami"], "subnetId": net["subnet"],
                      "securityGroupIds": [net["sg"]], "instanceType": "m5zn.metal", "tags": {"bench": "scale"}}}
+
+
+def ready_times(api: k8s.CustomObjectsApi, namespace: str) -> list[float]:
+    """Per Ready worker, seconds from its creation to its Ready condition (both stamped by the cluster)."""
+    items = api.list_namespaced_custom_object("cml.dev", "v1alpha1", namespace, "cmlworkers")["items"]
+    times = []
+    for item in items:
+        created = datetime.fromisoformat(item["metadata"]["creationTimestamp"])
+        for c in (item.get("status") or {}).get("conditions", []):
+            if c["type"] == "Ready" and c["status"] == "True":
+                times.append((datetime.fromisoformat(c["lastTransitionTime"]) - created).total_seconds())
+    return sorted(times)
 
 
 def count_ready(api: k8s.CustomObjectsApi, namespace: str) -> int:
@@ -188,7 +203,7 @@ def run_workload(plane: ControlPlane, moto: MotoServer, proxy: FaultProxyProcess
             ec2_calls_to_ready={a: sum(o.values()) for a, o in sorted(to_ready.items())},
             reads_per_resync=float("nan"), k8s_writes=writes, writes_per_worker=per_worker, rss_mb=float("nan"),
             notes=[f"create requests took {applied_s:.1f}s"], events_by_reason=reasons,
-            status_patches=patches,
+            status_patches=patches, ready_times_s=ready_times(api, namespace),
         )
         if batching:
             measure_passes(operator, proxy, args, result)
@@ -331,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-memory", action="store_true",
                         help="run the operator under tracemalloc and print its top allocation sites "
                              "(tracemalloc itself adds memory: RSS figures of such a run are not comparable)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="directory for summary.txt and the plots (default .dev/bench/<UTC time>)")
     parser.add_argument("--operator-python", dest="python", default=None,
                         help="interpreter to run the operator with (default: a runtime-only virtualenv, "
                              ".venv-runtime, so RSS counts what the image loads)")
@@ -350,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
                 for batching in [mode == "batched" for mode in args.modes.split(",")]:
                     result = run_workload(plane, moto, proxy, api, n, batching, args)
                     results.append(result)
-                    print(json.dumps({k: v for k, v in result.__dict__.items()}), flush=True)
+                    print(json.dumps({k: v for k, v in result.__dict__.items() if k != "ready_times_s"}), flush=True)
         finally:
             proxy.stop()
 
@@ -368,18 +385,37 @@ def main(argv: list[str] | None = None) -> int:
         if unbatched is not None and batched.reads_per_resync:
             print(f"n={batched.n}: unbatched/batched reads per resync = "
                   f"{unbatched.reads_per_resync / batched.reads_per_resync:.1f}x")
+    summaries = []
     for batched in (r for r in results if r.batching):
         unbatched = next((r for r in results if r.n == batched.n and not r.batching), None)
-        print(f"SUMMARY n={batched.n} ready_s={batched.ready_s:.1f} "
-              f"ec2_reads_per_resync={_fmt(batched.reads_per_resync)} "
-              f"unbatched_reads_per_resync={_fmt(unbatched.reads_per_resync if unbatched else None)} "
-              f"k8s_writes_per_worker={batched.writes_per_worker:.2f} rss_mb={batched.rss_mb:.0f} "
-              f"rss_steady_mb={_fmt(batched.rss_steady_mb, 0)} live_instances={batched.live_instances} "
-              f"cpu_idle_pct={_fmt(batched.cpu_idle_pct)} cpu_resync_pct={_fmt(batched.cpu_resync_pct)}")
+        summaries.append(f"SUMMARY n={batched.n} ready_s={batched.ready_s:.1f} "
+                       f"ec2_reads_per_resync={_fmt(batched.reads_per_resync)} "
+                       f"unbatched_reads_per_resync={_fmt(unbatched.reads_per_resync if unbatched else None)} "
+                       f"k8s_writes_per_worker={batched.writes_per_worker:.2f} rss_mb={batched.rss_mb:.0f} "
+                       f"rss_steady_mb={_fmt(batched.rss_steady_mb, 0)} live_instances={batched.live_instances} "
+                       f"cpu_idle_pct={_fmt(batched.cpu_idle_pct)} cpu_resync_pct={_fmt(batched.cpu_resync_pct)}")
+        print(summaries[-1])
     found = failures(results, limits_from(args))
     for line in found:
         print(f"FAILED {line}")
+    write_outputs(results, limits_from(args), args.out or default_out_dir(), summaries, found)
     return 1 if found else 0
+
+
+def default_out_dir() -> Path:
+    return REPO / ".dev" / "bench" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+
+
+def write_outputs(results: list[RunResult], limits: Limits, out: Path, summaries: list[str],
+                  found: list[str]) -> None:
+    """summary.txt (the SUMMARY and FAILED lines) and the plots of the batched runs, in one directory."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.txt").write_text("".join(f"{line}\n" for line in summaries + [f"FAILED {f}" for f in found]))
+    series = [Series(n=r.n, ready_times_s=r.ready_times_s, reads_by_pass=r.reads_by_pass, rss_by_pass=r.rss_by_pass)
+              for r in results if r.batching]
+    paths = write_plots(series, PlotLimits(reads_per_resync=limits.max_reads_per_resync, rss_mb=limits.max_rss_mb),
+                        out)
+    print(f"PLOTS {out}: {', '.join(p.name for p in paths)}", flush=True)
 
 
 def limits_from(args: argparse.Namespace) -> Limits:

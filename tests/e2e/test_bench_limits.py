@@ -40,8 +40,8 @@ def test_a_figure_over_its_limit_fails_the_bench_and_is_named(control_plane_bin_
     assert not any("ready_s" in line or "rss_steady_mb" in line for line in failed), failed  # those were met
 
 
-def test_within_its_limits_the_bench_passes_with_every_figure_in_the_summary(control_plane_bin_dir):
-    run = bench()
+def test_within_its_limits_the_bench_passes_with_every_figure_in_the_summary(control_plane_bin_dir, tmp_path):
+    run = bench("--out", str(tmp_path))
 
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     figures = summary(run.stdout)
@@ -52,3 +52,8 @@ def test_within_its_limits_the_bench_passes_with_every_figure_in_the_summary(con
     for key in ("cpu_idle_pct", "cpu_resync_pct"):
         assert 0 <= float(figures[key]) <= 200, figures  # a share of one core (2 cores here at most)
     assert "FAILED" not in run.stdout
+    # Next to the SUMMARY: the same lines in summary.txt and the three plots, as PNG files.
+    assert [line for line in (tmp_path / "summary.txt").read_text().splitlines()] == \
+        [line for line in run.stdout.splitlines() if line.startswith("SUMMARY ")]
+    for name in ("ready-times.png", "reads-per-pass.png", "rss-per-pass.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
