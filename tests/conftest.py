@@ -24,18 +24,43 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import botocore.loaders
+import botocore.session
 import pytest
 from kubernetes import config
 from kubernetes.client import ApiClient
 
 from tests.cluster.controlplane import ControlPlane, ControlPlaneConfig, ControlPlaneUnavailable, find_binaries
-from tests.support.motoserver import MotoServer
+from tests.support.motoserver import MotoServer, use_default_amis
+
+# Before anything imports moto: its default images only, not ~1,300 per region (see default_amis_file).
+use_default_amis()
 
 REPO = Path(__file__).resolve().parent.parent
 CRDS_DIR = REPO / "crds"
 #: Fixtures that need the control plane; a test using one is marked `cluster`.
 CLUSTER_FIXTURES = frozenset({"control_plane_bin_dir", "tools_bin_dir", "control_plane", "kubeconfig", "namespace",
                               "api_client"})
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_botocore_loader() -> Iterator[None]:
+    """One botocore data loader for every session the tests create.
+
+    botocore parses the EC2 service model (megabytes of JSON) once per Session; tests build
+    a client (so a Session) per test, which cost most of a second of CPU each time.
+    The loader only caches what it reads from botocore's own data files.
+    """
+    loaders: dict[str | None, botocore.loaders.Loader] = {}
+
+    def create_loader(search_path_string: str | None = None) -> botocore.loaders.Loader:
+        if search_path_string not in loaders:
+            loaders[search_path_string] = botocore.loaders.create_loader(search_path_string)
+        return loaders[search_path_string]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(botocore.session, "create_loader", create_loader)
+        yield
 
 
 def cluster_required() -> bool:

@@ -31,7 +31,7 @@ from cml_operator.reconcile.pool import Child, scale_down_order
 from tests.bench import measure
 from tests.bench.measure import diff
 from tests.cluster.controlplane import ControlPlane, ControlPlaneConfig
-from tests.support.motoserver import MotoServer
+from tests.support.motoserver import MotoServer, amazon_image
 from tests.support.processes import FAKE_AWS_ENV, FaultProxyProcess, OperatorProcess, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,7 +55,7 @@ class Bench:
         subnet = self.ec2.describe_subnets()["Subnets"][0]
         group = self.ec2.create_security_group(GroupName="bench-pool", Description="bench",
                                                VpcId=subnet["VpcId"])["GroupId"]
-        image = self.ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+        image = amazon_image(self.ec2)["ImageId"]
         return {"apiVersion": "cml.dev/v1alpha1", "kind": "CMLWorkerPool", "metadata": {"name": "bench"},
                 "spec": {"replicas": 0, "template": {"spec": {
                     "region": "us-east-1", "amiId": image, "subnetId": subnet["SubnetId"],

@@ -30,7 +30,7 @@ from tests.cluster.controlplane import (
     pid_alive,
     wait_until,
 )
-from tests.support.motoserver import MotoServer
+from tests.support.motoserver import MotoServer, amazon_image
 
 # Tests using a cluster fixture get the `cluster` marker from tests/conftest.py.
 
@@ -297,7 +297,7 @@ def test_moto_server_serves_ec2_resets_and_stops() -> None:
     with MotoServer() as moto:
         ec2 = boto3.client("ec2", endpoint_url=moto.url, region_name="us-east-1",
                            aws_access_key_id="testing", aws_secret_access_key="testing")
-        image = ec2.describe_images()["Images"][0]["ImageId"]
+        image = amazon_image(ec2)["ImageId"]
         ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1)
         assert len(ec2.describe_instances()["Reservations"]) == 1
         moto.reset()

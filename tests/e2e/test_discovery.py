@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.motoserver import amazon_image
 from tests.support.processes import wait_for
 
 from .conftest import REGION, Kube, instances_of, state_of, tags_of, worker_manifest
@@ -35,11 +36,6 @@ def launch(aws: Any, network: dict[str, str], image: str, tags: dict[str, str] |
         spec["TagSpecifications"] = [{"ResourceType": "instance",
                                       "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}]
     return aws.run_instances(**spec)["Instances"][0]["InstanceId"]
-
-
-def amazon_image(aws: Any) -> dict:
-    """An image of an AWS-owned account (moto preloads them), never this account's."""
-    return aws.describe_images(Owners=["amazon"])["Images"][0]
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import gzip
 import http.client
 import os
 import shutil
@@ -27,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -34,6 +36,8 @@ from types import TracebackType
 from tests.cluster.controlplane import LOOPBACK, ManagedProcess, remove_stale_dirs
 
 TMP_PREFIX = "cml-moto-"
+#: moto reads this (at import) instead of its per-region image lists; see ``default_amis_file``.
+AMIS_PATH_VAR = "MOTO_AMIS_PATH"
 
 
 class MotoServerError(RuntimeError):
@@ -43,6 +47,36 @@ class MotoServerError(RuntimeError):
 def moto_server_argv(port_file: Path) -> list[str]:
     """This module as a program: moto's server on port 0, its port written to ``port_file``."""
     return [sys.executable, "-m", "tests.support.motoserver", "--host", LOOPBACK, "--port-file", str(port_file)]
+
+
+def default_amis_file() -> Path:
+    """moto's own default images (``ec2/resources/amis.json``, 44 images) as a file for ``MOTO_AMIS_PATH``.
+
+    Without it moto also loads each region's "latest" and ECS-optimized lists, about 1,300
+    images per region, rebuilt on every backend start and every reset: that was seconds of
+    CPU per test (in the unit tests' in-process moto and in moto_server at each reset), and
+    DescribeImages serialized them all. The 44 are the same images in every region, all
+    owned by Amazon (alias amazon), which is what the tests need of a foreign image.
+    Written once per moto version, atomically, so concurrent test workers can share it.
+    """
+    import importlib.metadata
+    import importlib.resources
+
+    version = importlib.metadata.version("moto")
+    path = Path(tempfile.gettempdir()) / f"cml-moto-amis-{version}.json"
+    if not path.exists():
+        source = importlib.resources.files("moto") / "ec2" / "resources" / "amis.json.gz"
+        with importlib.resources.as_file(source) as packed:
+            data = gzip.decompress(packed.read_bytes())
+        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+        partial.write_bytes(data)
+        partial.replace(path)
+    return path
+
+
+def use_default_amis(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Point moto at ``default_amis_file`` unless the caller chose a file (before moto is imported)."""
+    environ.setdefault(AMIS_PATH_VAR, str(default_amis_file()))
 
 
 @dataclass(eq=False)  # identity semantics: it owns processes
@@ -86,6 +120,7 @@ class MotoServer:
         assert self.dir is not None
         port_file = self.dir / "port"
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        use_default_amis(env)
         self.process = ManagedProcess("moto_server", moto_server_argv(port_file), self.dir / "moto.log", env)
         began = time.monotonic()
         self.process.start()
@@ -165,6 +200,22 @@ class MotoServer:
         self.stop()
 
 
+#: A name pattern matching a few of moto's preloaded Amazon images in every region.
+AMAZON_IMAGE_NAMES = "amzn2-ami-hvm-*-x86_64-gp2"
+
+
+def amazon_image(ec2: object) -> dict:
+    """One of moto's preloaded images owned by Amazon (alias amazon), as DescribeImages describes it.
+
+    Filtered by name: moto preloads about 1,300 images per region, and serializing all of
+    them took seconds per call (most of the unit tests' time went there). Falls back to the
+    whole list if a moto release no longer has such an image.
+    """
+    describe = ec2.describe_images  # type: ignore[attr-defined]
+    found = describe(Owners=["amazon"], Filters=[{"Name": "name", "Values": [AMAZON_IMAGE_NAMES]}])["Images"]
+    return sorted(found, key=lambda image: image["ImageId"])[0] if found else describe(Owners=["amazon"])["Images"][0]
+
+
 def own_image(ec2: object, subnet_id: str, name: str = "cml-test-image") -> dict[str, str]:
     """An image owned by moto's account, as ``spec.amiOwners: [self]`` (the default) requires.
 
@@ -173,7 +224,7 @@ def own_image(ec2: object, subnet_id: str, name: str = "cml-test-image") -> dict
     behind. ``subnet_id`` is kept for callers that pass it.
     """
     del subnet_id
-    amazon = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]  # type: ignore[attr-defined]
+    amazon = amazon_image(ec2)["ImageId"]
     image_id = ec2.copy_image(SourceImageId=amazon, SourceRegion=ec2.meta.region_name,  # type: ignore[attr-defined]
                               Name=name)["ImageId"]
     return {"ami": image_id, "ami_name": name, "amazon_ami": amazon}

@@ -21,6 +21,7 @@ from cml_operator.ec2 import (
     RootVolume,
 )
 from tests.support.faultproxy import FaultProxyServer, FaultRule
+from tests.support.motoserver import amazon_image
 
 from .conftest import REGION
 
@@ -257,7 +258,7 @@ def test_describe_and_resolve_ami(client, moto_ec2, network):
 
 def test_image_owners_are_checked_by_ec2_for_ids_and_names(client, moto_ec2, network):
     """spec.amiOwners: an image of an owner outside the list is refused, naming the list and the owner."""
-    amazon = moto_ec2.describe_images(Owners=["amazon"])["Images"][0]
+    amazon = amazon_image(moto_ec2)
     base = moto_ec2.run_instances(ImageId=amazon["ImageId"], MinCount=1, MaxCount=1, SubnetId=network["subnet"])
     own = moto_ec2.create_image(InstanceId=base["Instances"][0]["InstanceId"], Name="cml-own-1")["ImageId"]
 
@@ -302,7 +303,7 @@ def _launch_via(client: EC2Client) -> str:
 
     raw = boto3.client("ec2", region_name=REGION, endpoint_url=client._endpoint_url)
     subnet = raw.describe_subnets()["Subnets"][0]["SubnetId"]
-    image = raw.describe_images()["Images"][0]["ImageId"]
+    image = amazon_image(raw)["ImageId"]
     return client.create_instance(
         REGION, ami_id=image, instance_type="t3.micro", subnet_id=subnet, security_group_ids=[],
         client_token="t", tags={"cml.dev/worker-uid": "t"},
@@ -350,7 +351,7 @@ def test_describe_instances_follows_next_token_when_ec2_pages_an_id_list(proxied
     client, proxy = proxied_client
     raw = boto3.client("ec2", region_name=REGION, endpoint_url=client._endpoint_url)
     subnet = raw.describe_subnets()["Subnets"][0]["SubnetId"]
-    image = raw.describe_images()["Images"][0]["ImageId"]
+    image = amazon_image(raw)["ImageId"]
     ids = [raw.run_instances(ImageId=image, MinCount=1, MaxCount=1, SubnetId=subnet)["Instances"][0]["InstanceId"]
            for _ in range(150)]  # one reservation each
 

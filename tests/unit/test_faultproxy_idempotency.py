@@ -17,6 +17,7 @@ from botocore.exceptions import ClientError
 
 from cml_operator.ec2 import EC2Client, EC2ClientSettings
 from tests.support.faultproxy import FaultProxyServer, FaultRule, FaultState, start_accepted_xml
+from tests.support.motoserver import amazon_image
 
 REGION = "us-east-1"
 
@@ -60,7 +61,7 @@ def servers() -> Iterator[Stack]:
     via_proxy = boto3.client("ec2", region_name=REGION, endpoint_url=proxy.url, **fake,
                              config=EC2ClientSettings(max_attempts=1).botocore_config())
     network = {"subnet": direct.describe_subnets()["Subnets"][0]["SubnetId"],
-               "ami": direct.describe_images()["Images"][0]["ImageId"]}
+               "ami": amazon_image(direct)["ImageId"]}
     yield Stack(proxy, direct, via_proxy, network)
     proxy.shutdown()
     proxy.server_close()
