@@ -4,6 +4,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP_VERSION := 26.0
 PYTEST_ARGS ?=
+#: Test processes (pytest-xdist) for `make test`: each has its own control plane, moto_server and fault
+#: proxy. The end-to-end tests mostly wait, so more workers than the 2 cores pay (docs/testing.md).
+TEST_WORKERS ?= 4
+#: `make test` also lists the 30 slowest tests and writes this JUnit report.
+JUNIT_XML ?= build/junit.xml
 
 .PHONY: help install control-plane tools image test-k8s test unit e2e cluster dev bench soak lock clean crds
 
@@ -42,11 +47,11 @@ test-k8s: install control-plane ## control-plane tests and a lifecycle subset ag
 tools: ## build helm and the kstatus helper once into ~/.cache/cml-operator/tools (Go needed)
 	tests/tools/build.sh >/dev/null
 
-test: install control-plane tools ## the whole suite: unit, cluster and end-to-end (what CI runs)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+test: install control-plane tools ## the whole suite: unit, cluster and end-to-end (what CI runs; TEST_WORKERS=4 in parallel)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --durations=30 --junitxml=$(JUNIT_XML) $(PYTEST_ARGS)
 
 unit: install ## unit tests only (no cluster)
-	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 tests/unit $(PYTEST_ARGS)
 
 bench: install control-plane ## scale benchmark: N=100,500,1000 workers, batched vs unbatched; fails when a target is missed (BENCH_ARGS=--sizes 100); BENCH_ARGS=--pool: pool 0 -> 50 -> 5
 	$(BIN)/python -m tests.bench.scale $(BENCH_ARGS)

@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 import yaml
+from kubernetes.client import ApiClient, CustomObjectsApi
+from kubernetes.client.rest import ApiException
 
+from tests.bench.measure import resync_passes
 from tests.cluster.controlplane import ControlPlane
+from tests.conftest import CRDS_DIR
 from tests.support.motoserver import MotoServer, own_image
 from tests.support.processes import FAKE_AWS_ENV, FaultProxyProcess, OperatorProcess, guarded_by, wait_for
 
@@ -137,10 +142,51 @@ def kube(control_plane: ControlPlane, namespace: str) -> Kube:
     return Kube(control_plane, namespace)
 
 
+def namespaced_resources(crds_dir: Path = CRDS_DIR) -> list[tuple[str, str, str]]:
+    """(group, storage version, plural) of every namespaced custom resource in crds/."""
+    found = []
+    for path in sorted(crds_dir.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc.get("kind") == "CustomResourceDefinition" and doc["spec"]["scope"] == "Namespaced":
+                version = next(v["name"] for v in doc["spec"]["versions"] if v.get("storage"))
+                found.append((doc["spec"]["group"], version, doc["spec"]["names"]["plural"]))
+    return found
+
+
+def abandon(api_client: ApiClient, namespace: str) -> None:
+    """Delete what a test left in its namespace at once, without an operator: strip the finalizers.
+
+    The test is over and its operators are gone, so nothing here is checked any more; but an
+    object left with a finalizer would keep its namespace Terminating, and one left without a
+    deletion would be picked up by a later test's all-namespaces operator.
+    """
+    objects = CustomObjectsApi(api_client)
+    for group, version, plural in namespaced_resources():
+        try:
+            items = objects.list_namespaced_custom_object(group, version, namespace, plural)["items"]
+        except ApiException:
+            continue  # not served (yet): nothing of it to delete
+        for item in items:
+            name = item["metadata"]["name"]
+            try:
+                if item["metadata"].get("finalizers"):
+                    objects.patch_namespaced_custom_object(group, version, namespace, plural, name,
+                                                           {"metadata": {"finalizers": None}})
+                objects.delete_namespaced_custom_object(group, version, namespace, plural, name)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+
+
 @pytest.fixture
-def operator_factory(control_plane: ControlPlane, proxy: FaultProxyProcess, namespace: str, kube: Kube,
-                     request: pytest.FixtureRequest, tmp_path) -> Iterator[Any]:
-    """Start operators watching the test's namespace; all are stopped (and dumped on failure) afterwards."""
+def operator_factory(control_plane: ControlPlane, api_client: ApiClient, proxy: FaultProxyProcess, namespace: str,
+                     kube: Kube, request: pytest.FixtureRequest, tmp_path) -> Iterator[Any]:
+    """Start operators watching the test's namespace; all are killed (and dumped on failure) afterwards.
+
+    Teardown checks nothing, so it does not wait: the operators get SIGKILL (a test that checks
+    how an operator stops stops it itself) and what the test left is deleted without them
+    (``abandon``); moto is reset before the next test anyway.
+    """
     started: list[OperatorProcess] = []
 
     def start(*extra_args: str, fast: bool = True, env: dict[str, str] | None = None,
@@ -154,15 +200,9 @@ def operator_factory(control_plane: ControlPlane, proxy: FaultProxyProcess, name
 
     with guarded_by(kube.check_operators):  # every wait_for of the test stops at an operator crash
         yield start
-    alive = [p for p in started if p.running]
-    if alive:
-        # Let the operator release its finalizers so nothing is left behind in moto or the API server.
-        proxy.clear_faults()
-        # Pools and discoveries first, or they would make new workers as the old ones go.
-        kube.run("delete", "cmlworkerpool,cmlworkerdiscovery", "--all", "--wait=true", "--timeout=30s", check=False)
-        kube.run("delete", "cmlworker", "--all", "--wait=true", "--timeout=30s", check=False)
     for process in started:
-        process.stop()
+        process.kill()
+    abandon(api_client, namespace)
     failed = any(getattr(getattr(request.node, f"report_{when}", None), "failed", False)
                  for when in ("setup", "call"))
     if failed:
@@ -182,6 +222,23 @@ def worker_manifest(name: str, network: dict[str, str], **spec: Any) -> dict:
     body.update(spec)
     body = {k: v for k, v in body.items() if v is not None}
     return {"apiVersion": "cml.dev/v1alpha1", "kind": "CMLWorker", "metadata": {"name": name}, "spec": body}
+
+
+def wait_resync_passes(proxy: FaultProxyProcess, count: int, timeout: float = 120) -> None:
+    """Wait until the operator has begun ``count`` more resync passes (as the fault proxy saw them).
+
+    ``count`` pass starts after now include ``count - 1`` whole passes: ``2`` means every
+    cache was refreshed from EC2 at least once since the call. A state to wait for, where a
+    fixed sleep would guess how long a pass takes on a loaded machine.
+    """
+    _, already = proxy.call_log()
+
+    def begun() -> bool:
+        calls, _ = proxy.call_log(since=already)
+        _, passes = resync_passes(calls, min_gap=0.5)  # the pages of one pass come together
+        return len(passes) >= count
+
+    wait_for(begun, timeout, interval=0.5, what=f"{count} resync pass(es) at the fault proxy")
 
 
 def instances_of(aws: Any, uid: str, include_gone: bool = False) -> list[dict]:

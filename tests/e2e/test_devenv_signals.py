@@ -26,7 +26,8 @@ import pytest
 from tests.support.processes import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.e2e
+# `make dev` writes .dev/ in the repository: one test worker runs them all, one at a time.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("repo-dev-dir")]
 #: moto as tests/support/motoserver.py runs it (its own module, or moto's console script before).
 MOTO = "tests.support.motoserver|moto_server"
 

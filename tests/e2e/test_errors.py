@@ -15,7 +15,7 @@ import pytest
 from tests.support.faultproxy import IMPAIRED_INSTANCE_CHECK, FaultRule
 from tests.support.processes import wait_for
 
-from .conftest import instances_of, state_of, tags_of, worker_manifest
+from .conftest import instances_of, state_of, tags_of, wait_resync_passes, worker_manifest
 
 pytestmark = pytest.mark.e2e
 
@@ -285,7 +285,7 @@ def test_an_impaired_status_check_is_reported_with_one_warning_then_clears(kube,
     assert "instance impaired" in reconciling["message"]
     assert kube.condition("sick", "Ready")["status"] == "False"
     assert kube.get("sick")["status"]["statusChecks"]["instance"] == "impaired"
-    time.sleep(3)  # several polls and a resync (3 s) while still impaired: still one Warning
+    wait_resync_passes(proxy, 2)  # a whole resync and the polls in it while still impaired: still one Warning
     assert kube.wait_event("sick", "StatusCheckImpaired").count("StatusCheckImpaired") == 1
 
     proxy.clear_faults()  # clears rewrites too

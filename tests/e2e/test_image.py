@@ -22,7 +22,8 @@ from tests.support.processes import FAKE_AWS_ENV, OperatorProcess, free_ports, w
 
 from .conftest import instances_of, worker_manifest
 
-pytestmark = pytest.mark.e2e
+# One image build at a time: buildah's storage and the image name are the machine's, not the test worker's.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("image")]
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ import pytest
 from tests.support.faultproxy import FaultRule, RewriteRule, start_accepted_xml
 from tests.support.processes import wait_for
 
-from .conftest import instances_of, state_of, tags_of, worker_manifest
+from .conftest import instances_of, state_of, tags_of, wait_resync_passes, worker_manifest
 
 pytestmark = pytest.mark.e2e
 
@@ -230,7 +230,7 @@ def test_a_paused_worker_makes_no_ec2_calls_until_unpaused_and_still_deletes(kub
     wait_for(lambda: "Paused" in kube.event_reasons("pause-1"), 30, what="a Paused event")
     kube.patch_spec("pause-1", {"desiredState": "Stopped", "tags": {"while": "paused"}})
     proxy.reset_counts()
-    time.sleep(4)  # several poll intervals (1 s) and the change handler: none may call EC2 for this worker
+    wait_resync_passes(proxy, 2)  # a whole resync, the timers (1 s) and the change handler: none may call EC2 here
     assert proxy.count("StopInstances") == 0 and proxy.count("CreateTags") == 0
     assert state_of(aws, instance_id) == "running"
 
@@ -392,14 +392,14 @@ def test_changing_one_tag_on_many_ready_workers_sends_one_create_tags_each(kube,
     wait_for(lambda: ready_names(kube) >= set(names), 300, interval=3, what=f"{FLEET} workers Ready")
     ids = [kube.get(n)["status"]["instanceId"] for n in names]
     assert len(set(ids)) == FLEET
-    time.sleep(4)  # past one resync (3 s): every worker's cache agrees with EC2 before counting
+    wait_resync_passes(proxy, 2)  # a whole resync pass: every worker's cache agrees with EC2 before counting
     proxy.reset_counts()
 
     for name in names:
         kube.patch_spec(name, {"tags": {"v": "2"}})
     wait_for(lambda: set(tag_values(aws, "v", ids).values()) == {"2"}, 180, interval=2,
              what="every instance retagged")
-    time.sleep(8)  # two resyncs and several timer passes: a re-sent write would show up here
+    wait_resync_passes(proxy, 3)  # two whole resyncs and the timer passes between: a re-sent write would show up
 
     assert proxy.count("CreateTags") == FLEET
     updated = json.loads(kube.run("get", "events", "-o", "json").stdout)["items"]

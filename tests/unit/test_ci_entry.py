@@ -27,14 +27,25 @@ def pytest_command_of_ci_run(**env: str) -> str:
     return commands[0]
 
 
+#: What `make test` always passes: parallel test workers, the 30 slowest tests, a JUnit report.
+CI_OPTIONS = "-n 4 --durations=30 --junitxml=build/junit.xml"
+
+
 def test_an_inherited_pytest_args_cannot_narrow_the_ci_run():
     command = pytest_command_of_ci_run(MAKEFLAGS="n", PYTEST_ARGS="tests/unit -k nothing")
-    assert command.split(" -m pytest")[1].strip() == ""
+    assert command.split(" -m pytest")[1].strip() == CI_OPTIONS
 
 
 def test_pytest_args_passed_down_through_makeflags_cannot_narrow_it_either():
     command = pytest_command_of_ci_run(MAKEFLAGS="n -- PYTEST_ARGS=tests/unit")
-    assert command.split(" -m pytest")[1].strip() == ""
+    assert command.split(" -m pytest")[1].strip() == CI_OPTIONS
+
+
+def test_the_ci_run_lists_the_slowest_tests_and_writes_a_junit_report():
+    options = pytest_command_of_ci_run(MAKEFLAGS="n").split(" -m pytest")[1].split()
+    assert "--durations=30" in options and "--junitxml=build/junit.xml" in options
+    assert options[options.index("-n") + 1] == "4"
+    assert "build/" in (REPO / ".gitignore").read_text().splitlines()  # the report is never committed
 
 
 def test_the_dry_run_does_show_pytest_args_when_make_is_called_directly():
@@ -42,4 +53,4 @@ def test_the_dry_run_does_show_pytest_args_when_make_is_called_directly():
     clean = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL")}
     result = subprocess.run(["make", "-n", "test", "PYTEST_ARGS=tests/unit"], cwd=REPO, env=clean,
                             capture_output=True, text=True, timeout=60, check=True)
-    assert "-m pytest tests/unit" in result.stdout
+    assert f"-m pytest {CI_OPTIONS} tests/unit" in result.stdout

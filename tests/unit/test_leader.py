@@ -18,6 +18,7 @@ from cml_operator.leader import (
     may_acquire,
     released,
 )
+from tests.unit.asyncrun import virtual_time_test
 
 NOW = datetime.datetime(2026, 11, 25, 17, 0, tzinfo=datetime.timezone.utc)
 SETTINGS = LeaderElectionSettings(enabled=True, namespace="ns")
@@ -167,15 +168,18 @@ def test_a_leader_that_cannot_renew_gives_up_after_the_renew_deadline_before_the
     store = FakeLeaseStore()
     fast = LeaderElectionSettings(enabled=True, namespace="ns", lease_duration=0.6, renew_deadline=0.4,
                                   retry_period=0.05)
-    elector = LeaderElector(fast, "a_1", store.client())  # type: ignore[arg-type]
 
+    @virtual_time_test  # exact deadlines, whatever the machine's load: the loop's clock is virtual
     async def scenario() -> tuple[float, float]:
+        loop = asyncio.get_running_loop()
+        elector = LeaderElector(fast, "a_1", store.client(), monotonic=loop.time)  # type: ignore[arg-type]
         await elector.acquire()
         store.down = True
-        began = asyncio.get_running_loop().time()
+        began = loop.time()
         await asyncio.wait_for(elector.keep(), timeout=5)
-        return asyncio.get_running_loop().time() - began, elector.expires_in()
+        return loop.time() - began, elector.expires_in()
 
-    gave_up_after, left = run(scenario())
-    assert 0.3 <= gave_up_after < 0.6, gave_up_after  # about the renew deadline, before the lease duration
-    assert left > 0, "the leader must give up while its lease still holds"
+    gave_up_after, left = scenario()
+    # At the first renewal attempt at or past the renew deadline, before the lease duration.
+    assert fast.renew_deadline <= gave_up_after < fast.renew_deadline + fast.retry_period + 1e-9, gave_up_after
+    assert gave_up_after < fast.lease_duration and left > 0, "the leader must give up while its lease still holds"
