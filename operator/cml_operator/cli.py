@@ -18,6 +18,7 @@ from . import __version__
 from .ec2.client import EC2ClientSettings
 from .fleet.observer import ObserverSettings
 from .fleet.ratelimit import RateLimitSettings
+from .leader import LeaderElectionSettings
 from .settings import OperatorSettings
 
 _DEFAULTS = OperatorSettings()
@@ -156,7 +157,27 @@ def build_parser() -> argparse.ArgumentParser:
                     help="namespace of the Lease (default: the pod's namespace; 'default' outside a pod)")
     le.add_argument("--leader-election-id", metavar="NAME", default=_env("LEADER_ELECTION_ID", str, led.name),
                     help="name of the Lease")
+    le.add_argument("--leader-election-lease-duration", type=float, metavar="SECONDS",
+                    default=_env("LEADER_ELECTION_LEASE_DURATION", float, led.lease_duration),
+                    help="seconds a standby waits after the last renewal it saw before taking over")
+    le.add_argument("--leader-election-renew-deadline", type=float, metavar="SECONDS",
+                    default=_env("LEADER_ELECTION_RENEW_DEADLINE", float, led.renew_deadline),
+                    help="seconds the leader keeps trying to renew before it stops reconciling")
+    le.add_argument("--leader-election-retry-period", type=float, metavar="SECONDS",
+                    default=_env("LEADER_ELECTION_RETRY_PERIOD", float, led.retry_period),
+                    help="seconds between attempts to acquire or renew the Lease")
     return parser
+
+
+def _leader_election(args: argparse.Namespace) -> LeaderElectionSettings:
+    try:
+        return replace(_DEFAULTS.leader_election, enabled=args.leader_election,
+                       namespace=args.leader_election_namespace, name=args.leader_election_id,
+                       lease_duration=args.leader_election_lease_duration,
+                       renew_deadline=args.leader_election_renew_deadline,
+                       retry_period=args.leader_election_retry_period)
+    except ValueError as exc:
+        raise SystemExit(f"cml-operator: --leader-election-*: {exc}") from exc
 
 
 def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
@@ -180,8 +201,7 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
         log_level=args.log_level,
         peering=None if args.standalone else args.peering,
         priority=args.priority,
-        leader_election=replace(d.leader_election, enabled=args.leader_election,
-                                namespace=args.leader_election_namespace, name=args.leader_election_id),
+        leader_election=_leader_election(args),
         ec2_threads=args.ec2_threads,
         malloc_arenas=args.malloc_arenas,
         api_connections=args.api_connections,
@@ -237,6 +257,7 @@ def run(settings: OperatorSettings) -> int:
         liveness_endpoint=f"http://0.0.0.0:{settings.liveness_port}/healthz" if settings.liveness_port else None,
     )
     if not election.enabled:
+        metrics.leader.set(1)  # nobody else reconciles: this replica's series are the live ones
         kopf.run(**options)
         return 0
 
@@ -246,6 +267,13 @@ def run(settings: OperatorSettings) -> int:
     from .leader import run_when_leading, take_stop_signals
 
     async def operate(stop_flag: asyncio.Event) -> None:
+        metrics.leader.set(1)
+        try:
+            await _operate_kopf(stop_flag)
+        finally:
+            metrics.leader.set(0)
+
+    async def _operate_kopf(stop_flag: asyncio.Event) -> None:
         ready = asyncio.Event()
         started = asyncio.create_task(ready.wait())
         running = asyncio.create_task(kopf.operator(**options, stop_flag=stop_flag, ready_flag=ready))

@@ -6,7 +6,10 @@ Series (all prefixed ``cml_``):
     exceptions_total{exception,kind}                 errors met by reconciles; kind temporary|permanent
     reconcile_duration_seconds{trigger}              one reconcile pass (create/update/resume/timer/delete)
     retries_total{reason}                            passes that scheduled a retry, by condition reason
-    workers{phase}                                   workers this replica tracks, by status.phase
+    workers{namespace,phase,reason}                  workers this replica tracks, by namespace, phase and health reason
+    worker_ready_seconds                             Ready=False -> True: from the transition to not-ready to Ready
+    build_info{version}                              1, labelled with the operator's version
+    leader                                           1 while this replica reconciles (leads, or runs without election)
     ec2_batch_size{kind}                             ids per batched read (describe/status/uid/managed)
     orphan_instances{region}                         instances this cluster manages whose worker is gone (last scan)
     cml_api_calls_total{operation,outcome}           every CML request; outcome "ok", "HTTP503", "Timeout", ...
@@ -18,15 +21,31 @@ from __future__ import annotations
 
 import threading
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, start_http_server
+
+from . import __version__
 
 PHASES = ("Pending", "Provisioning", "Starting", "Running", "Stopping", "Stopped", "Terminating", "Terminated",
           "Failed")
 
 
+#: (namespace, phase, reason): where one worker is counted in cml_workers.
+Placement = tuple[str, str, str]
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes etc., for the dashboard
+        self.build_info = Gauge("cml_build_info", "Always 1; the operator's version as a label", ["version"],
+                                registry=self.registry)
+        self.build_info.labels(__version__).set(1)
+        self.leader = Gauge("cml_leader", "1 while this replica reconciles: it holds the leader Lease, or runs "
+                            "without leader election", registry=self.registry)
+        self.ready_latency = Histogram(
+            "cml_worker_ready_seconds", "Seconds from a worker's Ready condition turning False (or its first "
+            "status) to Ready=True", registry=self.registry,
+            buckets=(5, 15, 30, 60, 120, 180, 300, 450, 600, 900, 1200, 1800, 3600))
         self.ec2_calls = Counter("cml_ec2_api_calls", "EC2 API calls (HTTP attempts) by operation, region and outcome",
                                  ["operation", "region", "outcome"], registry=self.registry)
         self.exceptions = Counter("cml_exceptions", "Errors met while reconciling, by class and kind",
@@ -36,7 +55,8 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
         self.retries = Counter("cml_retries", "Reconcile passes that scheduled a retry, by reason", ["reason"],
                                registry=self.registry)
-        self.workers = Gauge("cml_workers", "Workers tracked by this replica, by phase", ["phase"],
+        self.workers = Gauge("cml_workers", "Workers tracked by this replica, by namespace, status.phase and "
+                             "the reason of their health condition", ["namespace", "phase", "reason"],
                              registry=self.registry)
         self.batch_size = Histogram("cml_ec2_batch_size", "Instance ids per batched EC2 read", ["kind"],
                                     registry=self.registry, buckets=(1, 2, 5, 10, 25, 50, 100, 200, 500))
@@ -49,10 +69,9 @@ class Metrics:
                                   registry=self.registry)
         self.status_patches = Counter("cml_status_patches", "CMLWorker status patches written, by the health "
                                       "state and reason they carried", ["state", "reason"], registry=self.registry)
-        self._phases: dict[str, str] = {}
+        self._placements: dict[str, Placement] = {}
+        self._counts: dict[Placement, int] = {}
         self._lock = threading.Lock()
-        for phase in PHASES:
-            self.workers.labels(phase).set(0)
 
     def ec2_call(self, operation: str, region: str, outcome: str) -> None:
         self.ec2_calls.labels(operation, region, outcome).inc()
@@ -60,17 +79,28 @@ class Metrics:
     def cml_call(self, operation: str, outcome: str) -> None:
         self.cml_calls.labels(operation, outcome).inc()
 
-    def set_phase(self, uid: str, phase: str | None) -> None:
-        """Track one worker's phase (None: forget it) and keep the per-phase gauge exact."""
+    def set_phase(self, uid: str, placement: Placement | None) -> None:
+        """Track where one worker stands (None: forget it) and keep cml_workers exact.
+
+        A series whose count drops to 0 is removed, so cardinality stays what the workers
+        occupy now (namespaces x 9 phases x the named reasons), not every place ever seen.
+        """
         with self._lock:
-            old = self._phases.pop(uid, None)
-            if phase is not None:
-                self._phases[uid] = phase
-            if old != phase:
-                if old is not None:
-                    self.workers.labels(old).dec()
-                if phase is not None:
-                    self.workers.labels(phase).inc()
+            old = self._placements.pop(uid, None)
+            if placement is not None:
+                self._placements[uid] = placement
+            if old == placement:
+                return
+            if old is not None:
+                self._counts[old] -= 1
+                if self._counts[old] == 0:
+                    del self._counts[old]
+                    self.workers.remove(*old)
+                else:
+                    self.workers.labels(*old).set(self._counts[old])
+            if placement is not None:
+                self._counts[placement] = self._counts.get(placement, 0) + 1
+                self.workers.labels(*placement).set(self._counts[placement])
 
     def serve(self, port: int, address: str = "0.0.0.0") -> None:
         start_http_server(port, addr=address, registry=self.registry)

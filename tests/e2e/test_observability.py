@@ -8,6 +8,8 @@ import urllib.request
 
 import pytest
 
+import cml_operator
+
 from tests.support.faultproxy import FaultRule
 from tests.support.processes import wait_for
 
@@ -43,9 +45,9 @@ def test_metrics_show_calls_reconciles_phases_errors_and_retries(kube, network, 
 
     def settled() -> str | None:
         text = operator.metrics()
-        return text if sample(text, "cml_workers", phase="Running") == 1 else None
+        return text if sample(text, "cml_workers", phase="Running", reason="InstanceReady") == 1 else None
 
-    metrics = wait_for(settled, 20, what="cml_workers{phase=Running} == 1")
+    metrics = wait_for(settled, 20, what="cml_workers{phase=Running,reason=InstanceReady} == 1")
     # One worker, one launch: exactly one successful RunInstances, after exactly the 3 injected faults.
     assert sample(metrics, "cml_ec2_api_calls_total", operation="RunInstances", region="us-east-1",
                   outcome="ok") == 1
@@ -60,9 +62,14 @@ def test_metrics_show_calls_reconciles_phases_errors_and_retries(kube, network, 
     # Status writes by what they said: the throttled first pass, and Ready.
     assert sample(metrics, "cml_status_patches_total", state="Reconciling", reason="Throttled") >= 1
     assert sample(metrics, "cml_status_patches_total", state="Ready") >= 1
-    # A missing series would also sum to 0: the gauge must be there, and say 0.
-    assert series(metrics, "cml_workers", phase="Pending") == [0.0]
-    assert sum(series(metrics, "cml_workers")) == 1  # the one worker, in one phase
+    # One series for the one worker, in its namespace; none left behind for the phases it passed through.
+    namespace = kube.namespace
+    assert series(metrics, "cml_workers", namespace=namespace, phase="Running", reason="InstanceReady") == [1.0]
+    assert series(metrics, "cml_workers", phase="Provisioning") == []
+    assert sum(series(metrics, "cml_workers")) == 1
+    assert sample(metrics, "cml_worker_ready_seconds_count") == 1
+    assert series(metrics, "cml_leader") == [1.0]  # a replica without leader election reconciles
+    assert series(metrics, "cml_build_info", version=cml_operator.__version__) == [1.0]
 
 
 def test_liveness_endpoint_answers(operator):
@@ -114,3 +121,32 @@ def test_no_secret_appears_in_logs_events_status_or_metrics(kube, network, proxy
     for where, text in places.items():
         for secret in (SECRET_KEY, SESSION_TOKEN, "SENTINELuserDATA", "U0VOVElORUx1c2VyREFUQ"):
             assert secret not in text, f"{secret[:12]}... leaked into {where}"
+
+
+def test_the_dashboard_queries_only_series_a_running_operator_exports(kube, network, operator):
+    from tests.support.dashboardgen import exported_names, metric_names, queries
+
+    kube.apply(worker_manifest("scraped", network))
+    kube.wait_condition("scraped", "Ready")
+    exported = exported_names(operator.metrics())
+    missing = {title: sorted(metric_names(expr) - exported) for title, expr in queries()
+               if metric_names(expr) - exported}
+    assert not missing, f"dashboard panels query series the operator does not export: {missing}"
+    # The scrape itself offers what the panels read, with samples (not only declared families).
+    for name in ("cml_workers", "cml_leader", "cml_build_info", "process_resident_memory_bytes",
+                 "cml_ec2_api_calls_total", "cml_reconcile_duration_seconds_bucket", "cml_worker_ready_seconds_bucket"):
+        assert series(operator.metrics(), name), name
+
+
+def test_cml_leader_is_1_on_the_lease_holder_only(kube, operator_factory):
+    args = ("--leader-election", "--leader-election-namespace", kube.namespace)
+    first, second = operator_factory(*args), operator_factory(*args)
+
+    def leaders() -> tuple[list[float], list[float]] | None:
+        values = series(first.metrics(), "cml_leader"), series(second.metrics(), "cml_leader")
+        return values if sorted(values) == [[0.0], [1.0]] else None
+
+    wait_for(leaders, 30, what="one replica with cml_leader 1, the other 0")
+    leader, standby = (first, second) if series(first.metrics(), "cml_leader") == [1.0] else (second, first)
+    leader.stop()  # SIGTERM releases the Lease: the standby leads within a retry period
+    wait_for(lambda: series(standby.metrics(), "cml_leader") == [1.0], 30, what="the standby to report cml_leader 1")

@@ -18,7 +18,7 @@ from ..ec2.exceptions import EC2InstanceNotFoundException, IntegrationException
 from ..ec2.models import CMLWorkerInstanceDto
 from ..fleet.observer import RegionObserver
 from ..reconcile import reasons
-from ..reconcile.conditions import Health, HealthState, build_conditions, health_of
+from ..reconcile.conditions import Health, HealthState, build_conditions, health_of, not_ready_for
 from ..reconcile.policy import IDEMPOTENCY_CODES, Decision, Kind, classify
 from ..reconcile.spec import DEFAULT_INSTANCE_TYPE, SpecError, WorkerSpec, parse_spec
 from ..reconcile.status import PassOutcome, render_status
@@ -126,6 +126,9 @@ async def reconcile_pass(
     previous = health_of(status.conditions)
     if plan.health.state is HealthState.READY and (previous is None or previous.state is not HealthState.READY):
         notes.append(Note("Normal", reasons.EVENT_READY, plan.health.message))
+        latency = not_ready_for(status.conditions, datetime.now(timezone.utc))
+        if latency is not None:
+            runtime.metrics.ready_latency.observe(latency)
     result = _result(runtime, ref, raw_status, status, plan, observation, image_id,
                      spec_keys=tuple(sorted(full_spec.tags)), notes=tuple(notes))
     return _with_cml(result, cml.status_dict() if cml else None)
@@ -386,7 +389,7 @@ def _result(
         recovery=plan.recovery,
     )
     rendered = render_status(raw_status, outcome, ref.generation)
-    runtime.metrics.set_phase(ref.uid, rendered["phase"])
+    runtime.metrics.set_phase(ref.uid, (ref.namespace, rendered["phase"], plan.health.reason))
     return PassResult(rendered, plan.health, notes or plan.notes, poll_soon=plan.poll_soon)
 
 

@@ -138,3 +138,16 @@ def health_of(conditions: Iterable[Mapping[str, Any]] | None) -> Health | None:
         if item and item.get("status") == "True":
             return Health(state, str(item.get("reason", "")), str(item.get("message", "")))
     return None
+
+
+def not_ready_for(conditions: Iterable[Mapping[str, Any]] | None, now: datetime) -> float | None:
+    """Seconds since Ready last turned False, read from the conditions before this pass (None: unknown).
+
+    What `cml_worker_ready_seconds` observes when a worker becomes Ready: a launch or a start,
+    timed from the first status (Ready=False, Provisioning) or from the stop that came before.
+    """
+    ready = condition(conditions, READY)
+    if ready is None or ready.get("status") != "False":
+        return None
+    since = parse_rfc3339(ready.get("lastTransitionTime"))
+    return max(0.0, (now - since).total_seconds()) if since else None
