@@ -10,7 +10,7 @@ TEST_WORKERS ?= 4
 #: `make test` also lists the 30 slowest tests and writes this JUnit report.
 JUNIT_XML ?= build/junit.xml
 
-.PHONY: help install control-plane tools image test-k8s test unit e2e cluster dev bench soak lock clean crds
+.PHONY: help install control-plane tools image test-k8s test unit e2e cluster dev bench soak lock clean crds monitoring release
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -44,7 +44,7 @@ test-k8s: install control-plane ## control-plane tests and a lifecycle subset ag
 	  CML_K8S_BIN_DIR=$$bin CML_K8S_VERSION=$$version $(BIN)/python -m pytest $(K8S_SUBSET) -q $(PYTEST_ARGS) || exit 1; \
 	done
 
-tools: ## build helm and the kstatus helper once into ~/.cache/cml-operator/tools (Go needed)
+tools: ## build helm, promtool and the kstatus helper once into ~/.cache/cml-operator/tools (Go needed)
 	tests/tools/build.sh >/dev/null
 
 test: install control-plane tools ## the whole suite: unit, cluster and end-to-end (what CI runs; TEST_WORKERS=4 in parallel)
@@ -63,6 +63,13 @@ soak: install control-plane ## long failure soaks: 200 random SIGKILLs, a 2-minu
 
 crds: install ## regenerate the CMLWorker schema inside crds/cmlworkerpool.yaml from crds/cmlworker.yaml; copy crds/ and deploy/rbac.yaml's rules into the chart
 	$(BIN)/python -m tests.support.crdgen
+	$(BIN)/python -m tests.support.chartgen
+
+release: install ## make release VERSION=x.y.z: dist/ with the chart package, the image as an OCI archive and its CycloneDX SBOM (docs/install.md#releases)
+	VERSION=$(VERSION) tests/image/release.sh
+
+monitoring: install ## regenerate deploy/monitoring/dashboard.json from tests/support/dashboardgen.py; copy deploy/monitoring into the chart
+	$(BIN)/python -m tests.support.dashboardgen
 	$(BIN)/python -m tests.support.chartgen
 
 lock: install ## rewrite constraints.txt from the current virtualenv
