@@ -1,8 +1,10 @@
-"""Keep charts/cml-operator in step with crds/ and deploy/rbac.yaml: `make crds` runs this.
+"""Keep charts/cml-operator in step with crds/, deploy/rbac.yaml and deploy/monitoring/: `make crds` runs this.
 
-The chart cannot read files outside its folder, so it carries copies: crds/*.yaml in its
-crds/, and the ClusterRole's rules from deploy/rbac.yaml in files/clusterrole-rules.yaml
-(its templates/rbac.yaml includes them). tests/unit/test_chart_crds.py fails when a copy
+The chart cannot read files outside its folder, so it carries copies: crds/*.yaml's CRDs in its
+files/crds/ (templates/crds.yaml renders them, so `helm upgrade` upgrades them), the admission
+policies in files/policies/, the ClusterRole's rules from deploy/rbac.yaml in
+files/clusterrole-rules.yaml (its templates/rbac.yaml includes them), and deploy/monitoring's
+PrometheusRule and dashboard in files/monitoring/. tests/unit/test_chart_crds.py fails when a copy
 is stale; tests/e2e/test_helm.py compares the rendered chart with the kustomize base.
 """
 
@@ -22,13 +24,16 @@ def _only_crds(path: Path) -> bool:
     return all(doc.get("kind") == "CustomResourceDefinition" for doc in yaml.safe_load_all(path.read_text()) if doc)
 
 
+MONITORING_FILES = ("prometheusrule.yaml", "dashboard.json")
+
+
 def expected_crds() -> dict[str, bytes]:
-    """crds/ files holding only CRDs: the chart's crds/ (Helm installs those first, never templated)."""
+    """crds/ files holding only CRDs: the chart's files/crds/ (templates/crds.yaml renders them)."""
     return {path.name: path.read_bytes() for path in sorted((REPO / "crds").glob("*.yaml")) if _only_crds(path)}
 
 
 def expected_policies() -> dict[str, bytes]:
-    """The other crds/ files (admission policies): the chart renders them from files/crds/."""
+    """The other crds/ files (admission policies): the chart renders them from files/policies/."""
     return {path.name: path.read_bytes() for path in sorted((REPO / "crds").glob("*.yaml")) if not _only_crds(path)}
 
 
@@ -38,21 +43,24 @@ def expected_rules() -> str:
     return HEADER + yaml.safe_dump(role["rules"], sort_keys=False, default_flow_style=None)
 
 
-def main() -> None:
-    crds_dir = CHART / "crds"
-    crds_dir.mkdir(parents=True, exist_ok=True)
-    for stale in crds_dir.glob("*.yaml"):
+def expected_monitoring() -> dict[str, bytes]:
+    return {name: (REPO / "deploy" / "monitoring" / name).read_bytes() for name in MONITORING_FILES}
+
+
+def _replace_folder(folder: Path, files: dict[str, bytes], pattern: str = "*.yaml") -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob(pattern):
         stale.unlink()
-    for name, data in expected_crds().items():
-        (crds_dir / name).write_bytes(data)
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+
+
+def main() -> None:
+    _replace_folder(CHART / "files" / "crds", expected_crds())
     RULES_FILE.parent.mkdir(exist_ok=True)
     RULES_FILE.write_text(expected_rules())
-    policies = CHART / "files" / "crds"
-    policies.mkdir(exist_ok=True)
-    for stale in policies.glob("*.yaml"):
-        stale.unlink()
-    for name, data in expected_policies().items():
-        (policies / name).write_bytes(data)
+    _replace_folder(CHART / "files" / "policies", expected_policies())
+    _replace_folder(CHART / "files" / "monitoring", expected_monitoring(), "*")
 
 
 if __name__ == "__main__":

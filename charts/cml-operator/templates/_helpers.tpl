@@ -25,6 +25,27 @@ app.kubernetes.io/part-of: cml-operator
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Objects kept as files (CRDs, admission policies: copies of crds/ by `make crds`), each given the
+     chart's labels, plus `annotations` when given. Args: root, path, annotations. */}}
+{{- define "cml-operator.fileObjects" -}}
+{{- $labels := include "cml-operator.labels" .root | fromYaml }}
+{{- range $doc := regexSplit "(?m)^---\\s*$" (.root.Files.Get .path) -1 }}
+{{- $object := fromYaml $doc }}
+{{- if $object }}
+{{- $meta := $object.metadata }}
+{{- $_ := set $meta "labels" (merge (default (dict) $meta.labels) $labels) }}
+{{- with $.annotations }}
+{{- $_ := set $meta "annotations" (merge (default (dict) $meta.annotations) .) }}
+{{- end }}
+---
+{{ toYaml $object }}
+{{- end }}
+{{- end }}
 {{- end -}}
 
 {{- define "cml-operator.image" -}}
