@@ -48,6 +48,15 @@ SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git -C "$repo" log -1 --format=%ct 2>/
 PYTHONPATH="$site" "$repo/.venv/bin/cyclonedx-py" environment -S --pyproject "$repo/pyproject.toml" \
   --of JSON --output-reproducible --validate -o "$dist/cml-operator-image-$VERSION.cdx.json" "$(command -v python3)"
 buildah umount "$container" >/dev/null
+# pyproject's version is dynamic (read from __version__), which cyclonedx-py cannot see: name it.
+"$repo/.venv/bin/python" - "$dist/cml-operator-image-$VERSION.cdx.json" "$VERSION" <<'PY'
+import json, sys
+path, version = sys.argv[1], sys.argv[2]
+bom = json.load(open(path))
+root = bom["metadata"]["component"]
+root.update(version=version, purl=f"pkg:pypi/cml-operator@{version}")
+json.dump(bom, open(path, "w"), indent=2, sort_keys=True)
+PY
 
 (cd "$dist" && sha256sum "cml-operator-$VERSION.tgz" "cml-operator-image-$VERSION.tar" \
   "cml-operator-image-$VERSION.cdx.json" > SHA256SUMS)
