@@ -253,3 +253,11 @@ def test_helm_test_asks_the_operator_s_health_endpoint(tools_bin_dir, fresh_plan
         stop.set()
         operator.kill()
         kubelet.join(30)
+
+
+def test_kustomize_users_get_the_same_rule_and_dashboard(control_plane):
+    objects = [doc for doc in yaml.safe_load_all(control_plane.kubectl("kustomize", str(MONITORING)).stdout) if doc]
+    [rule], [config_map] = _kind(objects, "PrometheusRule"), _kind(objects, "ConfigMap")
+    assert rule["spec"] == yaml.safe_load((MONITORING / "prometheusrule.yaml").read_text())["spec"]
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(config_map["data"]["cml-operator.json"]) == json.loads((MONITORING / "dashboard.json").read_text())
