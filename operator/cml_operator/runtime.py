@@ -209,6 +209,8 @@ def build_runtime(settings: OperatorSettings, metrics: Metrics | None = None) ->
     client = EC2Client(settings.ec2, call_observer=on_call)
     gateway = EC2Gateway(client, limiter, threads=settings.ec2_threads)
     observers = Observers(gateway, settings.observer,
-                          on_batch=lambda region, kind, size: metrics.batch_size.labels(kind).observe(size))
+                          on_batch=lambda region, kind, size: metrics.batch_size.labels(kind).observe(size),
+                          cluster_id=lambda: runtime.own_cluster_id())  # resolved at start-up, after this
     cml = CMLService(settings.cml, SecretReader(), on_call=metrics.cml_call)
-    return Runtime(settings=settings, ec2=gateway, observers=observers, metrics=metrics, cml=cml)
+    runtime = Runtime(settings=settings, ec2=gateway, observers=observers, metrics=metrics, cml=cml)
+    return runtime

@@ -1,7 +1,7 @@
 """What the benchmarks measure from outside the operator, and the limits they hold it to.
 
 * ``resync_passes``: the EC2 calls of each full resync pass, split from the fault proxy's
-  call log. A DescribeInstances filtered by the managed-by tag starts a pass (its later
+  call log. A DescribeInstances filtered by the cluster tag starts a pass (its later
   pages carry the same filter and belong to it); every read until the next pass starts
   counts for that pass.
 * ``ProcessSampler``: the operator's CPU time (utime + stime) and RSS (VmRSS) sampled in a
@@ -28,8 +28,8 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-#: The tag filter of the observer's full pass (DescribeInstances by the managed-by tag).
-PASS_MARKER = "tag:cml.dev/managed-by"
+#: The tag filter of the observer's full pass (DescribeInstances by this cluster's tag, shared with the orphan watch).
+PASS_MARKER = "tag:cml.dev/cluster"
 READ_PREFIXES = ("Describe",)
 #: Live = not shutting-down or terminated.
 LIVE_STATES = ["pending", "running", "stopping", "stopped"]

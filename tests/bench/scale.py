@@ -9,7 +9,7 @@ outside the operator (tests/bench/measure.py):
 * ready_s: seconds from the first create request to every worker Ready;
 * EC2 calls by operation, counted at the HTTP proxy in front of moto;
 * EC2 reads per resync pass at steady state: the proxy's call log split into the
-  observer's full passes (a DescribeInstances filtered by the managed-by tag starts
+  observer's full passes (a DescribeInstances filtered by the cluster tag starts
   one); the figure is the most any measured pass made. The unbatched baseline has no
   such passes and is estimated as reads over ``--cycles`` resync intervals;
 * Kubernetes API writes per worker from apply to Ready, from kube-apiserver's own

@@ -7,7 +7,7 @@ import pytest
 from tests.bench import measure
 from tests.bench.measure import Limits, instance_problems, plateau, resync_passes
 
-MARK = ["tag:cml.dev/managed-by"]
+MARK = ["tag:cml.dev/cluster"]
 
 
 def call(t: float, action: str = "DescribeInstances", filters: list[str] | None = None):

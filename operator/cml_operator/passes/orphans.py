@@ -5,7 +5,9 @@ are read from EC2 once more, so a worker deleted (and its instance terminated or
 untagged) between the two reads is never taken for an orphan. Discovery scans judge
 their own region (the Warning event goes on the discovery object); ``orphan_watch``
 judges every other region where this process has seen workers (the same policy; reported by
-metric and log only, as there is no object to put an event on).
+metric and log only, as there is no object to put an event on). The watch reads no EC2 of
+its own while the region's observer resyncs: it judges the observer's last tag-filtered read
+(``RegionObserver.cluster_instances``), so a region costs one DescribeInstances per resync.
 """
 
 from __future__ import annotations
@@ -104,6 +106,11 @@ async def _act(runtime: Runtime, region: str, instance_id: str, action: str) -> 
     return note
 
 
+#: How old (in resync intervals) the observer's read of this cluster's instances may be for the orphan watch:
+#: the observer's passes come every interval or a fast tick later, so the watch never needs a read of its own.
+CLUSTER_READ_MAX_AGE = 2
+
+
 async def orphan_watch(runtime: Runtime, cluster_id: Callable[[], str | None], interval: float) -> None:
     """Forever: every ``interval`` s judge the regions with workers that no discovery scans."""
     while True:
@@ -113,7 +120,8 @@ async def orphan_watch(runtime: Runtime, cluster_id: Callable[[], str | None], i
             continue
         for region in sorted(set(runtime.observers.regions()) - runtime.discovery_regions()):
             try:
-                managed = await managed_instances(runtime, region, ours)
+                # Read before the workers are listed (see the module's docstring): shared with the resync.
+                managed = await runtime.observers(region).cluster_instances(max_age=CLUSTER_READ_MAX_AGE * interval)
                 workers = await all_workers(runtime.kube, runtime.settings.namespaces)
                 orphans = await judge_orphans(runtime, region, managed, workers, ours)
                 await handle_orphans(runtime, region, orphans)
