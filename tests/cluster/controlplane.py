@@ -34,6 +34,7 @@ import datetime
 import http.client
 import ipaddress
 import os
+import re
 import shutil
 import signal
 import socket
@@ -651,7 +652,13 @@ class ControlPlane:
         kubeconfig: Path | None = None,
         timeout: float = 60,
     ) -> subprocess.CompletedProcess[str]:
-        """Run kubectl against this control plane (admin unless kubeconfig is given)."""
+        """Run kubectl against this control plane (admin unless kubeconfig is given).
+
+        ``timeout`` (seconds) bounds the process; a longer ``--timeout=`` given to kubectl
+        itself (``delete --wait``, ``wait``) extends it, so kubectl reports its own timeout.
+        """
+        timeout = max(timeout, *(_duration_seconds(a[len("--timeout="):]) + 30 for a in args
+                                 if a.startswith("--timeout=")))
         argv = [
             str(self.kubectl_path),
             f"--kubeconfig={kubeconfig or self.kubeconfig_path}",
@@ -701,6 +708,15 @@ class ControlPlane:
         """The end of etcd's or kube-apiserver's log."""
         proc = self.etcd if component == "etcd" else self.apiserver
         return proc.log_tail(lines) if proc else ""
+
+
+def _duration_seconds(text: str) -> float:
+    """A kubectl duration ("240s", "2m", "1m30s", "90") in seconds; 0 if it is not one."""
+    match = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s?)?", text.strip())
+    if not match or not text.strip():
+        return 0.0
+    hours, minutes, seconds = (float(group or 0) for group in match.groups())
+    return hours * 3600 + minutes * 60 + seconds
 
 
 #: Server-side apply: no last-applied annotation, so large CRDs fit.

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cluster.controlplane import _duration_seconds
 from tests.support.processes import OperatorProcess, ProcessExited, guarded_by, wait_for
 
 
@@ -95,3 +96,10 @@ def test_free_ports_are_distinct_however_many_are_asked_for():
     for _ in range(50):  # free_port() twice in a row returned one port for both here once
         ports = free_ports(2)
         assert len(set(ports)) == 2
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("240s", 240), ("2m", 120), ("1m30s", 90), ("90", 90), ("1h", 3600),
+                                               ("", 0), ("soon", 0)])
+def test_kubectl_timeouts_are_read_so_the_process_outlives_kubectls_own_wait(text, seconds):
+    # ControlPlane.kubectl gives `delete --wait --timeout=240s` 240 s + a margin, not its 60 s default.
+    assert _duration_seconds(text) == seconds
