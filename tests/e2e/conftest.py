@@ -7,6 +7,7 @@ namespace, so tests cannot see each other's workers. moto is reset per test.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,16 @@ from kubernetes.client.rest import ApiException
 from tests.bench.measure import resync_passes
 from tests.cluster.controlplane import ControlPlane
 from tests.conftest import CRDS_DIR
+from tests.support.ec2iam import DEFAULT_POLICIES
 from tests.support.motoserver import MotoServer, own_image
 from tests.support.processes import FAKE_AWS_ENV, FaultProxyProcess, OperatorProcess, guarded_by, wait_for
 
 REGION = "us-east-1"
+#: The strict EC2 world every e2e test runs in (docs/reliability.md): EC2's clock ("off" makes it moto's
+#: instant world again) and IAM on the operator's key ("0" turns it off). Set to check that a test
+#: fails against the kind double.
+EC2_TIMING = os.environ.get("CML_EC2_TIMING", "test")
+EC2_IAM = os.environ.get("CML_EC2_IAM", "1") not in ("0", "false", "no", "off")
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -36,6 +43,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 @pytest.fixture(scope="session")
 def ec2_proxy(moto_server: MotoServer) -> Iterator[FaultProxyProcess]:
     proxy = FaultProxyProcess(moto_server.url).start()
+    proxy.set_timing(EC2_TIMING)
     yield proxy
     proxy.stop()
 
@@ -46,6 +54,9 @@ def proxy(ec2_proxy: FaultProxyProcess, moto: MotoServer) -> Iterator[FaultProxy
     ec2_proxy.clear_faults()
     ec2_proxy.reset_counts()
     ec2_proxy.clear_tokens()
+    ec2_proxy.reset_timing()
+    ec2_proxy.set_timing(EC2_TIMING)
+    ec2_proxy.set_iam("", access_keys=())  # the operator_factory turns it on with the operator's cluster id
     yield ec2_proxy
     ec2_proxy.clear_faults()
 
@@ -190,8 +201,10 @@ def operator_factory(control_plane: ControlPlane, api_client: ApiClient, proxy: 
     started: list[OperatorProcess] = []
 
     def start(*extra_args: str, fast: bool = True, env: dict[str, str] | None = None,
-              wait: bool = True) -> OperatorProcess:
+              wait: bool = True, iam_policies: tuple[str, ...] = DEFAULT_POLICIES) -> OperatorProcess:
         args = (*OperatorProcess.FAST_ARGS, *extra_args) if fast else extra_args
+        if EC2_IAM:  # the policy as installed for this operator: CLUSTER_ID is its cluster id
+            proxy.set_iam(operator_cluster_id(args, env or {}, control_plane), iam_policies)
         process = OperatorProcess(control_plane.kubeconfig_path, proxy.url, namespaces=[namespace], args=args,
                                   env=env or {}, log_path=tmp_path / f"operator-{len(started)}.log")
         started.append(process)
@@ -208,6 +221,15 @@ def operator_factory(control_plane: ControlPlane, api_client: ApiClient, proxy: 
     if failed:
         for index, process in enumerate(started):
             print(f"\n----- operator {index} log (tail) -----\n{process.logs()[-6000:]}")
+
+
+def operator_cluster_id(args: tuple[str, ...], env: dict[str, str], plane: ControlPlane) -> str:
+    """--cluster-id, else $CML_CLUSTER_ID, else the operator's default: kube-system's uid (docs/ownership.md)."""
+    if "--cluster-id" in args:
+        return args[args.index("--cluster-id") + 1]
+    if env.get("CML_CLUSTER_ID"):
+        return env["CML_CLUSTER_ID"]
+    return plane.kubectl("get", "namespace", "kube-system", "-o", "jsonpath={.metadata.uid}").stdout.strip()
 
 
 @pytest.fixture

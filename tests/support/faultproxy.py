@@ -34,6 +34,17 @@ Control it over HTTP (tests run it as a separate process) or in process:
     GET    /__log__?since=K  {"calls": [[t, action, outcome, [filter names]], ...], "logged": n}: calls after
                          the first K since the reset (t: the proxy's time.monotonic(), when it answered)
     DELETE /__tokens__   forget the remembered ClientTokens
+    PUT    /__timing__   {"timing": "test"} (or "off", "dev", "pending=1,stopping=2,..."): EC2's clock
+                         (tests/support/ec2timing.py); DELETE /__timing__ forgets the instances' phases
+    PUT    /__iam__      {"access_keys": ["AKIA..."], "policies": ["deploy/iam-policy.json"], "cluster_id": "c"}:
+                         evaluate those keys' calls against the policies (tests/support/ec2iam.py);
+                         {"access_keys": []} turns it off
+
+The strict world (timing and IAM) answers before moto: an IAM denial is EC2's UnauthorizedOperation
+(outcome ``denied:UnauthorizedOperation``), a call the model refuses is counted ``model:<code>``;
+Monitor/UnmonitorInstances, which moto lacks, are answered by the model (outcome ``model``).
+With timing on, a ClientToken replay carries the instance's state now, and answers
+``IdempotentInstanceTerminated`` once that instance is shutting down or terminated.
 
 Run: python -m tests.support.faultproxy --port 0 --upstream http://127.0.0.1:5000 --port-file f
 """
@@ -45,6 +56,7 @@ import http.client
 import json
 import os
 import random
+import re
 import signal
 import socket
 import sys
@@ -56,7 +68,12 @@ from collections import defaultdict, deque
 from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 from xml.sax.saxutils import escape
+
+from tests.support.ec2iam import IamConfig, IamEnforcer, Lookups, signer
+from tests.support.ec2timing import Ec2Timing, TimingConfig
+from tests.support.motoquery import MotoQuery
 
 #: HTTP status EC2 answers each code with; 400 (a client error) for everything not listed.
 #: AWS's "Error codes for the Amazon EC2 API" files capacity, throttling and internal codes
@@ -335,6 +352,15 @@ class _Handler(BaseHTTPRequestHandler):
             payload = json.loads(self._body() or b"{}")
             self.server.state.set_kills([KillRule(**rule) for rule in payload.get("rules", [])])
             self._reply(200, b"{}")
+        elif self.path.startswith("/__timing__"):
+            payload = json.loads(self._body() or b"{}")
+            self.server.timing.configure(TimingConfig.parse(payload.get("timing", "off")))
+            self._reply(200, b"{}")
+        elif self.path.startswith("/__iam__"):
+            payload = json.loads(self._body() or b"{}")
+            self.server.iam.configure(IamConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                                   for k, v in payload.items()}))
+            self._reply(200, b"{}")
         else:
             self._forward(self._body())
 
@@ -349,6 +375,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(200, b"{}")
         elif self.path.startswith("/__tokens__"):
             self.server.tokens.clear()
+            self._reply(200, b"{}")
+        elif self.path.startswith("/__timing__"):
+            self.server.timing.reset()
             self._reply(200, b"{}")
         else:
             self._forward(b"")
@@ -373,6 +402,8 @@ class _Handler(BaseHTTPRequestHandler):
             state.count(action, "fault:answer", params)
             self._reply(200, fault.body.replace("{request_id}", str(uuid.uuid4())).encode(), "text/xml;charset=UTF-8")
             return
+        if self._strict_answer(action, params):
+            return
         token = params.get("ClientToken") if action == "RunInstances" else None
         if not token:
             self._forward(body, action, params, fault)
@@ -388,8 +419,46 @@ class _Handler(BaseHTTPRequestHandler):
                     f"The client token {token} was used before with different parameters", str(uuid.uuid4())),
                     "text/xml;charset=UTF-8")
             else:
-                state.count(action, "replayed", params)
-                self._send(launch.status, launch.headers, launch.payload)
+                self._replay(launch, params)
+
+    def _strict_answer(self, action: str, params: dict[str, str]) -> bool:
+        """IAM, then EC2's clock, then the calls moto lacks; True when one of them answered."""
+        server, state = self.server, self.server.state
+        denial = server.iam.check(self.headers.get("Authorization", ""), params, server.lookups)
+        if denial is not None:
+            state.count(action, "denied:UnauthorizedOperation", params)
+            self._reply(403, ec2_error_xml("UnauthorizedOperation", denial, str(uuid.uuid4())),
+                        "text/xml;charset=UTF-8")
+            return True
+        refusal = server.timing.refuse(action, params, lambda ids: server.moto_states(_region(self.headers), ids))
+        if refusal is not None:
+            state.count(action, f"model:{refusal.code}", params)
+            self._reply(400, ec2_error_xml(refusal.code, refusal.message, str(uuid.uuid4())),
+                        "text/xml;charset=UTF-8")
+            return True
+        if action in ("MonitorInstances", "UnmonitorInstances"):
+            state.count(action, "model", params)
+            self._reply(200, server.timing.answer_monitoring(action, params, str(uuid.uuid4())),
+                        "text/xml;charset=UTF-8")
+            return True
+        return False
+
+    def _replay(self, launch: _Launch, params: dict[str, str]) -> None:
+        """A repeated ClientToken: the original answer, with the state the instance is in now (timing on)."""
+        state, timing = self.server.state, self.server.timing
+        payload = launch.payload
+        if timing.config.on:
+            ids = re.findall(r"<instanceId>([^<]+)</instanceId>", payload.decode("utf-8", "replace"))
+            payload, gone = timing.replay_state(payload, self.server.moto_states(_region(self.headers), ids))
+            if gone:
+                state.count("RunInstances", "model:IdempotentInstanceTerminated", params)
+                self._reply(400, ec2_error_xml(
+                    "IdempotentInstanceTerminated",
+                    f"The client token {params.get('ClientToken')} was used before for instance {gone[0]}, "
+                    "which has since been terminated", str(uuid.uuid4())), "text/xml;charset=UTF-8")
+                return
+        state.count("RunInstances", "replayed", params)
+        self._send(launch.status, launch.headers, payload)
 
     def _error(self, fault: FaultRule) -> None:
         status = fault.status or STATUS_BY_CODE.get(fault.code, 400)
@@ -418,7 +487,7 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             connection.close()
         if response.status < 300 and action:
-            payload = state.rewrite(action, payload)
+            payload = state.rewrite(action, self.server.timing.rewrite(action, params or {}, payload))
         kept = [(key, value) for key, value in response.getheaders()
                 if key.lower() not in ("transfer-encoding", "connection", "content-length", "server", "date")]
         if token and response.status < 300:
@@ -465,6 +534,10 @@ def _kill(pid: int) -> None:
         pass
 
 
+def _region(headers: Any) -> str:
+    return signer(headers.get("Authorization", ""))[1]
+
+
 def _params(body: bytes, path: str) -> dict[str, str]:
     """The call's query parameters (first value of each), from the form body or the URL."""
     fields = urllib.parse.parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True) if body else {}
@@ -477,11 +550,20 @@ class FaultProxyServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, port: int = 0, upstream: str | None = None, seed: int | None = None) -> None:
+    def __init__(self, port: int = 0, upstream: str | None = None, seed: int | None = None,
+                 timing: TimingConfig | None = None, iam: IamConfig | None = None) -> None:
         super().__init__(("127.0.0.1", port), _Handler)
         self.state = FaultState(seed)
         self.tokens = ClientTokens()
         self.upstream = urllib.parse.urlsplit(upstream) if upstream else None
+        self.timing = Ec2Timing(timing or TimingConfig())
+        self.iam = IamEnforcer(iam or IamConfig())
+        self.moto = MotoQuery(self.upstream)
+        self.lookups = Lookups(self.moto.instance_tags, self.moto.image_owner)
+
+    def moto_states(self, region: str, ids: list[str]) -> dict[str, str]:
+        return self.moto.states(region, ids)
+
 
     @property
     def url(self) -> str:
@@ -499,8 +581,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--upstream", required=True)
     parser.add_argument("--port-file", type=Path, help="write the bound port here once listening")
     parser.add_argument("--seed", type=int, help="seed of the random fault choices (default: random, printed)")
+    parser.add_argument("--timing", default="off", help="EC2's clock: off, test, dev or pending=S,stopping=S,...")
+    parser.add_argument("--iam-key", action="append", default=[], help="evaluate this access key's calls (repeat)")
+    parser.add_argument("--iam-policy", action="append", default=[],
+                        help="policy file relative to the repository (repeat; default deploy/iam-policy.json)")
+    parser.add_argument("--cluster-id", default="", help="replaces CLUSTER_ID in the policies")
     args = parser.parse_args(argv)
-    server = FaultProxyServer(args.port, args.upstream, args.seed)
+    iam = IamConfig(tuple(args.iam_key), tuple(args.iam_policy) or IamConfig().policies, args.cluster_id)
+    server = FaultProxyServer(args.port, args.upstream, args.seed, TimingConfig.parse(args.timing), iam)
     if args.port_file:
         args.port_file.write_text(str(server.server_address[1]))
     print(f"faultproxy listening on {server.url} -> {args.upstream}, seed {server.state.seed}", file=sys.stderr,

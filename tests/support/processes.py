@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.cluster.controlplane import free_ports, parent_death_signal
+from tests.support.ec2iam import DEFAULT_POLICIES, OPERATOR_ACCESS_KEY
 from tests.support.faultproxy import FaultRule, KillRule, RewriteRule
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,6 +30,11 @@ FAKE_AWS_ENV = {
     "AWS_DEFAULT_REGION": "us-east-1",
     "AWS_EC2_METADATA_DISABLED": "true",
 }
+
+
+#: The operator's own dummy key: the fault proxy evaluates calls signed with it against the shipped
+#: IAM policy (tests/support/ec2iam.py); the tests' setup clients and the user's key stay unrestricted.
+OPERATOR_AWS_ENV = {**FAKE_AWS_ENV, "AWS_ACCESS_KEY_ID": OPERATOR_ACCESS_KEY}
 
 
 class ProcessExited(RuntimeError):
@@ -173,6 +179,20 @@ class FaultProxyProcess:
         """Forget the RunInstances ClientTokens the proxy remembers."""
         self._request("DELETE", "/__tokens__")
 
+    def set_timing(self, timing: str) -> None:
+        """EC2's clock: "off" (moto's instant world), "test", "dev" or "pending=1,stopping=2,..."."""
+        self._request("PUT", "/__timing__", {"timing": timing})
+
+    def reset_timing(self) -> None:
+        """Forget every instance's phase (moto was reset)."""
+        self._request("DELETE", "/__timing__")
+
+    def set_iam(self, cluster_id: str, policies: Sequence[str] = DEFAULT_POLICIES,
+                access_keys: Sequence[str] = (OPERATOR_ACCESS_KEY,)) -> None:
+        """Evaluate the operator key's calls against ``policies`` (CLUSTER_ID := ``cluster_id``); no keys: off."""
+        self._request("PUT", "/__iam__", {"access_keys": list(access_keys), "policies": list(policies),
+                                          "cluster_id": cluster_id})
+
 
 def _port_taken(log: str) -> bool:
     return "address already in use" in log.lower()
@@ -241,7 +261,7 @@ class OperatorProcess:
             self.log_path = Path(tempfile.mkstemp(prefix="cml-operator-", suffix=".log")[1])
         self._log_offset = len(self.logs())
         env = {key: value for key, value in os.environ.items() if not key.startswith(("AWS_", "CML_"))}
-        env.update(FAKE_AWS_ENV)
+        env.update(OPERATOR_AWS_ENV)
         env.update({"KUBECONFIG": str(self.kubeconfig), "AWS_ENDPOINT_URL_EC2": self.ec2_endpoint,
                     "PYTHONUNBUFFERED": "1"})
         env.update(self.env)
