@@ -31,6 +31,10 @@ REGION = "us-east-1"
 #: fails against the kind double.
 EC2_TIMING = os.environ.get("CML_EC2_TIMING", "test")
 EC2_IAM = os.environ.get("CML_EC2_IAM", "1") not in ("0", "false", "no", "off")
+#: The policies an e2e operator gets: the base policy and the adoption policy, which an install that lets
+#: workers name an instance (spec.instanceId) or discover instances attaches (docs/install.md); a test
+#: of the base policy alone passes iam_policies=DEFAULT_POLICIES.
+E2E_POLICIES = (*DEFAULT_POLICIES, "deploy/iam-policy-adoption.json")
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -201,7 +205,7 @@ def operator_factory(control_plane: ControlPlane, api_client: ApiClient, proxy: 
     started: list[OperatorProcess] = []
 
     def start(*extra_args: str, fast: bool = True, env: dict[str, str] | None = None,
-              wait: bool = True, iam_policies: tuple[str, ...] = DEFAULT_POLICIES) -> OperatorProcess:
+              wait: bool = True, iam_policies: tuple[str, ...] = E2E_POLICIES) -> OperatorProcess:
         args = (*OperatorProcess.FAST_ARGS, *extra_args) if fast else extra_args
         if EC2_IAM:  # the policy as installed for this operator: CLUSTER_ID is its cluster id
             proxy.set_iam(operator_cluster_id(args, env or {}, control_plane), iam_policies)

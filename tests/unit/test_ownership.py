@@ -117,12 +117,35 @@ def test_an_unclaimed_instance_named_by_spec_is_claimed_first():
     assert stop == Stop()
 
 
-def test_our_instance_without_the_cluster_tag_gets_it_before_anything_else():
+def test_our_instance_without_the_tags_the_iam_policy_needs_is_stalled_naming_them_and_the_fix():
+    # deploy/iam-policy.json allows CreateTags (and every other change) only on an instance that already
+    # carries managed-by and cluster: the operator cannot add them itself, a person must (docs/install.md).
     plan = decide(REF, parse_spec({**SPEC, "desiredState": "Stopped"}), WorkerStatus(instance_id=IID),
                   _observed({TAG_UID: UID}), NOW)
-    assert plan.actions[0] == SyncTags({TAG_CLUSTER: CLUSTER, TAG_WORKER: "lab/w1",
-                                        "cml.dev/managed-by": "cml-operator"})
-    assert plan.actions[1] == Stop()
+    assert plan.actions == ()
+    assert plan.health.state is HealthState.STALLED and plan.health.reason == reasons.MANAGED_TAG_MISSING
+    assert f"cml.dev/managed-by=cml-operator and {TAG_CLUSTER}={CLUSTER}" in plan.health.message
+    assert (f"aws ec2 create-tags --resources {IID} --tags Key=cml.dev/managed-by,Value=cml-operator "
+            f"Key={TAG_CLUSTER},Value={CLUSTER}") in plan.health.message
+    assert plan.recheck_after is not None and [n.reason for n in plan.notes] == [reasons.MANAGED_TAG_MISSING]
+
+
+def test_an_instance_of_ours_with_only_managed_by_removed_names_that_tag_alone():
+    tags = {**desired_tags(REF, parse_spec(SPEC))}
+    del tags["cml.dev/managed-by"]
+    plan = decide(REF, parse_spec(SPEC), WorkerStatus(instance_id=IID), _observed(tags), NOW)
+    assert plan.actions == () and plan.health.reason == reasons.MANAGED_TAG_MISSING
+    assert "lacks the tag cml.dev/managed-by=cml-operator, which" in plan.health.message
+
+
+@pytest.mark.parametrize("policy", ["Delete", "Retain"])
+def test_deleting_a_worker_whose_instance_lost_managed_by_keeps_the_finalizer_and_says_why(policy):
+    tags = {**desired_tags(REF, parse_spec(SPEC))}
+    del tags["cml.dev/managed-by"]
+    plan = decide_deletion(policy, WorkerStatus(instance_id=IID), _observed(tags), REF)
+    assert plan.actions == () and not plan.release and plan.blocked == reasons.MANAGED_TAG_MISSING
+    assert "aws ec2 create-tags" in plan.message and "finalizer stays" in plan.message
+    assert [(n.type, n.reason) for n in plan.notes] == [("Warning", reasons.MANAGED_TAG_MISSING)]
 
 
 def test_power_state_comes_before_user_tags():
@@ -142,8 +165,8 @@ def test_deleting_a_worker_leaves_a_foreign_instance_untouched(policy, tags):
 
 @pytest.mark.parametrize(("policy", "action"), [("Delete", Terminate()), ("Retain", RemoveOwnershipTags())])
 def test_deleting_a_worker_acts_on_its_own_instance(policy, action):
-    plan = decide_deletion(policy, WorkerStatus(instance_id=IID), _observed({TAG_UID: UID, TAG_CLUSTER: CLUSTER}),
-                           REF)
+    tags = {TAG_UID: UID, TAG_CLUSTER: CLUSTER, "cml.dev/managed-by": "cml-operator"}
+    plan = decide_deletion(policy, WorkerStatus(instance_id=IID), _observed(tags), REF)
     assert plan.actions == (action,)
 
 

@@ -12,7 +12,7 @@ from ..reconcile.conditions import Health
 from ..reconcile.policy import Decision, Kind, classify
 from ..reconcile.spec import SpecError, parse_spec
 from ..reconcile.actions import Action, Note, RemoveOwnershipTags, Terminate
-from ..reconcile.worker import GONE_STATES, Observation, WorkerRef, WorkerStatus, decide_deletion
+from ..reconcile.worker import GONE_STATES, DeletionPlan, Observation, WorkerRef, WorkerStatus, decide_deletion
 from ..runtime import Runtime
 from .cml import release_before_terminate
 from .common import PassResult, apply_action, capped
@@ -43,15 +43,22 @@ async def deletion_pass(
         observations = await _deletion_targets(observer, ref, tracked, adopted=bool(raw_spec.get("instanceId")))
         notes: list[Note] = []
         release = True
+        blocked: list[DeletionPlan] = []
         for observation in observations:
             plan = decide_deletion(policy, status, observation, ref)
             notes.extend(plan.notes)
+            if plan.blocked:
+                blocked.append(plan)
+                release = False
+                continue
             if any(isinstance(action, Terminate) for action in plan.actions):
                 notes.extend(await _release_licence(runtime, ref, raw_spec, raw_status, observation))
             if not plan.release or plan.actions:
                 release = await _delete_one(runtime, observer, region, observation, plan.actions) and release
     except IntegrationException as error:
         return _deletion_failure(runtime, ref, raw_status, error, retry)
+    if blocked:
+        return _deletion_blocked(runtime, raw_status, blocked[0], tuple(notes))
     if release:
         for observation in observations:
             if observation.instance_id:
@@ -101,6 +108,17 @@ async def _delete_one(runtime: Runtime, observer: RegionObserver, region: str, o
             return True
     after = await observer.observe(instance_id, max_age=0)
     return after.instance is None or after.state in GONE_STATES
+
+
+def _deletion_blocked(runtime: Runtime, raw_status: Mapping[str, Any] | None, plan: DeletionPlan,
+                      notes: tuple[Note, ...]) -> PassResult:
+    """Nothing the operator may do deletes it (say its managed-by tag was removed): Stalled, saying what
+    a person must do, the finalizer kept and the instance looked at again on the slow interval."""
+    assert plan.blocked is not None
+    decision = capped(runtime, Decision(Kind.TEMPORARY, plan.blocked, runtime.settings.slow_recheck))
+    status_now = {**dict(raw_status or {}), "phase": "Terminating"}
+    return PassResult(status_now, Health.stalled(plan.blocked, plan.message), notes, decision=decision,
+                      poll_soon=True)
 
 
 def _deletion_failure(runtime: Runtime, ref: WorkerRef, raw_status: Mapping[str, Any] | None,

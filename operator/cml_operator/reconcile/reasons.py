@@ -41,6 +41,8 @@ CML_CERTIFICATE_CHANGED = "CMLCertificateChanged"  # not the pinned certificate 
 LICENSE_INVALID = "LicenseInvalid"  # the controller refused the licence token
 OPERATION_NOT_PERMITTED = "OperationNotPermitted"  # termination / stop protection
 INSTANCE_OWNED_BY_OTHER = "InstanceOwnedByOther"  # the instance names another worker or cluster
+#: Our uid tag, but cml.dev/managed-by or cml.dev/cluster removed: the IAM policy denies every change
+MANAGED_TAG_MISSING = "ManagedTagMissing"
 LAUNCH_FAILED = "LaunchFailed"  # also Reconciling while backing off between failed launches
 START_FAILED = "StartFailed"  # StartInstances fell back to stopped; also Reconciling while backing off
 REPLACEMENT_LIMIT_REACHED = "ReplacementLimitReached"

@@ -153,6 +153,8 @@ class DeletionPlan:
     release: bool  # remove the finalizer now
     message: str
     notes: tuple[Note, ...] = field(default_factory=tuple)
+    #: A Stalled reason when nothing can be done until a person acts (the finalizer stays, rechecked slowly).
+    blocked: str | None = None
 
 
 # ---------------------------------------------------------------- tags
@@ -258,7 +260,35 @@ def _decide(
     owner = may_touch(ref, spec, status, instance)
     if not owner.ours:
         return _owned_by_other(status, instance, owner)
+    missing = missing_policy_tags(ref, instance.tags)
+    if missing:
+        message = managed_tag_message(instance.aws_instance_id, missing)
+        return Plan((), Health.stalled(reasons.MANAGED_TAG_MISSING, message),
+                    notes=(Note("Warning", reasons.MANAGED_TAG_MISSING, message),),
+                    instance_id=instance.aws_instance_id, adopted=status.adopted,
+                    creation_attempt=status.creation_attempt, recovery=status.recovery, recheck_after=limits.recheck)
     return _with_instance(ref, spec, status, observation, instance, now, limits)
+
+
+def missing_policy_tags(ref: WorkerRef, tags: Mapping[str, str]) -> dict[str, str]:
+    """The tags deploy/iam-policy.json requires on an instance before any change, that this one of ours lacks.
+
+    Only for an instance carrying this worker's uid: with the uid tag gone it is unclaimed, and claiming
+    it is the adoption policy's business (which allows exactly that tagging). Once managed-by or cluster
+    is gone the policy denies every change, the operator's own retag included: only a person can put it back.
+    """
+    if tags.get(TAG_UID) != ref.uid:
+        return {}
+    wanted = {TAG_MANAGED_BY: MANAGED_BY, **({TAG_CLUSTER: ref.cluster_id} if ref.cluster_id else {})}
+    return {key: value for key, value in wanted.items() if tags.get(key) != value}
+
+
+def managed_tag_message(instance_id: str, missing: Mapping[str, str]) -> str:
+    names = " and ".join(f"{key}={value}" for key, value in missing.items())
+    cli_tags = " ".join(f"Key={key},Value={value}" for key, value in missing.items())
+    return (f"Instance {instance_id} lacks the tag {names}, which the operator's IAM policy requires before any "
+            f"change (stop, start, terminate, retag); the operator cannot restore it itself. Restore it with: "
+            f"aws ec2 create-tags --resources {instance_id} --tags {cli_tags}")
 
 
 def _owned_by_other(status: WorkerStatus, instance: CMLWorkerInstanceDto, owner: Ownership) -> Plan:
@@ -470,6 +500,11 @@ def decide_deletion(
     if owner is not None and owner.foreign:
         message = f"Instance {instance_id} belongs to {owner.owner}; left untouched"
         return DeletionPlan((), True, message, (Note("Normal", reasons.EVENT_RELEASED, message),))
+    missing = missing_policy_tags(ref, instance.tags) if ref is not None else {}
+    if missing and instance.instance_state not in GONE_STATES:
+        message = managed_tag_message(instance_id, missing) + "; the finalizer stays until then"
+        return DeletionPlan((), False, message, (Note("Warning", reasons.MANAGED_TAG_MISSING, message),),
+                            blocked=reasons.MANAGED_TAG_MISSING)
     if deletion_policy == "Retain":
         message = f"Instance {instance_id} retained; the operator's ownership tags were removed"
         return DeletionPlan((RemoveOwnershipTags(),), True, message, (Note("Normal", reasons.EVENT_RETAINED, message),))
