@@ -12,11 +12,17 @@ While it runs, a second shell can use it:
     source .dev/env        # KUBECONFIG, AWS_ENDPOINT_URL_EC2, AWS_DEFAULT_REGION, dummy credentials
     kubectl get cmlw -o wide
     aws ec2 describe-instances    # or boto3: both read AWS_ENDPOINT_URL_EC2
+
+EC2 is the strict endpoint (the fault proxy in front of moto, docs/reliability.md): instances are
+pending, stopping, shutting-down and initializing for realistic times (CML_EC2_TIMING, default
+``dev``), and the operator's own key is held to deploy/iam-policy.json (plus the adoption policy);
+the user's key in .dev/env is unrestricted, and sees exactly what the operator sees.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import signal
 import sys
@@ -29,7 +35,8 @@ from tests.cluster.controlplane import ControlPlane, ControlPlaneConfig
 from tests.cluster.stopping import StopRequested, StopSignals
 from tests.support.cmlsim import DEFAULT_PASSWORD, DEFAULT_USERNAME, CMLSimProcess
 from tests.support.motoserver import MotoServer, own_image
-from tests.support.processes import FAKE_AWS_ENV, OperatorProcess
+from tests.support.ec2iam import DEFAULT_POLICIES
+from tests.support.processes import FAKE_AWS_ENV, FaultProxyProcess, OperatorProcess
 
 REPO = Path(__file__).resolve().parents[1]
 DEV = REPO / ".dev"
@@ -62,10 +69,10 @@ def _sample_for_moto(moto_url: str, cml_endpoint: str) -> str:
     return yaml.safe_dump(secret, sort_keys=False) + "---\n" + yaml.safe_dump(manifest, sort_keys=False)
 
 
-def _write_env(kubeconfig: Path, moto_url: str, kubectl_dir: Path, dev_dir: Path = DEV) -> Path:
+def _write_env(kubeconfig: Path, ec2_url: str, kubectl_dir: Path, dev_dir: Path = DEV) -> Path:
     # The virtualenv's bin too: the README's `python -m tests.support.cmlsim` and boto3 lines need its python.
     venv_bin = Path(sys.executable).parent
-    values = {"KUBECONFIG": str(kubeconfig), "AWS_ENDPOINT_URL_EC2": moto_url, **FAKE_AWS_ENV,
+    values = {"KUBECONFIG": str(kubeconfig), "AWS_ENDPOINT_URL_EC2": ec2_url, **FAKE_AWS_ENV,
               "PATH": f"{kubectl_dir}:{venv_bin}:$PATH"}
     lines = [f"export {key}={shlex.quote(value) if key != 'PATH' else value}" for key, value in values.items()]
     path = dev_dir / "env"
@@ -73,9 +80,23 @@ def _write_env(kubeconfig: Path, moto_url: str, kubectl_dir: Path, dev_dir: Path
     return path
 
 
+#: EC2's clock in make dev: the ``dev`` preset (tests/support/ec2timing.py), or CML_EC2_TIMING.
+DEV_EC2_TIMING = os.environ.get("CML_EC2_TIMING", "dev")
+
+
+def _strict_ec2(moto_url: str, plane: ControlPlane) -> FaultProxyProcess:
+    """The fault proxy as EC2: its clock on, the operator's key held to the shipped IAM policies."""
+    proxy = FaultProxyProcess(moto_url).start()
+    proxy.set_timing(DEV_EC2_TIMING)
+    cluster_id = plane.kubectl("get", "namespace", "kube-system", "-o", "jsonpath={.metadata.uid}").stdout.strip()
+    proxy.set_iam(cluster_id, (*DEFAULT_POLICIES, "deploy/iam-policy-adoption.json"))
+    return proxy
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make dev", description=__doc__.splitlines()[0])
-    parser.add_argument("--timeout", type=float, default=120, help="seconds to wait for the sample to be Ready")
+    parser.add_argument("--timeout", type=float, default=240,
+                        help="seconds to wait for the sample to be Ready (EC2's dev clock takes about a minute)")
     parser.add_argument("--exit-when-ready", action="store_true", help="stop everything once the sample is Ready")
     args = parser.parse_args(argv)
     stop = StopSignals().install()  # first: a signal at any later moment must still tear down cleanly
@@ -97,11 +118,13 @@ def _run(args: argparse.Namespace, stop: StopSignals) -> int:
             plane.install_crds(REPO / "crds")
             kubeconfig.write_bytes(plane.kubeconfig_path.read_bytes())
             kubeconfig.chmod(0o600)
-            env_file = _write_env(kubeconfig, moto.url, plane.kubectl_path.parent)
-            _say(f"control plane ready in {plane.startup_seconds:.1f}s; moto_server (EC2) at {moto.url}; "
+            ec2 = _strict_ec2(moto.url, plane)
+            env_file = _write_env(kubeconfig, ec2.url, plane.kubectl_path.parent)
+            _say(f"control plane ready in {plane.startup_seconds:.1f}s; EC2 at {ec2.url} (strict: timing "
+                 f"{DEV_EC2_TIMING}, IAM on the operator's key; moto_server behind it at {moto.url}); "
                  f"CML simulator at {sim.url} (control {sim.control})")
 
-            operator = OperatorProcess(kubeconfig, moto.url, log_path=DEV / "operator.log",
+            operator = OperatorProcess(kubeconfig, ec2.url, log_path=DEV / "operator.log",
                                        args=("--poll-interval", "2", "--fast-interval", "1", "--cml-interval", "10",
                                              "--cml-starting-interval", "5"))
             operator.metrics_port = 0
@@ -146,6 +169,7 @@ def _run(args: argparse.Namespace, stop: StopSignals) -> int:
                 _say("stopping")
                 plane.kubectl("delete", "cmlworker", "--all", "-A", "--timeout=20s", check=False)
                 operator.stop()
+                ec2.stop()
                 sim.stop()
                 for path in (kubeconfig, DEV / "env"):
                     path.unlink(missing_ok=True)

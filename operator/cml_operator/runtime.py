@@ -59,6 +59,8 @@ class WorkerMemory:
     #: The generation that pass saw: after a spec change Kopf may never retry it (a reverted spec
     #: leaves no diff to handle), so the timer stands down for that generation only.
     change_retry_generation: int | None = None
+    #: (ClientToken, monotonic time) of the first IdempotentParameterMismatch with no instance listed for it.
+    token_unlisted_since: tuple[str, float] | None = None
 
     def block(self, generation: int, delay: float | None, clock: float) -> None:
         self.blocked_generation = generation

@@ -164,18 +164,21 @@ def test_termination_protection_keeps_the_finalizer_and_warns_until_removed(kube
     assert state_of(aws, instance_id) in ("shutting-down", "terminated")
 
 
-def test_a_spent_client_token_bumps_creation_attempt_and_launches_once(kube, network, aws, proxy, operator):
+def test_a_client_token_mismatch_with_nothing_listed_retries_the_same_token_and_launches_once(
+        kube, network, aws, proxy, operator):
+    # IdempotentParameterMismatch says EC2 launched something with this token: while nothing is listed for
+    # it, a new token could make a second instance, so the operator retries with the same one.
     proxy.set_faults(FaultRule(code="IdempotentParameterMismatch", action="RunInstances", times=1))
     kube.apply(worker_manifest("token", network))
 
     kube.wait_condition("token", "Ready")
     worker = kube.get("token")
     uid = worker["metadata"]["uid"]
-    assert worker["status"]["creationAttempt"] == 1
+    assert worker["status"]["creationAttempt"] == 0
     kube.wait_event("token", "InstanceCreationFailed")
     assert proxy.calls()["RunInstances"] == {"fault:IdempotentParameterMismatch": 1, "200": 1}
     live = instances_of(aws, uid)
-    assert len(live) == 1 and live[0]["ClientToken"] == f"{uid}-1"
+    assert len(live) == 1 and live[0]["ClientToken"] == f"{uid}-0"
 
 
 def test_an_adopted_instance_that_does_not_exist_stalls_instance_not_found(kube, network, proxy, operator):

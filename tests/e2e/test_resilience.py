@@ -43,8 +43,8 @@ def test_drift_outside_the_operator_is_corrected_within_one_resync(kube, network
     elif drift == "stopped":
         aws.stop_instances(InstanceIds=[instance_id])
     elif drift == "retagged":
+        # Not managed-by: without it the IAM policy denies the operator every change (the test below).
         aws.create_tags(Resources=[instance_id], Tags=[{"Key": "team", "Value": "hijacked"}])
-        aws.delete_tags(Resources=[instance_id], Tags=[{"Key": "cml.dev/managed-by"}])
     else:
         aws.stop_instances(InstanceIds=[instance_id])
         aws.modify_instance_attribute(InstanceId=instance_id, InstanceType={"Value": "t3.nano"})
@@ -71,6 +71,57 @@ def test_drift_outside_the_operator_is_corrected_within_one_resync(kube, network
     if drift == "terminated":
         kube.wait_event("drifty", "InstanceLost")
         assert kube.get("drifty")["status"]["creationAttempt"] == 1
+
+
+def _remove_managed_by(aws, instance_id: str) -> None:
+    aws.create_tags(Resources=[instance_id], Tags=[{"Key": "team", "Value": "hijacked"}])
+    aws.delete_tags(Resources=[instance_id], Tags=[{"Key": "cml.dev/managed-by"}])
+
+
+def _restore_managed_by(aws, instance_id: str) -> None:
+    aws.create_tags(Resources=[instance_id], Tags=[{"Key": "cml.dev/managed-by", "Value": "cml-operator"}])
+
+
+def test_a_removed_managed_by_tag_stalls_the_worker_naming_it_until_a_person_restores_it(
+        kube, network, aws, proxy, operator):
+    # deploy/iam-policy.json lets the operator change only instances tagged managed-by (and cluster):
+    # with the tag gone, its own retag is denied like everything else (the proxy enforces the policy).
+    kube.apply(worker_manifest("untagged", network, tags={"team": "netops"}))
+    kube.wait_condition("untagged", "Ready")
+    instance_id = kube.get("untagged")["status"]["instanceId"]
+
+    _remove_managed_by(aws, instance_id)
+    stalled = kube.wait_condition("untagged", "Stalled", reason="ManagedTagMissing", timeout=30)
+    assert "cml.dev/managed-by=cml-operator" in stalled["message"]
+    assert (f"aws ec2 create-tags --resources {instance_id} --tags Key=cml.dev/managed-by,Value=cml-operator"
+            in stalled["message"])
+    kube.wait_event("untagged", "ManagedTagMissing")
+    assert proxy.count("CreateTags", "denied:UnauthorizedOperation") == 0  # it knows better than to try
+
+    _restore_managed_by(aws, instance_id)
+    # Recovers on its own (the slow recheck, 4 s here), with the drifted user tag put back too.
+    wait_for(lambda: tags_of(aws, instance_id).get("team") == "netops", 60, what="the team tag restored")
+    kube.wait_condition("untagged", "Ready", timeout=60)
+    assert proxy.count("CreateTags", "denied:UnauthorizedOperation") == 0
+
+
+def test_deleting_a_worker_whose_instance_lost_managed_by_is_stalled_not_silent_and_finishes_once_restored(
+        kube, network, aws, proxy, operator):
+    kube.apply(worker_manifest("undeletable", network))
+    kube.wait_condition("undeletable", "Ready")
+    instance_id = kube.get("undeletable")["status"]["instanceId"]
+    _remove_managed_by(aws, instance_id)
+
+    kube.delete("undeletable", wait=False)
+    stalled = kube.wait_condition("undeletable", "Stalled", reason="ManagedTagMissing", timeout=30)
+    assert "finalizer stays" in stalled["message"] and f"--resources {instance_id}" in stalled["message"]
+    kube.wait_event("undeletable", "ManagedTagMissing")
+    assert kube.exists("undeletable") and state_of(aws, instance_id) == "running"
+    assert proxy.count("TerminateInstances", "denied:UnauthorizedOperation") == 0
+
+    _restore_managed_by(aws, instance_id)
+    wait_for(lambda: not kube.exists("undeletable"), 60, what="the worker to be deleted once the tag is back")
+    assert state_of(aws, instance_id) in ("shutting-down", "terminated")
 
 
 # ---------------------------------------------------------------- deletion safety

@@ -64,11 +64,11 @@ class TimingConfig:
 
 
 #: ``test``: short enough for e2e bounds, long enough that every state is seen by a 0.5-1 s poll.
-#: ``dev``: close to what m5zn.metal does in AWS (minutes to boot, pass checks and stop).
+#: ``dev``: the order of a small instance in AWS (a metal one takes minutes), kept short enough for a demo.
 PRESETS = {
     "off": TimingConfig(),
     "test": TimingConfig(pending=1.5, stopping=1.5, shutting_down=1.5, initializing=1.5, not_found=0.5),
-    "dev": TimingConfig(pending=20, stopping=30, shutting_down=20, initializing=60, not_found=2),
+    "dev": TimingConfig(pending=15, stopping=20, shutting_down=15, initializing=30, not_found=2),
 }
 
 

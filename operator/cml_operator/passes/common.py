@@ -45,7 +45,8 @@ class Failed(Exception):
     """Carries an error together with what the pass had learned before it."""
 
     def __init__(self, error: Exception, observation: Observation | None, *,
-                 launch_attempt: int | None = None, completed: int = 0, restarted: bool = False) -> None:
+                 launch_attempt: int | None = None, completed: int = 0, restarted: bool = False,
+                 token_gone: bool = False) -> None:
         super().__init__(str(error))
         self.error = error
         self.observation = observation
@@ -55,6 +56,8 @@ class Failed(Exception):
         self.completed = completed
         #: A failed type change was undone by a StartInstances of its own (it is bounded like any Start).
         self.restarted = restarted
+        #: RunInstances said IdempotentParameterMismatch and the token's instance is listed as gone.
+        self.token_gone = token_gone
 
 
 

@@ -27,6 +27,8 @@ from ..reconcile.actions import Launch, ModifyType, Note, SetMetadataOptions, St
 from ..reconcile.worker import (
     ANNOTATION_PAUSED,
     GONE_STATES,
+    LAUNCH_GRACE_SECONDS,
+    TAG_UID,
     Observation,
     Plan,
     WorkerRef,
@@ -108,7 +110,7 @@ async def reconcile_pass(
         result = _failure(runtime, ref, raw_status, status, spec, failed.error, failed.observation or observation,
                           notes + (cml.notes if cml else []), retry, memory, plan,
                           launch_attempt=failed.launch_attempt, completed=failed.completed,
-                          restarted=failed.restarted)
+                          restarted=failed.restarted, token_gone=failed.token_gone)
         return _with_cml(result, cml.status_dict() if cml else None)
 
     memory.hot = plan.poll_soon
@@ -255,7 +257,9 @@ async def _act(
                 try:
                     created, image_id = await _launch(runtime, ref, spec, status, action)
                 except IntegrationException as error:
-                    raise Failed(error, observation, launch_attempt=plan.creation_attempt) from error
+                    gone = error.code == "IdempotentParameterMismatch" and await _token_spent(
+                        runtime, memory, spec.region, ref.uid, action.client_token)
+                    raise Failed(error, observation, launch_attempt=plan.creation_attempt, token_gone=gone) from error
                 memory.launched_instance_id = instance_id = created.aws_instance_id
                 memory.launched_attempt = plan.creation_attempt
                 observation = Observation(instance_id, created, None)
@@ -393,11 +397,38 @@ def _result(
     return PassResult(rendered, plan.health, notes or plan.notes, poll_soon=plan.poll_soon)
 
 
+#: How long an IdempotentParameterMismatch with nothing listed for its token is taken for EC2's listing lag
+#: (the instance launched before a crash, the spec edited since) before the token counts as spent: by then
+#: the instance would be listed, or it was terminated so long ago that EC2 no longer lists it.
+TOKEN_LISTING_GRACE = LAUNCH_GRACE_SECONDS
+
+
+async def _token_spent(runtime: Runtime, memory: WorkerMemory, region: str, uid: str, token: str) -> bool:
+    """After IdempotentParameterMismatch: may the next launch use a new token?
+
+    Yes when the instance launched with ``token`` is listed as terminated, or nothing has been listed for
+    it for TOKEN_LISTING_GRACE. While EC2 may only be slow to list it, no: a new token could make a second
+    instance, and the uid-tag lookup of the next pass will find it.
+    """
+    try:
+        found = (await runtime.ec2.find_by_tag_values(region, TAG_UID, [uid])).get(uid, [])
+    except IntegrationException:
+        found = []
+    mine = [dto for dto in found if dto.client_token == token]
+    if mine:
+        memory.token_unlisted_since = None
+        return all(dto.instance_state in GONE_STATES for dto in mine)
+    now = runtime.clock()
+    if memory.token_unlisted_since is None or memory.token_unlisted_since[0] != token:
+        memory.token_unlisted_since = (token, now)
+    return now - memory.token_unlisted_since[1] >= TOKEN_LISTING_GRACE
+
+
 def _failure(
     runtime: Runtime, ref: WorkerRef, raw_status: Mapping[str, Any] | None, status: WorkerStatus,
     spec: WorkerSpec, error: Exception, observation: Observation | None, notes: list[Note], retry: int,
     memory: WorkerMemory, decided: Plan | None = None, *, launch_attempt: int | None = None,
-    completed: int = 0, restarted: bool = False,
+    completed: int = 0, restarted: bool = False, token_gone: bool = False,
 ) -> PassResult:
     integration = as_integration(error)
     # What the decision already counted (a failed launch, a replacement, a new attempt) stays counted.
@@ -408,11 +439,15 @@ def _failure(
         decision = Decision(Kind.TEMPORARY, reasons.PROVISIONING, 1.0)
     message = reasons.with_hint(decision.reason, str(integration))
     attempt = decided.creation_attempt if decided is not None else status.creation_attempt
-    if launch_attempt is not None and integration.code in IDEMPOTENCY_CODES:
-        # This pass looked for an instance by the worker's uid tag before launching and found
-        # none alive: the token is spent. The next pass looks again, then launches with a new one.
+    if launch_attempt is not None and (integration.code == "IdempotentInstanceTerminated" or token_gone):
+        # The token's instance is terminated: the token is spent, the next launch uses a new one.
         attempt = launch_attempt + 1
-        message += f"; no live instance carries this worker's uid tag: the next launch uses creationAttempt {attempt}"
+        message += f"; the instance launched with this token is gone: the next launch uses creationAttempt {attempt}"
+    elif launch_attempt is not None and integration.code in IDEMPOTENCY_CODES:
+        # EC2 launched an instance with this token (before a crash, with the spec as it was then) that no
+        # lookup lists yet: a new token now could make a second one. Look again; launch nothing else.
+        message += ("; an instance was launched with this token but EC2 does not list it yet: waiting for it "
+                    "(found by its cml.dev/worker-uid tag) rather than launching another")
     health = (Health.reconciling(decision.reason, message) if decision.temporary
               else Health.stalled(decision.reason, message))
     runtime.metrics.exceptions.labels(type(integration).__name__, decision.kind.value).inc()
