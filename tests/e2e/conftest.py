@@ -21,7 +21,7 @@ from kubernetes.client.rest import ApiException
 from tests.bench.measure import resync_passes
 from tests.cluster.controlplane import ControlPlane
 from tests.conftest import CRDS_DIR
-from tests.support.ec2iam import DEFAULT_POLICIES
+from tests.support.ec2iam import DEFAULT_POLICIES, REPO
 from tests.support.motoserver import MotoServer, own_image
 from tests.support.processes import FAKE_AWS_ENV, FaultProxyProcess, OperatorProcess, guarded_by, wait_for
 
@@ -225,6 +225,18 @@ def operator_factory(control_plane: ControlPlane, api_client: ApiClient, proxy: 
     if failed:
         for index, process in enumerate(started):
             print(f"\n----- operator {index} log (tail) -----\n{process.logs()[-6000:]}")
+
+
+def policy_with_image_owners(directory: Path, *owners: str) -> str:
+    """deploy/iam-policy.json with ``owners`` added to RunInstancesOnlyOwnImages' ec2:Owner, as docs/install.md
+    tells an install whose workers name other owners in spec.amiOwners; returns the file's path."""
+    policy = json.loads((REPO / DEFAULT_POLICIES[0]).read_text())
+    for statement in policy["Statement"]:
+        if statement.get("Sid") == "RunInstancesOnlyOwnImages":
+            statement["Condition"]["StringEquals"]["ec2:Owner"] += list(owners)
+    path = directory / "iam-policy-owners.json"
+    path.write_text(json.dumps(policy))
+    return str(path)
 
 
 def operator_cluster_id(args: tuple[str, ...], env: dict[str, str], plane: ControlPlane) -> str:

@@ -15,7 +15,7 @@ import pytest
 from tests.support.faultproxy import FaultRule, RewriteRule, start_accepted_xml
 from tests.support.processes import wait_for
 
-from .conftest import instances_of, state_of, tags_of, wait_resync_passes, worker_manifest
+from .conftest import instances_of, policy_with_image_owners, state_of, tags_of, wait_resync_passes, worker_manifest
 
 pytestmark = pytest.mark.e2e
 
@@ -45,7 +45,9 @@ def test_an_ami_id_of_an_owner_outside_ami_owners_is_refused_and_nothing_launche
     assert proxy.count("RunInstances") == 0
 
 
-def test_ami_name_resolves_only_among_the_allowed_owners(kube, network, aws, proxy, operator):
+def test_ami_name_resolves_only_among_the_allowed_owners(kube, network, aws, proxy, operator_factory, tmp_path):
+    # The IAM policy too must allow Amazon's images, as docs/install.md says (the proxy enforces it).
+    operator_factory(iam_policies=(policy_with_image_owners(tmp_path, "amazon"), "deploy/iam-policy-adoption.json"))
     amazon_name = aws.describe_images(ImageIds=[network["amazon_ami"]])["Images"][0]["Name"]
     kube.apply(worker_manifest("img-2", network, amiId=None, amiName=amazon_name))
 

@@ -56,5 +56,8 @@ class MotoQuery:
                 for item in self._instances(region, ids)}
 
     def image_owner(self, region: str, image_id: str) -> str | None:
+        """The image's ``ec2:Owner`` as IAM sees it: the alias (``amazon``, ``aws-marketplace``) or the account id."""
         root = self._ask(region, {"Action": "DescribeImages", "ImageId.1": image_id})
-        return None if root is None else root.findtext("imagesSet/item/imageOwnerId")
+        if root is None:
+            return None
+        return root.findtext("imagesSet/item/imageOwnerAlias") or root.findtext("imagesSet/item/imageOwnerId")
