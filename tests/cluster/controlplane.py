@@ -657,8 +657,8 @@ class ControlPlane:
         ``timeout`` (seconds) bounds the process; a longer ``--timeout=`` given to kubectl
         itself (``delete --wait``, ``wait``) extends it, so kubectl reports its own timeout.
         """
-        timeout = max(timeout, *(_duration_seconds(a[len("--timeout="):]) + 30 for a in args
-                                 if a.startswith("--timeout=")))
+        timeout = max([timeout, *(_duration_seconds(a[len("--timeout="):]) + 30 for a in args
+                                  if a.startswith("--timeout="))])
         argv = [
             str(self.kubectl_path),
             f"--kubeconfig={kubeconfig or self.kubeconfig_path}",
