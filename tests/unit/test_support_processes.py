@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.cluster.controlplane import _duration_seconds
+from tests.cluster import controlplane
+from tests.cluster.controlplane import ControlPlane, _duration_seconds
 from tests.support.processes import OperatorProcess, ProcessExited, guarded_by, wait_for
 
 
@@ -96,6 +98,23 @@ def test_free_ports_are_distinct_however_many_are_asked_for():
     for _ in range(50):  # free_port() twice in a row returned one port for both here once
         ports = free_ports(2)
         assert len(set(ports)) == 2
+
+
+@pytest.mark.parametrize(("args", "bound"), [(("get", "ns"), 60), (("delete", "x", "--timeout=240s"), 270),
+                                             (("wait", "--timeout=5s"), 60)])
+def test_kubectls_process_timeout_is_the_default_or_kubectls_own_timeout_plus_a_margin(tmp_path, monkeypatch, args,
+                                                                                      bound):
+    plane = ControlPlane()
+    plane.bin_dir, plane.dir = tmp_path, tmp_path
+    seen = []
+
+    def run(argv, **kwargs):
+        seen.append(kwargs["timeout"])
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    monkeypatch.setattr(controlplane.subprocess, "run", run)
+    plane.kubectl(*args)
+    assert seen == [bound]
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("240s", 240), ("2m", 120), ("1m30s", 90), ("90", 90), ("1h", 3600),
