@@ -121,3 +121,15 @@ def test_a_spent_client_token_after_a_crash_and_a_spec_edit_never_launches_a_sec
 def _mismatches(proxy) -> int:
     outcomes = proxy.calls().get("RunInstances", {})
     return sum(n for outcome, n in outcomes.items() if "IdempotentParameterMismatch" in outcome)
+
+
+def test_a_stop_asked_while_the_instance_is_pending_waits_for_running_and_never_meets_incorrect_state(
+        kube, network, proxy, operator):
+    kube.apply(worker_manifest("early-stop", network))
+    wait_for(lambda: (kube.get("early-stop").get("status") or {}).get("instanceState") == "pending", 30,
+             interval=0.1, what="the instance pending")
+    kube.patch_spec("early-stop", {"desiredState": "Stopped"})
+    kube.wait_condition("early-stop", "Ready", reason="InstanceStopped", timeout=90)
+    assert kube.get("early-stop")["status"]["instanceState"] == "stopped"
+    assert proxy.count("StopInstances", "model:IncorrectInstanceState") == 0
+    assert proxy.count("StopInstances", "200") == 1
