@@ -238,12 +238,15 @@ def run(settings: OperatorSettings) -> int:
     metrics = Metrics()
     if settings.metrics_port:
         metrics.serve(settings.metrics_port)
-    registry = kopf.OperatorRegistry()
-    register(registry, settings, metrics)
-    scope = ", ".join(settings.namespaces) if settings.namespaces else "all namespaces"
+    from .ec2.fence import MutationFence
     from .leader import effective
 
     election = effective(settings.leader_election)
+    # With leader election, mutating EC2 calls pass only while this replica is sure it leads.
+    fence = MutationFence.closed() if election.enabled else None
+    registry = kopf.OperatorRegistry()
+    register(registry, settings, metrics, fence)
+    scope = ", ".join(settings.namespaces) if settings.namespaces else "all namespaces"
     mode = (f"leader election on Lease {election.namespace}/{election.name}" if election.enabled
             else f"peering {settings.peering!r}" if settings.peering else "standalone")
     log.info("cml-operator %s starting: watching %s, %s", __version__, scope, mode)
@@ -282,7 +285,7 @@ def run(settings: OperatorSettings) -> int:
         take_stop_signals(stop_flag)  # Kopf has installed its signal handlers by now; ours stop it faster
         await running
 
-    return asyncio.run(run_when_leading(election, instance_identity(), operate, settings.liveness_port))
+    return asyncio.run(run_when_leading(election, instance_identity(), operate, settings.liveness_port, fence))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,10 +3,15 @@
 Only the leader runs Kopf (handlers, timers, observers); a standby waits, retrying every
 ``retry_period``, and takes over when the lease is released or has not been renewed for
 ``lease_duration`` as *this* process measured it (the holder's clock is never trusted).
-The leader renews every ``retry_period``; when it has not managed to renew for
-``renew_deadline`` it stops reconciling, and if stopping takes too long it exits hard
-before the lease can expire, so two leaders never act at once. On SIGTERM it releases
-the lease (holder emptied), and a standby takes over within one retry period.
+The leader renews every ``retry_period``, each attempt bounded by the time left to its
+renew deadline (``renew_deadline`` after the last successful renewal was *sent*). Mutating EC2
+calls pass a fence (ec2/fence.py) that closes at that deadline by itself, whatever the event
+loop is doing, so a leader that could not renew stops changing EC2 ``lease_duration -
+renew_deadline`` seconds (5 s by default) before any other replica may take the Lease; seeing
+another holder closes it at once. The leader then stops reconciling, and if stopping takes too
+long it exits hard before the lease can expire. On SIGTERM it stops Kopf, drains the mutating
+EC2 calls still in flight (renewing meanwhile), then releases the lease (holder emptied), and a
+standby takes over within one retry period.
 
 Handlers never check leadership themselves: cli.py starts Kopf only once leading and
 stops it when leadership is lost (the process then exits; its Deployment restarts it
@@ -31,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+from .ec2.fence import MutationFence
 
 log = logging.getLogger("cml_operator.leader")
 
@@ -220,16 +227,44 @@ class LeaderElector:
     identity: str
     client: LeaseClient
     monotonic: Clock = time.monotonic
+    #: Closed until this process leads; moved to (renewal sent + renew deadline) by every renewal.
+    fence: MutationFence | None = None
     #: The record as last read, and when (monotonic) it was first seen in that state.
     _observed: LeaseRecord | None = field(default=None, init=False)
     _observed_at: float = field(default=0.0, init=False)
     #: When (monotonic) the last successful acquire/renew request was *sent*.
     last_renewed: float | None = field(default=None, init=False)
 
+    def __post_init__(self) -> None:
+        if self.fence is None:
+            self.fence = MutationFence.closed(clock=self.monotonic)
+
     def _observe(self, record: LeaseRecord) -> None:
         if not record.same_term(self._observed):
             self._observed_at = self.monotonic()
         self._observed = record
+        if record.holder and record.holder != self.identity:
+            assert self.fence is not None
+            self.fence.close(f"{record.holder} holds the Lease")  # at once: another replica may act now
+
+    def renew_deadline(self) -> float:
+        """When (monotonic) this process must stop acting unless it renews before."""
+        assert self.last_renewed is not None
+        return self.last_renewed + self.settings.renew_deadline
+
+    def held_by_another(self) -> bool:
+        return self._observed is not None and self._observed.holder not in ("", self.identity)
+
+    async def try_within(self, seconds: float) -> bool:
+        """One attempt, given up after ``seconds``: a slow API server cannot stretch it."""
+        if seconds <= 0:
+            return False
+        try:
+            return await asyncio.wait_for(self.try_acquire_or_renew(), timeout=seconds)
+        except asyncio.TimeoutError:
+            log.warning("leader election: no answer about the Lease %s/%s within %.1fs", self.client.namespace,
+                        self.client.name, seconds)
+            return False
 
     async def try_acquire_or_renew(self) -> bool:
         """One attempt; True if this process holds the lease afterwards."""
@@ -255,12 +290,14 @@ class LeaderElector:
             return False
         self._observe(record)
         self.last_renewed = sent
+        assert self.fence is not None
+        self.fence.extend(sent + self.settings.renew_deadline)
         return True
 
     async def acquire(self) -> None:
         """Block until this process leads (cancel the task to give up waiting)."""
         logged = False
-        while not await self.try_acquire_or_renew():
+        while not await self.try_within(self.settings.renew_deadline):
             if not logged and self._observed is not None:
                 log.info("leader election: standing by; %s leads (Lease %s/%s)", self._observed.holder or "nobody",
                          self.client.namespace, self.client.name)
@@ -270,16 +307,23 @@ class LeaderElector:
                  self.client.namespace, self.client.name)
 
     async def keep(self) -> None:
-        """Renew every retry period; return when renewal failed for longer than the renew deadline."""
+        """Renew every retry period; return once another holder is seen or the renew deadline passed.
+
+        Each attempt gets only the time left to the deadline, so returning is never later than it
+        (the fence has closed by itself at the deadline in any case).
+        """
         while True:
             await asyncio.sleep(self.settings.retry_period)
-            if await self.try_acquire_or_renew():
+            if await self.try_within(self.renew_deadline() - self.monotonic()):
                 continue
-            assert self.last_renewed is not None
-            if self.monotonic() - self.last_renewed >= self.settings.renew_deadline:
-                holder = self._observed.holder if self._observed else "?"
-                log.error("leader election: lost the Lease (not renewed for %.0fs; holder now %r)",
-                          self.monotonic() - self.last_renewed, holder)
+            if self.held_by_another():
+                assert self._observed is not None
+                log.error("leader election: lost the Lease (%s holds it now)", self._observed.holder)
+                return
+            if self.monotonic() >= self.renew_deadline():
+                assert self.last_renewed is not None
+                log.error("leader election: lost the Lease (not renewed for %.0fs)",
+                          self.monotonic() - self.last_renewed)
                 return
 
     def expires_in(self) -> float:
@@ -355,15 +399,19 @@ async def _standby_liveness(port: int) -> Callable[[], Any] | None:
 
 
 async def run_when_leading(settings: LeaderElectionSettings, identity: str,
-                           operator: Callable[[asyncio.Event], Any], liveness_port: int = 0) -> int:
+                           operator: Callable[[asyncio.Event], Any], liveness_port: int = 0,
+                           fence: MutationFence | None = None) -> int:
     """Stand by until this process leads, run ``operator(stop_flag)`` while it does; the exit status.
 
-    0 after a stop signal (the lease released first thing after the operator stopped),
+    0 after a stop signal (in-flight mutating EC2 calls drained, then the lease released),
     1 when leadership was lost (the operator was stopped; the caller exits and is restarted).
+    ``fence``: the one the EC2 client asks before mutating calls (opened while leading).
     """
     settings = effective(settings)
     assert settings.namespace is not None
-    elector = LeaderElector(settings, identity, LeaseClient(settings.namespace, settings.name))
+    elector = LeaderElector(settings, identity, LeaseClient(settings.namespace, settings.name), fence=fence)
+    fence = elector.fence
+    assert fence is not None
     stop_flag = asyncio.Event()  # set by a stop signal or by losing the lease; Kopf watches it
     take_stop_signals(stop_flag)
     close_liveness = await _standby_liveness(liveness_port)
@@ -390,17 +438,40 @@ async def run_when_leading(settings: LeaderElectionSettings, identity: str,
         if task.exception() is not None:
             log.error("leader election: renewing failed: %r", task.exception())
         lost = True
+        fence.close("this replica lost the Lease")
         stop_flag.set()
         exit_hard_before(elector.expires_in() - 1.0, "the operator did not stop before its lease expired")
 
     keeping = asyncio.create_task(elector.keep())
     keeping.add_done_callback(on_lost)
+    drained = False
     try:
         if not stop_flag.is_set():  # a signal may have come while acquiring
             await operator(stop_flag)
+        drained = await drain(fence, settings.lease_duration, keeping)
     finally:
         keeping.cancel()
-        if not lost:
+        if not lost and drained:
             await elector.release()
         await elector.client.close()
     return 1 if lost else 0
+
+
+async def drain(fence: MutationFence, timeout: float, keeping: asyncio.Task[None]) -> bool:
+    """Wait (renewing meanwhile) for the mutating EC2 calls in flight; True when none is left.
+
+    Kopf cancels its handlers on stop, but a boto3 call in a worker thread runs on. Releasing the
+    Lease before it ends would let a standby act while it still lands. Bounded: past ``timeout`` the
+    Lease is kept (not released) and expires by itself, while the fence stops the call's retries.
+    """
+    if fence.in_flight:
+        log.info("leader election: waiting for %d mutating EC2 call(s) in flight", fence.in_flight)
+    waiting = asyncio.create_task(asyncio.to_thread(fence.drain, timeout))
+    await asyncio.wait({waiting, keeping}, return_when=asyncio.FIRST_COMPLETED)
+    if not waiting.done():  # leadership lost while draining: the fence is closed, nothing to release
+        return False
+    drained = waiting.result()
+    if not drained:
+        log.warning("leader election: %d mutating EC2 call(s) still in flight after %.0fs; leaving the Lease to "
+                    "expire instead of releasing it", fence.in_flight, timeout)
+    return drained

@@ -10,14 +10,17 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from . import __version__
 from .ec2.client import EC2Client
+from .ec2.fence import MutationFence
 from .fleet.cml import CMLService
 from .fleet.gateway import EC2Api, EC2Gateway
 from .fleet.lookups import SharedLookups
 from .fleet.observer import Observers
 from .fleet.ratelimit import EC2RateLimiter
+from .identity import instance_identity
 from .kube_secrets import SecretReader
 from .kubeapi import KubeApi
 from .metrics import Metrics
@@ -198,8 +201,12 @@ class Runtime:
             self.ec2.close()
 
 
-def build_runtime(settings: OperatorSettings, metrics: Metrics | None = None) -> Runtime:
-    """Wire the real EC2 client, rate limiter, gateway and observers, and CML access."""
+def build_runtime(settings: OperatorSettings, metrics: Metrics | None = None,
+                  fence: MutationFence | None = None) -> Runtime:
+    """Wire the real EC2 client, rate limiter, gateway and observers, and CML access.
+
+    ``fence``: the leader elector's, when there is one (mutating EC2 calls only while leading).
+    """
     metrics = metrics or Metrics()
     limiter = EC2RateLimiter(settings.rate_limits)
 
@@ -208,7 +215,9 @@ def build_runtime(settings: OperatorSettings, metrics: Metrics | None = None) ->
         if outcome in THROTTLING_CODES:
             limiter.throttled(region, operation)
 
-    client = EC2Client(settings.ec2, call_observer=on_call)
+    # Every request names the replica (CloudTrail's userAgent; the test fault proxy's log).
+    ec2_settings = replace(settings.ec2, user_agent=f"cml-operator/{__version__} ({instance_identity()})")
+    client = EC2Client(ec2_settings, call_observer=on_call, fence=fence)
     gateway = EC2Gateway(client, limiter, threads=settings.ec2_threads)
     observers = Observers(gateway, settings.observer,
                           on_batch=lambda region, kind, size: metrics.batch_size.labels(kind).observe(size),

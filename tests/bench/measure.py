@@ -34,7 +34,7 @@ READ_PREFIXES = ("Describe",)
 #: Live = not shutting-down or terminated.
 LIVE_STATES = ["pending", "running", "stopping", "stopped"]
 
-Call = Sequence[Any]  # (proxy time.monotonic(), action, outcome, [filter names])
+Call = Sequence[Any]  # (proxy time.monotonic(), action, outcome, [filter names], user agent)
 
 
 @dataclass(frozen=True)

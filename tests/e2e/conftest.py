@@ -205,11 +205,13 @@ def operator_factory(control_plane: ControlPlane, api_client: ApiClient, proxy: 
     started: list[OperatorProcess] = []
 
     def start(*extra_args: str, fast: bool = True, env: dict[str, str] | None = None,
-              wait: bool = True, iam_policies: tuple[str, ...] = E2E_POLICIES) -> OperatorProcess:
+              wait: bool = True, iam_policies: tuple[str, ...] = E2E_POLICIES,
+              kubeconfig: Path | None = None) -> OperatorProcess:
         args = (*OperatorProcess.FAST_ARGS, *extra_args) if fast else extra_args
         if EC2_IAM:  # the policy as installed for this operator: CLUSTER_ID is its cluster id
             proxy.set_iam(operator_cluster_id(args, env or {}, control_plane), iam_policies)
-        process = OperatorProcess(control_plane.kubeconfig_path, proxy.url, namespaces=[namespace], args=args,
+        process = OperatorProcess(kubeconfig or control_plane.kubeconfig_path, proxy.url, namespaces=[namespace],
+                                  args=args,
                                   env=env or {}, log_path=tmp_path / f"operator-{len(started)}.log")
         started.append(process)
         kube.operators.append(process)

@@ -133,7 +133,7 @@ def test_a_start_that_falls_back_to_stopped_backs_off_and_stalls_start_failed_af
 
     stalled = kube.wait_condition("cap-1", "Stalled", reason="StartFailed", timeout=120)
     assert "Server.InsufficientInstanceCapacity" in stalled["message"]
-    starts = [t for t, action, _, _ in proxy.call_log()[0] if action == "StartInstances"]
+    starts = [t for t, action, *_ in proxy.call_log()[0] if action == "StartInstances"]
     assert len(starts) == 3 and proxy.count("StartInstances", "fault:answer") == 3
     gaps = [later - earlier for earlier, later in zip(starts, starts[1:])]
     # Each retry waited for the grace (the stop is judged on a read after the Start) plus the backoff.

@@ -31,8 +31,9 @@ Control it over HTTP (tests run it as a separate process) or in process:
                          SIGKILL a process around a forwarded call (crash-safety tests)
     GET    /__stats__    {"calls": {"RunInstances": {"200": 3, "fault:InstanceLimitExceeded": 2}}, ...}
     DELETE /__stats__    reset the counters
-    GET    /__log__?since=K  {"calls": [[t, action, outcome, [filter names]], ...], "logged": n}: calls after
-                         the first K since the reset (t: the proxy's time.monotonic(), when it answered)
+    GET    /__log__?since=K  {"calls": [[t, action, outcome, [filter names], user agent], ...], "logged": n}:
+                         calls after the first K since the reset (t: the proxy's time.monotonic(), when it
+                         answered; the User-Agent tells operator replicas apart)
     DELETE /__tokens__   forget the remembered ClientTokens
     PUT    /__timing__   {"timing": "test"} (or "off", "dev", "pending=1,stopping=2,..."): EC2's clock
                          (tests/support/ec2timing.py); DELETE /__timing__ forgets the instances' phases
@@ -235,7 +236,8 @@ class FaultState:
         self.rewrites: list[RewriteRule] = []
         self.calls: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         #: (monotonic seconds, action, outcome, filter names) per call since the last reset, newest last.
-        self.log: deque[tuple[float, str, str, list[str]]] = deque(maxlen=LOG_LIMIT)
+        self.log: deque[tuple[float, str, str, list[str], str]] = deque(maxlen=LOG_LIMIT)
+        self.request = threading.local()  # the User-Agent of the call this handler thread serves
         self.logged = 0  # calls logged since the reset (the log keeps the newest LOG_LIMIT)
         #: Seeds every random choice (which call a probabilistic rule fails, which code it sends), so a
         #: failing run can be replayed; the order calls arrive in is still up to the threads.
@@ -284,10 +286,10 @@ class FaultState:
         filters = [v for k, v in (params or {}).items() if k.startswith("Filter.") and k.endswith(".Name")]
         with self._lock:
             self.calls[action][outcome] += 1
-            self.log.append((time.monotonic(), action, outcome, filters))
+            self.log.append((time.monotonic(), action, outcome, filters, getattr(self.request, "agent", "")))
             self.logged += 1
 
-    def call_log(self, since: int = 0) -> tuple[list[tuple[float, str, str, list[str]]], int]:
+    def call_log(self, since: int = 0) -> tuple[list[tuple[float, str, str, list[str], str]], int]:
         """The calls logged after the first ``since`` ones (as far as the log still holds them), and
         how many were logged in all: pass that back as ``since`` to read only what is new."""
         with self._lock:
@@ -387,6 +389,7 @@ class _Handler(BaseHTTPRequestHandler):
         params = _params(body, self.path)
         action = params.get("Action", "?")
         state = self.server.state
+        state.request.agent = self.headers.get("User-Agent", "")
         fault = state.pick_fault(action, params)
         if fault is not None and fault.delay:
             time.sleep(fault.delay)

@@ -169,8 +169,8 @@ class FaultProxyProcess:
         """Zero the counters and the call log."""
         self._request("DELETE", "/__stats__")
 
-    def call_log(self, since: int = 0) -> tuple[list[tuple[float, str, str, list[str]]], int]:
-        """(time.monotonic() in the proxy, action, outcome, filter names) of each call after the first
+    def call_log(self, since: int = 0) -> tuple[list[tuple[float, str, str, list[str], str]], int]:
+        """(time.monotonic() in the proxy, action, outcome, filter names, User-Agent) of each call after the first
         ``since`` since reset_counts, and the number logged in all (the next ``since``)."""
         answer = self._request("GET", f"/__log__?since={since}")
         return [tuple(entry) for entry in answer["calls"]], answer["logged"]

@@ -163,10 +163,10 @@ def test_the_call_log_names_each_calls_filters(stack):
     stack.via_proxy.describe_instances()
 
     log, logged = stack.proxy.state.call_log()
-    assert [(action, outcome, filters) for _, action, outcome, filters in log] == [
+    assert [(action, outcome, filters) for _, action, outcome, filters, _ in log] == [
         ("DescribeInstances", "200", ["tag:cml.dev/managed-by"]), ("DescribeInstances", "200", [])]
     assert logged == 2
-    assert [entry[1:] for entry in stack.proxy.state.call_log(since=1)[0]] == [("DescribeInstances", "200", [])]
+    assert [entry[1:4] for entry in stack.proxy.state.call_log(since=1)[0]] == [("DescribeInstances", "200", [])]
 
 
 def test_the_same_seed_makes_the_same_random_choices():

@@ -34,6 +34,7 @@ from .exceptions import (
     EC2TagOperationException,
     IntegrationException,
 )
+from .fence import MutationFence, is_mutating
 from .models import CMLWorkerInstanceDto, ImageInfo, InstanceStatusChecks
 from .tags import validate_tags
 
@@ -66,6 +67,9 @@ class EC2ClientSettings:
     retry_mode: str = "standard"
     max_attempts: int = 3
     max_pool_connections: int = 32
+    #: Appended to botocore's User-Agent, so EC2 (and CloudTrail's userAgent) can tell replicas apart:
+    #: ``cml-operator/<version> (<holder identity>)`` once the runtime is built.
+    user_agent: str = "cml-operator"
 
     def botocore_config(self) -> Config:
         return Config(
@@ -74,7 +78,7 @@ class EC2ClientSettings:
             # total_max_attempts counts the first try; botocore's max_attempts would count retries only.
             retries={"mode": self.retry_mode, "total_max_attempts": self.max_attempts},
             max_pool_connections=self.max_pool_connections,
-            user_agent_extra="cml-operator",
+            user_agent_extra=self.user_agent,
         )
 
 
@@ -109,8 +113,11 @@ class EC2Client:
         endpoint_url: str | None = None,
         session_factory: Callable[[], boto3.session.Session] = boto3.session.Session,
         call_observer: CallObserver | None = None,
+        fence: MutationFence | None = None,
     ) -> None:
         self._settings = settings or EC2ClientSettings()
+        #: Mutating calls pass it (always open without leader election); see fence.py.
+        self.fence = fence or MutationFence()
         self._endpoint_url = endpoint_url
         self._session_factory = session_factory
         self._call_observer = call_observer
@@ -140,6 +147,7 @@ class EC2Client:
                 )
                 if self._call_observer is not None:
                     client.meta.events.register("response-received.ec2.*", self._observe_response(region))
+                client.meta.events.register("before-send.ec2.*", self._check_fence(region))
                 self._clients[region] = client
             return client
 
@@ -159,12 +167,29 @@ class EC2Client:
 
         return on_response
 
+    def _check_fence(self, region: str) -> Callable[..., None]:
+        """Every HTTP attempt of a mutating call, botocore's retries included, asks the fence first."""
+        fence = self.fence
+
+        def before_send(event_name: str, **_: Any) -> None:
+            operation = event_name.rsplit(".", 1)[-1]
+            if is_mutating(operation):
+                fence.check_send(operation, region)
+
+        return before_send
+
     def _parse_aws_error(self, error: BaseException, operation: str) -> IntegrationException:
         """The seed's helper; the table lives in ``errors.parse_aws_error``."""
         return parse_aws_error(error, operation)
 
     def _call(self, region: str, operation: str, instance_id: str | None = None, **params: Any) -> dict:
         """Call one EC2 API action; translate failures; refresh credentials once on a credential error."""
+        if is_mutating(operation):
+            with self.fence.admit(operation, region):  # counted in flight, so a stopping leader drains it
+                return self._send(region, operation, instance_id, **params)
+        return self._send(region, operation, instance_id, **params)
+
+    def _send(self, region: str, operation: str, instance_id: str | None = None, **params: Any) -> dict:
         method = _snake(operation)
         for attempt in (1, 2):
             try:

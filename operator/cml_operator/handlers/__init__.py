@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import kopf
 
+from ..ec2.fence import MutationFence
 from ..metrics import Metrics
 from ..settings import OperatorSettings
 from . import discovery, lifecycle, pool, worker
 
 
-def register(registry: kopf.OperatorRegistry, config: OperatorSettings, metrics: Metrics | None = None) -> None:
+def register(registry: kopf.OperatorRegistry, config: OperatorSettings, metrics: Metrics | None = None,
+             fence: MutationFence | None = None) -> None:
     """Register every handler on ``registry`` with the intervals from ``config``."""
-    lifecycle.register(registry, config, metrics)
+    lifecycle.register(registry, config, metrics, fence)
     worker.register(registry, config)
     pool.register(registry, config)
     discovery.register(registry, config)

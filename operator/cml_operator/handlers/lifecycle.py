@@ -11,6 +11,7 @@ import kopf
 from ..identity import COMPONENT, instance_identity
 from ..kube import ClusterIdError, connection_info, login_with_bounded_pool, read_cluster_id
 from ..kubeapi import KubeApi
+from ..ec2.fence import MutationFence
 from ..metrics import Metrics
 from ..passes.orphans import orphan_watch
 from ..reconcile.ownership import ANNOTATION_INSTANCE_ID
@@ -21,7 +22,8 @@ from .worker import FINALIZER
 logger = logging.getLogger(__name__)
 
 
-def register(registry: kopf.OperatorRegistry, config: OperatorSettings, metrics: Metrics | None = None) -> None:
+def register(registry: kopf.OperatorRegistry, config: OperatorSettings, metrics: Metrics | None = None,
+             fence: MutationFence | None = None) -> None:
     """Register start-up, login and clean-up on ``registry``."""
 
     @kopf.on.startup(id="configure", registry=registry)
@@ -42,7 +44,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings, metrics:
         settings.posting.reporting_instance = instance_identity()
         settings.posting.event_name_prefix = f"{COMPONENT}-"
         settings.watching.server_timeout = 300  # re-list now and then even if the API server stays quiet
-        runtime = build_runtime(config, metrics)
+        runtime = build_runtime(config, metrics, fence)
         runtime.kube = KubeApi(lambda: connection_info(settings=settings, logger=logger))
         try:
             runtime.cluster_id = config.cluster_id or await read_cluster_id(settings)
