@@ -230,3 +230,53 @@ def test_rolling_update_is_done_when_nothing_is_outdated():
     new = {**SPEC, "amiId": "ami-87654321"}
     plan = plan_pool("p", 2, NEW_IMAGE, [child("p-c", spec=new), child("p-d", spec=new)], rolling_update=True)
     assert plan.delete == () and plan.create == 0 and plan.status.health.state is HealthState.READY
+
+
+# ---------------------------------------------------------------- running labs and cml.dev/do-not-disrupt (issue 19.8)
+
+
+def _with(base: Child, **changes) -> Child:
+    from dataclasses import replace
+    return replace(base, **changes)
+
+
+def test_children_with_running_labs_go_last_whatever_the_order_says():
+    busy_not_ready = _with(child("p-a", ready=False), labs_running=2)  # NotReady would put it first
+    quiet = _with(child("p-b"), labs_running=0)
+    unknown = child("p-c")
+    ranked = scale_down_order([busy_not_ready, unknown, quiet])
+    assert [c.name for c in ranked] == ["p-b", "p-c", "p-a"]
+    plan = plan_pool("p", 2, TEMPLATE, [busy_not_ready, unknown, quiet])
+    assert [c.name for c in plan.delete] == ["p-b"]
+
+
+def test_a_do_not_disrupt_child_is_never_picked_and_the_pool_says_it_waits():
+    kept = _with(child("p-a"), annotations={"cml.dev/do-not-disrupt": "true"}, labs_running=0)
+    other = _with(child("p-b"), labs_running=3)
+    plan = plan_pool("p", 0, TEMPLATE, [kept, other])
+    assert [c.name for c in plan.delete] == ["p-b"]
+    assert plan.status.health.state is HealthState.RECONCILING
+    assert plan.status.health.reason == reasons.POOL_SCALE_DOWN_BLOCKED
+    assert "p-a" in plan.status.health.message and "do-not-disrupt" in plan.status.health.message
+    only_protected = plan_pool("p", 0, TEMPLATE, [kept])
+    assert only_protected.delete == () and only_protected.status.health.reason == reasons.POOL_SCALE_DOWN_BLOCKED
+    assert plan_pool("p", 1, TEMPLATE, [kept]).status.health.reason == reasons.POOL_REPLICAS_READY
+
+
+def test_the_annotation_counts_only_when_it_says_true():
+    maybe = _with(child("p-a"), annotations={"cml.dev/do-not-disrupt": "false"})
+    assert [c.name for c in plan_pool("p", 0, TEMPLATE, [maybe]).delete] == ["p-a"]
+
+
+def test_a_rolling_update_never_replaces_a_do_not_disrupt_child():
+    kept = _with(child("p-a"), annotations={"cml.dev/do-not-disrupt": "true"})
+    plan = plan_pool("p", 1, NEW_IMAGE, [kept], rolling_update=True)
+    assert plan.delete == () and plan.create == 0
+
+
+def test_child_from_body_reads_running_labs():
+    body = {"metadata": {"name": "p-a", "uid": "u", "annotations": {"cml.dev/do-not-disrupt": "true"}},
+            "spec": SPEC, "status": {"cml": {"labs": {"total": 3, "running": 1}}}}
+    parsed = Child.from_body(body)
+    assert parsed.labs_running == 1 and parsed.protected
+    assert Child.from_body({"metadata": {}, "status": {"cml": {"labs": {"running": "1"}}}}).labs_running is None

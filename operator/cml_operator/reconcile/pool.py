@@ -25,6 +25,8 @@ ROLLED_FIELDS = ("tags", "instanceType", "securityGroupIds", "detailedMonitoring
 ROLLED_NESTED = (("cml", "idleStop"),)
 #: spec.scaleDown.order when the pool does not say (the CRD default too).
 DEFAULT_SCALE_DOWN_ORDER = ("NotReady", "Stopped", "Idle", "Newest")
+#: A child with this annotation set to "true" is never picked to go (scale-down, rolling update).
+DO_NOT_DISRUPT = "cml.dev/do-not-disrupt"
 _STOPPED_STATES = frozenset({"stopping", "stopped"})
 
 
@@ -44,6 +46,11 @@ class Child:
     stalled_message: str = ""
     instance_state: str | None = None
     last_activity: str | None = None  # status.cml.lastActivityTime
+    labs_running: int | None = None  # status.cml.labs.running; None when not known
+
+    @property
+    def protected(self) -> bool:
+        return self.annotations.get(DO_NOT_DISRUPT) == "true"
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> Child:
@@ -62,7 +69,14 @@ class Child:
             stalled_message=str(stalled.get("message", "")) if is_stalled and stalled else "",
             instance_state=status.get("instanceState"),
             last_activity=(status.get("cml") or {}).get("lastActivityTime"),
+            labs_running=_running_labs(status.get("cml")),
         )
+
+
+def _running_labs(cml: Any) -> int | None:
+    labs = cml.get("labs") if isinstance(cml, Mapping) else None
+    running = labs.get("running") if isinstance(labs, Mapping) else None
+    return running if isinstance(running, int) and not isinstance(running, bool) else None
 
 
 def owned_by(body: Mapping[str, Any], pool_uid: str) -> bool:
@@ -121,12 +135,14 @@ def plan_pool(pool_name: str, replicas: int, template: Template, children: Itera
     children = list(children)
     live = [child for child in children if not child.deleting]
     excess = len(live) - replicas
-    delete = tuple(scale_down_order(live, order)[:excess]) if excess > 0 else ()
+    candidates = [child for child in live if not child.protected]
+    delete = tuple(scale_down_order(candidates, order)[:excess]) if excess > 0 else ()
+    waiting = max(0, excess - len(delete))  # protected children the pool would remove but may not
     create = max(0, replicas - len(live))
     settled = not delete and not create and not any(child.deleting for child in children)
     replacing = None
     if rolling_update and settled and all(child.ready for child in live):
-        outdated_now = [child for child in live if is_outdated(child, template)]
+        outdated_now = [child for child in candidates if is_outdated(child, template)]
         if outdated_now:
             replacing = scale_down_order(outdated_now, order)[0]
             delete, create = (replacing,), 1
@@ -139,6 +155,11 @@ def plan_pool(pool_name: str, replicas: int, template: Template, children: Itera
     if replacing is not None:
         health = Health.reconciling(reasons.POOL_ROLLING_UPDATE, f"Replacing outdated worker {replacing.name}; "
                                                                  f"{outdated} more outdated")
+    elif waiting:
+        protected = [child.name for child in live if child.protected]
+        health = Health.reconciling(reasons.POOL_SCALE_DOWN_BLOCKED,
+                                    f"Waiting to remove {waiting} more worker(s) to reach {replicas}: "
+                                    f"{', '.join(protected)} carry {DO_NOT_DISRUPT}: \"true\"")
     else:
         health = pool_health(replicas, kept, create=create, deleting=len(delete))
         if rolling_update and outdated and health.state is HealthState.READY:
@@ -174,7 +195,11 @@ def pool_health(replicas: int, kept: Sequence[Child], *, create: int, deleting: 
 
 
 def scale_down_order(children: Sequence[Child], order: Sequence[str] = DEFAULT_SCALE_DOWN_ORDER) -> list[Child]:
-    """Children sorted so the first ones go first when the pool shrinks; ties end by name."""
+    """Children sorted so the first ones go first when the pool shrinks; ties end by name.
+
+    Before any criterion of ``order``: children with no running lab go first, those whose labs are
+    not known next, those with running labs last (deleting one kills its users' labs).
+    """
     ranked = sorted(children, key=lambda child: child.name)
     # Stable sorts from the least to the most important criterion.
     for criterion in reversed(tuple(order)):
@@ -189,7 +214,14 @@ def scale_down_order(children: Sequence[Child], order: Sequence[str] = DEFAULT_S
             ranked.sort(key=lambda child: child.created, reverse=True)
         elif criterion == "Oldest":
             ranked.sort(key=lambda child: child.created)
+    ranked.sort(key=_labs_rank)
     return ranked
+
+
+def _labs_rank(child: Child) -> int:
+    if child.labs_running is None:
+        return 1
+    return 0 if child.labs_running == 0 else 2
 
 
 # ---------------------------------------------------------------- template roll
