@@ -99,6 +99,8 @@ class SimWorker:
     registration_seconds: float = 1.0
     refused_tokens: list[str] = field(default_factory=list)
     deregister_fail_count: int = 0
+    #: True: lab tiles without ``state`` and computes without ``dominfo`` (a reply in another shape).
+    odd_shape: bool = False
     calls: Counter = field(default_factory=Counter)
 
     def tick(self) -> None:
@@ -240,14 +242,21 @@ async def _authenticated(request: web.Request, worker: SimWorker, path: str) -> 
         return _json([{"id": "00000000-0000-4000-a000-000000000000", "username": worker.username, "admin": True,
                        "fullname": "", "description": "", "groups": [], "labs": sorted(worker.labs)}])
     if method == "GET" and path == "system_stats":
-        return _json(_system_stats(worker))
+        stats = _system_stats(worker)
+        if worker.odd_shape:
+            for compute in stats["computes"].values():
+                compute["stats"].pop("dominfo")
+        return _json(stats)
     if method == "GET" and path == "system_health":
         return _json({"valid": True, "is_licensed": worker.registration == "COMPLETED", "is_enterprise": True,
                       "computes": {}, "controller": {}})
     if method == "GET" and path == "labs":
         return _json(sorted(worker.labs))
     if method == "GET" and path == "populate_lab_tiles":
-        return _json({"lab_tiles": {lab_id: _lab(lab_id, state) for lab_id, state in worker.labs.items()}})
+        tiles = {lab_id: _lab(lab_id, state) for lab_id, state in worker.labs.items()}
+        if worker.odd_shape:
+            tiles = {lab_id: {k: v for k, v in tile.items() if k != "state"} for lab_id, tile in tiles.items()}
+        return _json({"lab_tiles": tiles})
     if path.startswith("labs/"):
         parts = path.split("/")
         lab_id = parts[1]

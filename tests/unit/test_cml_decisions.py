@@ -21,6 +21,7 @@ from cml_operator.reconcile.cml import (
     idle_stop_due,
     idle_stopped_health,
     license_step,
+    lost_sight,
     needs_release,
     pin_for,
     track_activity,
@@ -122,20 +123,83 @@ def test_refused_credentials_stall():
 # ---------------------------------------------------------------- activity and idle stop
 
 
+INTERVAL = 60.0  # --cml-interval: seconds between looks
+
+
 @pytest.mark.parametrize(("labs", "nodes", "active"), [(0, 0, False), (1, 0, True), (0, 3, True)])
 def test_activity_is_a_running_lab_or_node(labs, nodes, active):
-    status = track_activity(CMLStatus(last_activity_time=at(-90)), snapshot(labs, nodes), at(-120), NOW)
+    watched = CMLStatus(last_activity_time=at(-90), looked_at=at(-1), idle_since=at(-30))
+    status = track_activity(watched, snapshot(labs, nodes), NOW, INTERVAL)
+    assert status.looked_at == at(0)
     if active:
         assert status.last_activity_time == at(0) and status.idle_since is None
     else:
-        assert status.idle_since == at(-90) and status.last_activity_time == at(-90)
+        assert status.idle_since == at(-30) and status.last_activity_time == at(-90)  # the watched clock runs on
 
 
-def test_the_idle_clock_counts_from_the_latest_start_activity_or_wake():
-    status = track_activity(CMLStatus(last_activity_time=at(-90)), snapshot(), at(-10), NOW)
-    assert status.idle_since == at(-10)  # started after the last activity
-    fresh = track_activity(CMLStatus(), snapshot(), None, NOW)
-    assert fresh.idle_since == at(0)
+def test_the_idle_clock_starts_at_a_look_that_found_no_activity_never_at_the_last_activity_seen():
+    # the operator was down for 90 minutes after the last activity it saw: that time was not watched
+    back = track_activity(CMLStatus(last_activity_time=at(-90), looked_at=at(-90)), snapshot(), NOW, INTERVAL)
+    assert back.idle_since == at(0)
+    assert track_activity(CMLStatus(), snapshot(), NOW, INTERVAL).idle_since == at(0)  # first look ever
+
+
+@pytest.mark.parametrize(("previous_look", "restarts"), [(-1, False), (-2, False), (-2.1, True), (-45, True)])
+def test_two_looks_more_than_two_intervals_apart_restart_the_idle_clock(previous_look, restarts):
+    status = CMLStatus(looked_at=at(previous_look), idle_since=at(-50))
+    tracked = track_activity(status, snapshot(), NOW, INTERVAL)
+    assert tracked.idle_since == (at(0) if restarts else at(-50))
+
+
+def test_a_failed_look_stops_the_idle_clock():
+    stopped = lost_sight(CMLStatus(looked_at=at(-1), idle_since=at(-50)))
+    assert stopped.idle_since is None
+    assert track_activity(stopped, snapshot(), NOW, INTERVAL).idle_since == at(0)
+
+
+def test_activity_unknown_is_never_idle_and_restarts_the_clock_after():
+    unknown = Snapshot(LabCounts(0, 0, known=False), SystemStats(0, 5.0, 10.0))
+    status = track_activity(CMLStatus(looked_at=at(-1), idle_since=at(-50)), unknown, NOW, INTERVAL)
+    assert status.activity_unknown and status.idle_since is None
+    assert idle_stop_due(SPEC, status, NOW) is None
+    later = NOW + timedelta(minutes=1)
+    known = track_activity(status, snapshot(), later, INTERVAL)
+    assert not known.activity_unknown and known.idle_since == now_rfc3339(later)
+    assert "activityUnknown" in status.to_dict() and "activityUnknown" not in known.to_dict()
+
+
+def test_a_running_lab_counts_even_when_the_node_counts_are_unknown():
+    partly = Snapshot(LabCounts(1, 1), SystemStats(0, None, None, known=False))
+    status = track_activity(CMLStatus(looked_at=at(-1)), partly, NOW, INTERVAL)
+    assert status.last_activity_time == at(0) and not status.activity_unknown
+
+
+@pytest.mark.parametrize("tiles", [
+    None, [], "labs", {"lab_tiles": ["a"]}, {"lab_tiles": {"a": {"title": "no state"}}},
+    {"lab_tiles": {"a": {"state": 3}}}, {"lab_tiles": {"a": "STARTED"}},
+])
+def test_lab_tiles_in_another_shape_are_unknown(tiles):
+    assert LabCounts.from_tiles(tiles).known is False
+
+
+def test_lab_tiles_in_the_documented_shape_are_known():
+    assert LabCounts.from_tiles({"lab_tiles": {}}).known
+    counts = LabCounts.from_tiles({"lab_tiles": {"a": {"state": "STARTED"}, "b": {"state": "STOPPED"}}})
+    assert counts.known and (counts.total, counts.running) == (2, 1)
+
+
+@pytest.mark.parametrize("stats", [
+    None, {}, {"computes": {}}, {"computes": {"c": {"stats": {}}}},
+    {"computes": {"c": {"stats": {"dominfo": {"running_nodes": "2"}}}}},
+    {"computes": {"c": {"stats": {"dominfo": {"running_nodes": 2}}}, "d": {}}},
+])
+def test_system_stats_without_node_counts_are_unknown(stats):
+    assert SystemStats.parse(stats).known is False
+
+
+def test_system_stats_with_node_counts_are_known():
+    parsed = SystemStats.parse({"computes": {"c": {"stats": {"dominfo": {"running_nodes": 0}}}}})
+    assert parsed.known and parsed.running_nodes == 0
 
 
 @pytest.mark.parametrize(("idle_minutes", "due"), [(29.9, False), (30, True), (120, True)])

@@ -34,13 +34,17 @@ class SystemInfo:
 class LabCounts:
     total: int
     running: int
+    #: Every lab came with a ``state`` string: the counts can be trusted for the activity rule.
+    known: bool = True
 
     @classmethod
     def from_tiles(cls, raw: Any) -> LabCounts:
         """From ``populate_lab_tiles``: ``{lab_tiles: {id: {state, ...}}}`` (a bare map before CML 2.1)."""
         tiles = raw.get("lab_tiles", raw) if isinstance(raw, Mapping) else {}
         states = [t.get("state") for t in tiles.values() if isinstance(t, Mapping)] if isinstance(tiles, Mapping) else []
-        return cls(total=len(states), running=sum(1 for s in states if s in ACTIVE_LAB_STATES))
+        known = (isinstance(raw, Mapping) and isinstance(tiles, Mapping) and len(states) == len(tiles)
+                 and all(isinstance(state, str) for state in states))
+        return cls(total=len(states), running=sum(1 for s in states if s in ACTIVE_LAB_STATES), known=known)
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,8 @@ class SystemStats:
     running_nodes: int
     cpu_percent: float | None
     memory_percent: float | None
+    #: At least one compute, each with an integer ``stats.dominfo.running_nodes``: the node count is real.
+    known: bool = True
 
     @classmethod
     def parse(cls, raw: Any) -> SystemStats:
@@ -57,16 +63,18 @@ class SystemStats:
         memory = every.get("memory") if isinstance(every.get("memory"), Mapping) else {}
         running = 0
         computes = raw.get("computes") if isinstance(raw.get("computes"), Mapping) else {}
+        known = bool(computes)
         for compute in computes.values():
             stats = compute.get("stats") if isinstance(compute, Mapping) else None
             dominfo = stats.get("dominfo") if isinstance(stats, Mapping) else None
-            if isinstance(dominfo, Mapping):
-                running += _int(dominfo.get("running_nodes"))
+            count = dominfo.get("running_nodes") if isinstance(dominfo, Mapping) else None
+            known = known and _is_int(count)
+            running += _int(count)
         total, used = _number(memory.get("total")), _number(memory.get("used"))
         memory_percent = round(100.0 * used / total, 1) if total and used is not None else None
         cpu_percent = _number(cpu.get("percent"))
         return cls(running_nodes=running, cpu_percent=round(cpu_percent, 1) if cpu_percent is not None else None,
-                   memory_percent=memory_percent)
+                   memory_percent=memory_percent, known=known)
 
 
 @dataclass(frozen=True)
@@ -111,9 +119,18 @@ class Snapshot:
     def active(self) -> bool:
         return self.labs.running > 0 or self.stats.running_nodes > 0
 
+    @property
+    def activity_known(self) -> bool:
+        """Both replies had the fields the activity rule reads, in the shape it reads them."""
+        return self.labs.known and self.stats.known
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
 
 def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    return value if _is_int(value) else 0
 
 
 def _number(value: Any) -> float | None:

@@ -45,6 +45,7 @@ from ..reconcile.cml import (
     idle_stopped_health,
     is_instance_ready,
     license_step,
+    lost_sight,
     needs_release,
     pin_for,
     track_activity,
@@ -55,7 +56,7 @@ from ..reconcile.conditions import Health, HealthState, health_of, now_rfc3339
 from ..reconcile.policy import Decision, Kind, classify
 from ..reconcile.spec import WorkerSpec
 from ..reconcile.actions import Note, Stop, Terminate
-from ..reconcile.worker import Observation, Plan, WorkerRef
+from ..reconcile.worker import Observation, Plan, WorkerRef, WorkerStatus, may_touch
 from ..runtime import Runtime
 
 #: A valid licence is read again every this many looks (it rarely changes; keeps a look under 3 requests).
@@ -326,7 +327,7 @@ class CMLStep:
             status = replace(status, version=outcome.info.version or status.version)
         snapshot = outcome.snapshot
         if snapshot is None:
-            self.status = replace(status, starting_since=status.starting_since or now_rfc3339(now))
+            self.status = lost_sight(replace(status, starting_since=status.starting_since or now_rfc3339(now)))
             return
         status = replace(status, starting_since=None, labs_total=snapshot.labs.total,
                          labs_running=snapshot.labs.running, running_nodes=snapshot.stats.running_nodes,
@@ -334,7 +335,14 @@ class CMLStep:
         if snapshot.license is not None:
             status = replace(status, license_registration=snapshot.license.registration,
                              license_authorization=snapshot.license.authorization)
-        self.status = track_activity(status, snapshot, instance.launch_time, now)
+        if not self.looked:  # the last look reused: nothing new was watched
+            self.status = status
+            return
+        self.status = track_activity(status, snapshot, now, self.service.settings.interval)
+        if self.status.activity_unknown and not status.activity_unknown:
+            self.notes.append(Note("Warning", reasons.EVENT_CML_ACTIVITY_UNKNOWN,
+                                   f"CML at {outcome.endpoint} answered without the lab states or node counts the "
+                                   "idle rule reads (or in another shape): activity unknown, so no idle stop"))
 
     # ------------------------------------------------------------ idle stop and licence release
 
@@ -344,6 +352,8 @@ class CMLStep:
             return health
         instance_id = instance.aws_instance_id
         try:
+            if not await self._still_ours(instance):
+                return health
             if needs_release(self.cml, self.status):
                 await self._release(instance)
             await self.runtime.ec2.stop_instance(self.spec.region, instance_id)
@@ -362,6 +372,17 @@ class CMLStep:
         except IntegrationException:
             pass
         return idle_stopped_health(self.status, Health.ready(reasons.INSTANCE_STOPPED, "stopping"))
+
+    async def _still_ours(self, instance: CMLWorkerInstanceDto) -> bool:
+        """The instance's tags read now, not from the cache: someone may have handed it over meanwhile."""
+        fresh = await self.runtime.observers(self.spec.region).observe(instance.aws_instance_id, max_age=0)
+        current = fresh.instance
+        if current is not None and may_touch(self.ref, self.spec, WorkerStatus(instance_id=instance.aws_instance_id),
+                                             current).ours:
+            return True
+        self.notes.append(Note("Warning", reasons.EVENT_IDLE_STOP_SKIPPED,
+                               f"Idle stop of {instance.aws_instance_id} skipped: its tags no longer name this worker"))
+        return False
 
     async def _release(self, instance: CMLWorkerInstanceDto) -> None:
         """Deregister the licence; after ``release_attempts`` failures let the stop go ahead with a Warning."""

@@ -5,8 +5,11 @@ No I/O. ``passes/cml.py`` asks these functions what to do and carries it out.
 * Readiness: Ready only when EC2 says the instance is ready AND the controller
   says ``ready: true`` AND the credentials work (AND, with a licence, it is valid).
 * Activity: a worker is active while any lab is STARTED, QUEUED or BOOTED or any
-  node runs; the idle clock counts from the latest of: last activity, the instance's
-  (re)start, a wake, creation.
+  node runs. The idle clock counts only idleness the operator watched: it starts at a
+  successful look that found no activity, and starts again when two successful looks are
+  more than 2 look intervals apart (operator down, controller unreachable) or a look failed.
+  A reply without the fields the rule reads (or in another shape) is "activity unknown":
+  never idle.
 * Idle stop holds the worker stopped until woken (annotation ``cml.dev/wake`` set to
   a new value, or any spec change); ``desiredState: Stopped`` always wins.
 """
@@ -58,6 +61,8 @@ class CMLStatus:
     idle_stopped_generation: int | None = None  # a spec change after this wakes the worker
     starting_since: str | None = None  # waiting for CML on this instance start since (boot timeout)
     license_requested: bool = False  # this operator sent the registration (a failure then means the token)
+    looked_at: str | None = None  # the last successful look (the idle clock needs looks close together)
+    activity_unknown: bool = False  # the last successful look could not tell activity (warned once)
 
     @classmethod
     def from_dict(cls, raw: Any) -> CMLStatus:
@@ -75,6 +80,7 @@ class CMLStatus:
             certificate_pin_reset=raw.get("certificatePinReset"), wake=raw.get("wake"),
             idle_stopped_generation=raw.get("idleStoppedGeneration"), starting_since=raw.get("startingSince"),
             license_requested=raw.get("licenseRequested") is True,
+            looked_at=raw.get("lookedAt"), activity_unknown=raw.get("activityUnknown") is True,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -89,6 +95,7 @@ class CMLStatus:
             "certificatePinReset": d["certificate_pin_reset"], "wake": d["wake"],
             "idleStoppedGeneration": d["idle_stopped_generation"], "startingSince": d["starting_since"],
             "licenseRequested": d["license_requested"] or None,
+            "lookedAt": d["looked_at"], "activityUnknown": d["activity_unknown"] or None,
         }
         if self.labs_total is not None:
             out["labs"] = {"total": self.labs_total, "running": self.labs_running or 0}
@@ -102,11 +109,6 @@ class CMLStatus:
 
 
 parse_time = parse_rfc3339  # one reader of timestamps, in conditions.py
-
-
-def _latest(*values: str | None) -> datetime | None:
-    times = [t for t in (parse_time(v) for v in values) if t is not None]
-    return max(times) if times else None
 
 
 # ---------------------------------------------------------------- endpoint and pin
@@ -163,12 +165,27 @@ def gate(spec: CMLSpec | None, status: CMLStatus, wants_running: bool, annotatio
     return Gate(True, status)
 
 
-def track_activity(status: CMLStatus, snapshot: Snapshot, started_at: str | None, now: datetime) -> CMLStatus:
-    """Record activity: active now -> lastActivityTime now; idle -> idleSince the latest clock start."""
+#: Two successful looks further apart than this many look intervals restart the idle clock.
+LOOK_GAP_INTERVALS = 2
+
+
+def track_activity(status: CMLStatus, snapshot: Snapshot, now: datetime, look_interval: float) -> CMLStatus:
+    """Record one successful look: active -> lastActivityTime now; idle -> the idle clock runs on
+    from idleSince, or starts now when it was not running or the previous look is too long ago."""
+    looked = replace(status, looked_at=now_rfc3339(now))
     if snapshot.active:
-        return replace(status, last_activity_time=now_rfc3339(now), idle_since=None)
-    since = _latest(status.last_activity_time, started_at)
-    return replace(status, idle_since=now_rfc3339(since or now))
+        return replace(looked, last_activity_time=now_rfc3339(now), idle_since=None, activity_unknown=False)
+    if not snapshot.activity_known:
+        return replace(looked, idle_since=None, activity_unknown=True)
+    previous = parse_time(status.looked_at)
+    watched = previous is not None and (now - previous).total_seconds() <= LOOK_GAP_INTERVALS * look_interval
+    since = status.idle_since if watched and status.idle_since and not status.activity_unknown else None
+    return replace(looked, idle_since=since or now_rfc3339(now), activity_unknown=False)
+
+
+def lost_sight(status: CMLStatus) -> CMLStatus:
+    """A failed look: whatever happened meanwhile was not watched, so the idle clock stops."""
+    return replace(status, idle_since=None)
 
 
 def idle_stop_due(spec: CMLSpec, status: CMLStatus, now: datetime) -> float | None:

@@ -53,6 +53,7 @@ POOL_SCALING = "Scaling"  # creating or removing children
 POOL_REPLICAS_NOT_READY = "ReplicasNotReady"  # the children exist; some are not Ready yet
 POOL_ROLLING_UPDATE = "RollingUpdate"  # updateStrategy RollingUpdate: replacing outdated children one at a time
 POOL_CREATE_FAILED = "WorkerCreationFailed"  # the API server refused a child (Stalled when it is the template)
+POOL_SCALE_DOWN_BLOCKED = "ScaleDownBlocked"  # too many children, the surplus carries cml.dev/do-not-disrupt
 
 # The False side of Reconciling and Stalled
 NOT_RECONCILING = "NotReconciling"
@@ -84,6 +85,8 @@ EVENT_ORPHAN_STOPPED = "OrphanStopped"
 EVENT_ORPHAN_TERMINATED = "OrphanTerminated"
 EVENT_IDLE_STOPPED = "IdleStopped"
 EVENT_WOKEN = "Woken"
+EVENT_CML_ACTIVITY_UNKNOWN = "CMLActivityUnknown"  # Warning: CML's reply lacks what the activity rule reads
+EVENT_IDLE_STOP_SKIPPED = "IdleStopSkipped"  # Warning: the instance no longer carries this worker's tags
 EVENT_CERTIFICATE_PINNED = "CertificatePinned"
 EVENT_LICENSE_REGISTERED = "LicenseRegistered"
 EVENT_LICENSE_RELEASED = "LicenseReleased"
