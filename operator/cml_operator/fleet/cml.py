@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
 import aiohttp
 
@@ -43,6 +45,14 @@ class CMLMemory:
     license_checked_at: float = 0.0
     #: The licence token Secret's resourceVersion at the last registration (a refused token: retry when it changes).
     token_version: str | None = None
+    #: Looks run outside the worker's lock (passes/cml.look_ahead); one at a time per worker.
+    look_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    looked_pin_reset: str | None = None  # the cml.dev/reset-certificate-pin value the last look honoured
+    looked_at: datetime | None = None
+    #: The last look is not yet in status; what it changed there (a pin, a registration) and its events.
+    unread: bool = False
+    look_changes: dict[str, Any] = field(default_factory=dict)
+    look_notes: list[Any] = field(default_factory=list)
 
 
 class CMLService:

@@ -17,6 +17,8 @@ from typing import Any
 import kopf
 
 from ..passes import PassResult, deletion_pass, reconcile_pass
+from ..passes.cml import look_ahead
+from ..passes.worker import is_paused
 from ..metrics import Metrics
 from ..reconcile.conditions import Health, build_conditions
 from ..reconcile.status import REMOVABLE_KEYS, status_patch
@@ -78,6 +80,12 @@ async def _reconcile(runtime: Runtime, body: kopf.Body, patch: kopf.Patch, retry
                      timer: bool) -> None:
     ref = _ref(body, runtime.cluster_id)
     memory = runtime.memory(ref.uid)
+    if timer and memory.change_pass_ran and memory.due(ref.generation, runtime.clock()) \
+            and not is_paused(_annotations(body)):
+        # CML is looked at before the lock is taken: a controller that hangs until its timeout
+        # (or waits behind others for the shared limit) never holds up this worker's spec
+        # changes or its deletion, which need the lock.
+        await look_ahead(runtime, ref, body.get("spec"), _freshest_status(body, memory), _annotations(body))
     # The lock comes before the due-check: a timer and a change handler waking together
     # must not both find the worker due and both call EC2 (the second sees the first's outcome).
     async with memory.lock:

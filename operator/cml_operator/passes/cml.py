@@ -1,11 +1,13 @@
 """The CML side of a reconcile pass (workers with ``spec.cml``): I/O only; decisions in reconcile/cml.py.
 
-``CMLStep.begin`` runs before EC2 decides (an idle-stopped worker is held stopped
-until woken); ``before_actions`` releases the licence before an operator-made
-stop; ``finish`` looks at the controller once EC2 says the instance is ready (at
-most every ``--cml-interval``; a pass that is not due reuses the last look),
-turns what it saw into the worker's health, keeps the activity clock and stops
-an idle worker. ``release_before_terminate`` serves the deletion pass.
+``look_ahead`` looks at the controller, before the pass and *outside the worker's lock*
+(at most every ``--cml-interval``), once EC2 says the instance is ready: a controller
+that does not answer (a timeout, the shared concurrency limit behind others) never holds
+up a spec change or a delete of the worker. It leaves the outcome in the worker's
+``CMLMemory``. ``CMLStep.begin`` runs before EC2 decides (an idle-stopped worker is held
+stopped until woken); ``before_actions`` releases the licence before an operator-made
+stop; ``finish`` turns the last look into the worker's health, keeps the activity clock
+and stops an idle worker. ``release_before_terminate`` serves the deletion pass.
 
 Secrets (password, licence token) are read from the Kubernetes API when a look
 needs them and handed to the CML client only; they never reach status, events,
@@ -54,13 +56,15 @@ from ..reconcile.cml import (
 from ..reconcile.cml_spec import CMLSpec, SecretKeyRef
 from ..reconcile.conditions import Health, HealthState, health_of, now_rfc3339
 from ..reconcile.policy import Decision, Kind, classify
-from ..reconcile.spec import WorkerSpec
+from ..reconcile.spec import SpecError, WorkerSpec, parse_spec
 from ..reconcile.actions import Note, Stop, Terminate
 from ..reconcile.worker import Observation, Plan, WorkerRef, WorkerStatus, may_touch
 from ..runtime import Runtime
 
 #: A valid licence is read again every this many looks (it rarely changes; keeps a look under 3 requests).
 LICENCE_RECHECK_LOOKS = 5
+#: status.cml fields a look itself may change (a pin taken, a registration sent), handed to the pass.
+_LOOK_FIELDS = ("certificate_sha256", "certificate_instance_id", "license_requested")
 #: Reasons whose arrival is worth a Warning event (once, on the transition).
 _WARN_ON = (reasons.CML_UNREACHABLE, reasons.CML_AUTHENTICATION_FAILED, reasons.CML_CERTIFICATE_CHANGED,
             reasons.LICENSE_INVALID)
@@ -133,7 +137,12 @@ class CMLStep:
             return replace(plan, health=Health.reconciling(
                 reasons.CML_STARTING, f"Instance {instance.aws_instance_id} has no {which} IP address for CML yet"))
         was_ready = self.status.ready
-        outcome = await self._look(endpoint, instance, now)
+        outcome = self._last_look(endpoint, instance, now)
+        if outcome is None:  # no look yet (a new worker, a restart, a new endpoint): the next timer looks
+            health = (Health.ready(reasons.CML_READY, f"CML at {endpoint} was ready at the last look")
+                      if was_ready else Health.reconciling(reasons.CML_STARTING, f"Waiting for CML at {endpoint}: "
+                                                           "not looked at yet"))
+            return replace(plan, health=health, poll_soon=True)
         self._record(outcome, instance, now)
         step = license_step(self.cml.license, outcome.snapshot.license if outcome.snapshot else None,
                             self.status.license_requested)
@@ -151,26 +160,46 @@ class CMLStep:
 
     # ------------------------------------------------------------ looking at the controller
 
-    async def _look(self, endpoint: str, instance: CMLWorkerInstanceDto, now: datetime) -> CheckOutcome:
+    def _last_look(self, endpoint: str, instance: CMLWorkerInstanceDto, now: datetime) -> CheckOutcome | None:
+        """The last look ``look_ahead`` made at this endpoint and instance (no CML request here)."""
+        memory = self.service.memory(self.ref.uid)
+        _, self.status = pin_for(self.status, instance.aws_instance_id, self.annotations.get(RESET_PIN_ANNOTATION))
+        last = memory.last_look if isinstance(memory.last_look, CheckOutcome) else None
+        if last is None or last.endpoint != endpoint or memory.looked_instance != instance.aws_instance_id:
+            return None
+        if memory.unread:  # a look this pass is the first to see: take what it changed
+            memory.unread, self.looked = False, True
+            self.status = replace(self.status, checked_at=now_rfc3339(memory.looked_at or now), endpoint=endpoint,
+                                  **memory.look_changes)
+            self.notes.extend(memory.look_notes)
+            memory.look_changes, memory.look_notes = {}, []
+        return last
+
+    async def look_if_due(self, endpoint: str, instance: CMLWorkerInstanceDto, now: datetime) -> None:
+        """Outside the worker's lock: one look when due; its outcome and effects wait in memory."""
         memory = self.service.memory(self.ref.uid)
         clock = self.runtime.clock()
-        previous_reset = self.status.certificate_pin_reset
         pin, self.status = pin_for(self.status, instance.aws_instance_id,
                                    self.annotations.get(RESET_PIN_ANNOTATION))
         last = memory.last_look if isinstance(memory.last_look, CheckOutcome) else None
         due = (last is None or clock >= memory.next_look or memory.looked_generation != self.ref.generation
                or memory.looked_instance != instance.aws_instance_id or last.endpoint != endpoint
-               or self.status.certificate_pin_reset != previous_reset)
+               or self.status.certificate_pin_reset != memory.looked_pin_reset)
         if not due and last is not None and await self._credentials_changed(memory, clock):
             due = True
-        if not due and last is not None:
-            return last
+        if not due:
+            return
         memory.looked_generation, memory.looked_instance = self.ref.generation, instance.aws_instance_id
+        memory.looked_pin_reset = self.status.certificate_pin_reset
+        before = self.status
         async with self.service.semaphore:
             outcome = await self._look_now(memory, endpoint, instance.aws_instance_id, pin)
-        memory.last_look, self.looked = outcome, True
-        self.status = replace(self.status, checked_at=now_rfc3339(now), endpoint=endpoint)
-        return outcome
+        changed = {name: getattr(self.status, name) for name in _LOOK_FIELDS
+                   if getattr(self.status, name) != getattr(before, name)}
+        memory.last_look, memory.looked_at, memory.unread = outcome, now, True
+        memory.look_changes = {**memory.look_changes, **changed}
+        memory.look_notes = [*memory.look_notes, *self.notes]
+        self.notes.clear()
 
     async def _look_now(self, memory: CMLMemory, endpoint: str, instance_id: str, pin: str | None) -> CheckOutcome:
         settings = self.service.settings
@@ -421,6 +450,38 @@ class CMLStep:
         previous = health_of(conditions)
         if previous is None or previous.reason != health.reason:
             self.notes.append(Note("Warning", health.reason, health.message))
+
+
+async def look_ahead(runtime: Runtime, ref: WorkerRef, raw_spec: Mapping[str, Any] | None,
+                     raw_status: Mapping[str, Any] | None, annotations: Mapping[str, str] | None) -> None:
+    """Before a timer pass, outside the worker's lock: look at its controller when a look is due.
+
+    Only for a worker whose instance the region observer last saw running with both status
+    checks ok (the pass looks at CML only then). Looks of one worker never overlap.
+    """
+    if runtime.cml is None:
+        return
+    try:
+        spec = parse_spec(raw_spec)
+    except SpecError:
+        return
+    instance_id = (raw_status or {}).get("instanceId")
+    if spec.cml is None or not isinstance(instance_id, str):
+        return
+    observation = runtime.observers(spec.region).cached(instance_id)
+    instance = observation.instance if observation else None
+    if observation is None or instance is None or instance.instance_state != "running":
+        return
+    if observation.checks is not None and not observation.checks.all_ok:
+        return
+    step = CMLStep.begin(runtime, ref, spec, raw_status, annotations)
+    if step is None or step.hold:
+        return
+    endpoint = endpoint_for(step.cml, instance.public_ip, instance.private_ip)
+    if endpoint is None:
+        return
+    async with step.service.memory(ref.uid).look_lock:
+        await step.look_if_due(endpoint, instance, utcnow())
 
 
 async def release_before_terminate(runtime: Runtime, ref: WorkerRef, spec: WorkerSpec,
