@@ -448,7 +448,8 @@ async def run_when_leading(settings: LeaderElectionSettings, identity: str,
     try:
         if not stop_flag.is_set():  # a signal may have come while acquiring
             await operator(stop_flag)
-        drained = await drain(fence, settings.lease_duration, keeping)
+        if not lost:  # a lost lease has closed the fence already; nothing is released then
+            drained = await drain(fence, settings.lease_duration, keeping)
     finally:
         keeping.cancel()
         if not lost and drained:
