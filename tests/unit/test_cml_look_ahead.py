@@ -87,3 +87,19 @@ def test_the_pass_takes_a_look_and_its_effects_once() -> None:
     again.runtime = step.runtime
     _finish(again)
     assert not again.looked and again.notes == []  # the same look is not taken twice
+
+
+def test_a_look_from_before_a_stop_is_not_taken_after_the_next_start() -> None:
+    step, service = _step(CMLStatus(ready=True))
+    memory = service.memory(REF.uid)
+    memory.last_look = CheckOutcome(ENDPOINT, info=SystemInfo("2.10.0", True),
+                                    snapshot=Snapshot(LabCounts(1, 1), SystemStats(2, 5.0, 10.0)))
+    memory.looked_instance, memory.next_look = INSTANCE.aws_instance_id, 500.0
+    stopped = replace(INSTANCE, instance_state="stopped")
+    stopping = Plan(actions=(), health=Health.ready(reasons.INSTANCE_STOPPED, "stopped"))
+    asyncio.run(step.finish(stopping, Observation(stopped.aws_instance_id, stopped), ()))
+    assert memory.last_look is None and memory.next_look == 0.0
+    started, _ = _step(step.status)
+    started.runtime = step.runtime
+    plan = _finish(started)
+    assert plan.health.reason == reasons.CML_STARTING  # waits for a fresh look, not the old "ready"

@@ -130,6 +130,7 @@ class CMLStep:
             return replace(plan, health=idle_stopped_health(self.status, plan.health))
         if instance is None or instance.instance_state != "running" or not is_instance_ready(plan.health):
             self.status = replace(self.status, ready=False, starting_since=None)
+            self._forget_look()  # what CML said before a stop says nothing about the next start
             return plan
         endpoint = endpoint_for(self.cml, instance.public_ip, instance.private_ip)
         if endpoint is None:
@@ -159,6 +160,16 @@ class CMLStep:
         return self.status.to_dict()
 
     # ------------------------------------------------------------ looking at the controller
+
+    def _forget_look(self) -> None:
+        """Drop the last look (keeping what it changed in status); the next timer looks at once."""
+        memory = self.service.memory(self.ref.uid)
+        if memory.unread:
+            memory.unread = False
+            self.status = replace(self.status, **memory.look_changes)
+            self.notes.extend(memory.look_notes)
+            memory.look_changes, memory.look_notes = {}, []
+        memory.last_look, memory.next_look = None, 0.0
 
     def _last_look(self, endpoint: str, instance: CMLWorkerInstanceDto, now: datetime) -> CheckOutcome | None:
         """The last look ``look_ahead`` made at this endpoint and instance (no CML request here)."""
