@@ -55,7 +55,7 @@ def test_a_worker_is_ready_only_after_pending_and_initializing_status_checks(kub
     assert seen[0] == "pending" and seen[-1] == "running", seen
     # Ready waited for the checks: DescribeInstanceStatus said initializing at least once before.
     calls, _ = proxy.call_log()
-    assert any(action == "DescribeInstanceStatus" for _, action, _, _ in calls)
+    assert any(action == "DescribeInstanceStatus" for _, action, *_ in calls)
     worker = kube.get("clock")
     assert worker["status"]["statusChecks"] == {**worker["status"]["statusChecks"], "instance": "ok", "system": "ok"}
 
