@@ -27,7 +27,7 @@ dev: install control-plane ## everything local: control plane, moto EC2, the ope
 
 install: $(VENV)/.installed ## create or reuse .venv with the operator and test dependencies
 
-control-plane: ## build etcd, kube-apiserver and kubectl once into ~/.cache/cml-operator (Go needed)
+control-plane: ## build etcd, kube-apiserver, kube-controller-manager and kubectl once into ~/.cache/cml-operator (Go needed)
 	tests/cluster/build.sh >/dev/null
 
 image: ## build the Dockerfile with buildah into localhost/cml-operator:dev (IMAGE=..., BASE=python:3.11.14-slim-bookworm with a registry; default: a local Debian base)

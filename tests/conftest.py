@@ -6,8 +6,11 @@ permissions act as a ServiceAccount (`control_plane.service_account_kubeconfig`)
 Every *.yaml in crds/ is applied once, and its CRDs are Established, before the
 first test that uses the cluster.
 
-No controller-manager runs: deleted namespaces stay Terminating and
-ownerReferences do not cascade.
+kube-controller-manager runs its garbage collector and namespace controller (see
+tests/cluster/controlplane.py): ownerReferences cascade and a deleted namespace is
+emptied and removed once every finalizer in it is released. A namespace whose
+workers still carry the operator's finalizer after their test's operator stopped
+stays Terminating; nothing waits for it.
 
 Without Go and without cached binaries the cluster tests are skipped, unless CI
 or REQUIRE_CLUSTER is set (non-empty, not 0/false): then they fail instead.
@@ -30,7 +33,13 @@ import pytest
 from kubernetes import config
 from kubernetes.client import ApiClient
 
-from tests.cluster.controlplane import ControlPlane, ControlPlaneConfig, ControlPlaneUnavailable, find_binaries
+from tests.cluster.controlplane import (
+    ControlPlane,
+    ControlPlaneConfig,
+    ControlPlaneUnavailable,
+    find_binaries,
+    has_controller_manager,
+)
 from tests.support.motoserver import MotoServer, use_default_amis
 
 # Before anything imports moto: its default images only, not ~1,300 per region (see default_amis_file).
@@ -111,7 +120,9 @@ def tools_bin_dir() -> Path:
 @pytest.fixture(scope="session")
 def control_plane(control_plane_bin_dir: Path) -> Iterator[ControlPlane]:
     """etcd + kube-apiserver (RBAC on) for the whole session, with crds/ installed."""
-    with ControlPlane(ControlPlaneConfig(bin_dir=control_plane_bin_dir)) as plane:
+    config = ControlPlaneConfig(bin_dir=control_plane_bin_dir, controller_manager=has_controller_manager(
+        control_plane_bin_dir))
+    with ControlPlane(config) as plane:
         plane.install_crds(CRDS_DIR)
         yield plane
 
@@ -132,7 +143,7 @@ def api_client(control_plane: ControlPlane) -> Iterator[ApiClient]:
 
 @pytest.fixture
 def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh namespace for one test; deleted afterwards without waiting (it stays Terminating)."""
+    """A fresh namespace for one test; deleted afterwards without waiting for the namespace controller."""
     slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
     name = f"t-{slug}-{uuid.uuid4().hex[:6]}"
     control_plane.kubectl("create", "namespace", name)

@@ -47,8 +47,8 @@ def _say(text: str) -> None:
     print(f"==> {text}", flush=True)
 
 
-SIM_PREFIX = "cml-worker-1"
-#: The simulated controller says ready this long after the first look (so CMLStarting shows).
+SIM_PREFIX = "cml-worker-1"  # the sample worker's name: its simulated controller lives on that worker's instance
+#: The simulated controller boots this long after every start of its instance (so CMLStarting shows).
 SIM_BOOT_SECONDS = 20
 DEV_IDLE_MINUTES = 2
 
@@ -112,9 +112,10 @@ def _run(args: argparse.Namespace, stop: StopSignals) -> int:
     kubeconfig = DEV / "kubeconfig"
 
     _say("starting the control plane (etcd + kube-apiserver)")
-    sim = CMLSimProcess(ready_after=SIM_BOOT_SECONDS).start()
+    sim = CMLSimProcess()  # started once moto is up: its controllers live on moto's instances
     try:
         with ControlPlane(ControlPlaneConfig()) as plane, MotoServer() as moto:
+            sim = CMLSimProcess(ec2_endpoint=moto.url, boot_seconds=SIM_BOOT_SECONDS).start()
             plane.install_crds(REPO / "crds")
             kubeconfig.write_bytes(plane.kubeconfig_path.read_bytes())
             kubeconfig.chmod(0o600)

@@ -71,9 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {os.cpu_count()} cores; n={args.n}; window {args.window}s; --cml-interval {args.cml_interval}; "
           f"licence {args.licence}", flush=True)
 
-    sim = CMLSimProcess().start()
     with ControlPlane(ControlPlaneConfig(rbac=False)) as plane, MotoServer() as moto:
         plane.install_crds(REPO / "crds")
+        # Each controller lives on its instance (boots after the start); the doors follow moto every 2 s
+        # (every request asks again), so N instances do not flood moto with DescribeInstances.
+        sim = CMLSimProcess(ec2_endpoint=moto.url, boot_seconds=5.0, poll_seconds=2.0).start()
         proxy = FaultProxyProcess(moto.url).start()
         api = k8s.CustomObjectsApi(k8s_config.new_client_from_config(config_file=str(plane.kubeconfig_path)))
         namespace = f"bench-cml-{args.n}-{int(time.time())}"

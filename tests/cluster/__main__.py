@@ -2,7 +2,7 @@
 
     python -m tests.cluster [--no-rbac] [--kubeconfig .dev/kubeconfig]
 
-Starts etcd + kube-apiserver, applies crds/, writes an admin kubeconfig and
+Starts etcd + kube-apiserver + kube-controller-manager, applies crds/, writes an admin kubeconfig and
 waits until Ctrl-C, SIGTERM or SIGHUP (see tests/cluster/stopping.py: any number of
 them, at any moment), then stops everything and removes the kubeconfig it wrote.
 """
@@ -45,7 +45,7 @@ Use it from another shell:
     export PATH={plane.bin_dir}:$PATH   # kubectl {version}, if yours is missing or older
     kubectl get ns
 
-No controller-manager, scheduler or nodes: namespaces stay Terminating, no garbage collection.
+kube-controller-manager runs the garbage collector and the namespace controller; no scheduler, no nodes.
 Press Ctrl-C to stop it (etcd data is discarded).
 """
 

@@ -1,12 +1,14 @@
-"""A real Kubernetes control plane for tests: etcd + kube-apiserver, no nodes.
+"""A real Kubernetes control plane for tests: etcd + kube-apiserver + kube-controller-manager, no nodes.
 
-This is what controller-runtime's envtest does: the genuine API server (schema
-and CEL validation, resourceVersion conflicts, finalizers, RBAC, watches, the
-TokenRequest API) backed by a genuine etcd, both bound to loopback and living in
-a temporary directory. Nothing else runs: no kube-controller-manager (so no
-garbage collector, namespace controller or ServiceAccount token controller), no
-scheduler, no kubelet. Namespaces therefore never finish terminating and
-ownerReferences never cascade; tests must not depend on either.
+This is what controller-runtime's envtest does, plus the controllers a cluster's
+bookkeeping needs: the genuine API server (schema and CEL validation,
+resourceVersion conflicts, finalizers, RBAC, watches, the TokenRequest API) backed
+by a genuine etcd, and kube-controller-manager running only the garbage collector,
+the namespace controller and the ServiceAccount controllers (``CONTROLLERS``), all
+bound to loopback and living in a temporary directory. So ownerReferences cascade
+(foreground, background, orphan) and a deleted namespace is emptied and removed
+(once every finalizer in it is released) as in a real cluster. No scheduler, no
+kubelet: Pods stay Pending.
 
     with ControlPlane() as cp:
         cp.kubectl("get", "namespaces")
@@ -57,6 +59,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 HERE = Path(__file__).resolve().parent
 BUILD_SCRIPT = HERE / "build.sh"
+#: kube-controller-manager's controllers: ownerReference garbage collection, namespace
+#: deletion, and the ServiceAccount controllers (the "default" account, legacy token Secrets).
+CONTROLLERS = ("garbage-collector-controller", "namespace-controller", "serviceaccount-controller",
+               "serviceaccount-token-controller")
 #: Prefix of the temporary directories; the owner's pid follows it.
 TMP_PREFIX = "cml-cp-"
 LOOPBACK = "127.0.0.1"
@@ -219,7 +225,7 @@ def remove_stale_dirs(prefix: str = TMP_PREFIX) -> None:
 
 
 def find_binaries(build_script: Path = BUILD_SCRIPT) -> Path:
-    """The directory holding etcd, kube-apiserver and kubectl; builds them if needed.
+    """The directory holding etcd, kube-apiserver, kube-controller-manager and kubectl; builds them if needed.
 
     build.sh is a no-op when they are cached. Raises ControlPlaneUnavailable if
     they are not cached and there is no Go toolchain to build them.
@@ -233,10 +239,15 @@ def find_binaries(build_script: Path = BUILD_SCRIPT) -> Path:
             )
         raise ControlPlaneError(f"{build_script} failed with exit status {proc.returncode} (see its stderr)")
     bin_dir = Path(proc.stdout.strip().splitlines()[-1])
-    for binary in ("etcd", "kube-apiserver", "kubectl"):
+    for binary in ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl"):
         if not os.access(bin_dir / binary, os.X_OK):
             raise ControlPlaneError(f"{bin_dir / binary} is missing or not executable")
     return bin_dir
+
+
+def has_controller_manager(bin_dir: Path) -> bool:
+    """False only for make test-k8s's older kube-apiservers, whose bin dir has no controller manager."""
+    return os.access(bin_dir / "kube-controller-manager", os.X_OK)
 
 
 # --------------------------------------------------------------------------
@@ -404,6 +415,9 @@ class ControlPlaneConfig:
     bin_dir: Path | None = None
     #: Attempts with fresh ports if a port was taken between picking and binding.
     port_attempts: int = 3
+    #: Run kube-controller-manager (CONTROLLERS) too. Off only for a bin_dir without one
+    #: (make test-k8s's older kube-apiservers: a newer controller manager is an unsupported skew).
+    controller_manager: bool = True
 
 
 @dataclass(eq=False)  # identity semantics: it owns processes
@@ -424,6 +438,7 @@ class ControlPlane:
     restart_seconds: float | None = field(default=None, init=False)
     etcd: ManagedProcess | None = field(default=None, init=False, repr=False)
     apiserver: ManagedProcess | None = field(default=None, init=False, repr=False)
+    controller_manager: ManagedProcess | None = field(default=None, init=False, repr=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, init=False, repr=False)
 
     # ---- properties
@@ -479,13 +494,15 @@ class ControlPlane:
                 self._start_etcd()
                 self.start_apiserver()
                 self.startup_seconds = time.monotonic() - began
+                self._write_kubeconfig()
+                if self.config.controller_manager:
+                    self.start_controller_manager()
                 break
             except ControlPlaneError as exc:
                 if attempt == self.config.port_attempts or "address already in use" not in str(exc):
                     raise
                 self._stop_processes()
                 shutil.rmtree(self._path("etcd"), ignore_errors=True)  # bootstrapped with the old ports
-        self._write_kubeconfig()
 
     def _start_etcd(self) -> None:
         peer = f"http://{LOOPBACK}:{self.etcd_peer_port}"
@@ -523,8 +540,8 @@ class ControlPlane:
             f"--service-account-signing-key-file={creds.sa_private_key}",
             f"--service-cluster-ip-range={self.config.service_cluster_ip_range}",
             f"--authorization-mode={'RBAC' if self.config.rbac else 'AlwaysAllow'}",
-            # No controller-manager, so nobody creates the "default" ServiceAccount
-            # the admission plugin would require for every Pod.
+            # The "default" ServiceAccount the admission plugin requires for every Pod comes
+            # from the controller manager a moment after a namespace: Pods need not wait for it.
             "--disable-admission-plugins=ServiceAccount",
             # The "kubernetes" Service's Endpoints would point at 127.0.0.1, which
             # Endpoints validation rejects (loopback); nothing in-cluster needs them.
@@ -544,6 +561,31 @@ class ControlPlane:
             self.apiserver.start()
             self._wait_ready(self.apiserver, self._apiserver_ready, "kube-apiserver /readyz")
 
+    def _controller_manager_argv(self) -> list[str]:
+        creds = self.credentials
+        assert creds is not None
+        return [
+            str(self.bin_dir / "kube-controller-manager"),
+            f"--kubeconfig={self.kubeconfig_path}",  # admin (system:masters): one identity for every controller
+            f"--controllers={','.join(CONTROLLERS)}",
+            f"--service-account-private-key-file={creds.sa_private_key}",
+            f"--root-ca-file={creds.ca_cert}",
+            "--secure-port=0",  # no /healthz server: readiness is the "default" ServiceAccount appearing
+            "--leader-elect=false",
+            f"-v={self.config.apiserver_verbosity}",
+        ]
+
+    def start_controller_manager(self) -> None:
+        """Start kube-controller-manager (kube-apiserver must be ready) and wait until its controllers act."""
+        with self._lock:
+            if self.controller_manager is not None and self.controller_manager.running():
+                raise ControlPlaneError("kube-controller-manager is already running")
+            self.controller_manager = ManagedProcess("kube-controller-manager", self._controller_manager_argv(),
+                                                     self._path("kube-controller-manager.log"))
+            self.controller_manager.start()
+            self._wait_ready(self.controller_manager, self._controllers_acting,
+                             'the "default" ServiceAccount (kube-controller-manager at work)')
+
     def stop_apiserver(self) -> None:
         """Stop kube-apiserver only (gracefully, SIGKILL after the stop timeout)."""
         with self._lock:
@@ -560,12 +602,12 @@ class ControlPlane:
             return self.restart_seconds
 
     def _stop_processes(self) -> None:
-        for proc in (self.apiserver, self.etcd):
+        for proc in (self.controller_manager, self.apiserver, self.etcd):
             if proc is not None:
                 proc.stop(self.config.stop_timeout)
 
     def stop(self) -> None:
-        """Kill kube-apiserver and etcd, remove the temp dir. Idempotent; safe at exit."""
+        """Kill kube-controller-manager, kube-apiserver and etcd, remove the temp dir. Idempotent; safe at exit."""
         with self._lock:
             self._stop_processes()
             if self.dir is not None and not self.config.keep_dir:
@@ -585,8 +627,9 @@ class ControlPlane:
 
     @property
     def pids(self) -> list[int]:
-        """Pids of the current etcd and kube-apiserver processes (kept after stop())."""
-        return [p.pid for p in (self.etcd, self.apiserver) if p is not None and p.pid is not None]
+        """Pids of the current etcd, kube-apiserver and kube-controller-manager processes (kept after stop())."""
+        return [p.pid for p in (self.etcd, self.apiserver, self.controller_manager)
+                if p is not None and p.pid is not None]
 
     # ---- readiness
 
@@ -625,6 +668,15 @@ class ControlPlane:
             conn.request("GET", "/readyz")
             return conn.getresponse().status == 200
         except OSError:  # connection refused, TLS not up yet, timeouts
+            return False
+
+    def _controllers_acting(self) -> bool:
+        try:
+            context = self._admin_ssl_context()
+            conn = http.client.HTTPSConnection(LOOPBACK, self.apiserver_port, timeout=2, context=context)
+            conn.request("GET", "/api/v1/namespaces/default/serviceaccounts/default")
+            return conn.getresponse().status == 200
+        except OSError:
             return False
 
     # ---- kubeconfig and kubectl

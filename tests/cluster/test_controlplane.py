@@ -27,6 +27,7 @@ from tests.cluster.controlplane import (
     ControlPlaneConfig,
     ControlPlaneError,
     KubectlError,
+    has_controller_manager,
     pid_alive,
     wait_until,
 )
@@ -254,9 +255,9 @@ def test_restart_apiserver_keeps_data(control_plane: ControlPlane, namespace: st
     assert got == "yes"
 
 
-def test_pods_are_admitted_without_a_default_service_account(control_plane: ControlPlane, namespace: str) -> None:
-    """No controller-manager creates "default" ServiceAccounts: the ServiceAccount admission plugin is off."""
-    assert control_plane.kubectl("get", "serviceaccount", "default", "-n", namespace, check=False).returncode != 0
+def test_pods_are_admitted_without_waiting_for_the_default_service_account(control_plane: ControlPlane,
+                                                                         namespace: str) -> None:
+    """The controller manager makes "default" ServiceAccounts a moment late: the admission plugin is off."""
     control_plane.kubectl("run", "idle", "-n", namespace, "--image=example.invalid/idle", "--restart=Never")
     phase = control_plane.kubectl("get", "pod", "idle", "-n", namespace, "-o", "jsonpath={.status.phase}").stdout
     assert phase == "Pending"  # and stays so: there are no nodes
@@ -264,10 +265,11 @@ def test_pods_are_admitted_without_a_default_service_account(control_plane: Cont
 
 def test_stop_leaves_no_processes_and_no_directory(control_plane_bin_dir: Path) -> None:
     """A separate, short-lived control plane (RBAC off): stop() cleans up everything, twice."""
-    plane = ControlPlane(ControlPlaneConfig(rbac=False, bin_dir=control_plane_bin_dir))
+    with_manager = has_controller_manager(control_plane_bin_dir)
+    plane = ControlPlane(ControlPlaneConfig(rbac=False, bin_dir=control_plane_bin_dir, controller_manager=with_manager))
     with plane:
         pids, directory = plane.pids, plane.dir
-        assert len(pids) == 2 and all(pid_alive(pid) for pid in pids)
+        assert len(pids) == (3 if with_manager else 2) and all(pid_alive(pid) for pid in pids)
         assert directory is not None and (directory / "etcd").is_dir()
         # AlwaysAllow: a ServiceAccount with no roles may list configmaps.
         sa = plane.service_account_kubeconfig("anyone", "default", create=True)

@@ -1,8 +1,10 @@
 """CML-aware workers end to end: the operator process, moto's EC2 and the CML simulator over HTTPS.
 
 moto gives instances fake IPs nobody can reach, so each worker names the
-simulator in spec.cml.endpoint with its own path prefix (one simulated controller
-per worker). The operator runs with short CML intervals so a test takes seconds.
+simulator in spec.cml.endpoint: a port and path prefix of its own that answer only
+while the worker's instance is running in moto (a controller per instance, which
+boots after every start; see tests/support/cmlsim.py). The operator runs with short
+CML intervals so a test takes seconds.
 """
 
 from __future__ import annotations
@@ -27,9 +29,16 @@ CML_ARGS = ("--cml-interval", "2", "--cml-starting-interval", "1", "--cml-timeou
 LICENCE_TOKEN = "sentinel-licence-token-7f3a9c"  # must never show up outside the Secret
 
 
+SIM_BOOT_SECONDS = 1.0  # every start of an instance: the controller is not ready for this long
+
+
+def strict_sim(moto_url: str) -> CMLSimProcess:
+    return CMLSimProcess(ec2_endpoint=moto_url, boot_seconds=SIM_BOOT_SECONDS).start()
+
+
 @pytest.fixture(scope="module")
-def sim() -> Iterator[CMLSimProcess]:
-    process = CMLSimProcess().start()
+def sim(moto_server) -> Iterator[CMLSimProcess]:
+    process = strict_sim(moto_server.url)
     yield process
     process.stop()
 
@@ -41,7 +50,8 @@ def secret(kube, name: str, **data: str) -> None:
 
 def cml_worker(kube, name: str, network, sim: CMLSimProcess, prefix: str, **cml: Any) -> dict:
     secret(kube, f"{name}-login", username=DEFAULT_USERNAME, password=DEFAULT_PASSWORD)
-    spec_cml = {"endpoint": sim.endpoint(prefix), "credentialsSecretRef": {"name": f"{name}-login"}, **cml}
+    spec_cml = {"endpoint": sim.endpoint(prefix, worker=name), "credentialsSecretRef": {"name": f"{name}-login"},
+                **cml}
     manifest = worker_manifest(name, network, cml=spec_cml)
     kube.apply(manifest)
     return manifest
@@ -76,9 +86,10 @@ def test_ready_waits_for_cml_then_shows_its_status(kube, network, sim, operator_
     assert "2.10.0" in wide and "CMLReady" in wide
     assert "CertificatePinned" in kube.event_reasons("cml-ready")
     # Several looks later the first token is still in use: one authentication, no re-pinning.
-    wait_for(lambda: sim.worker(prefix)["calls"].get("GET system_stats", 0) >= 4, 60, what="four looks")
-    calls = sim.worker(prefix)["calls"]
-    assert calls["POST authenticate"] == 1 and calls["GET populate_lab_tiles"] >= 4
+    # (The exact cost of a look: test_cml_world.py.) Taken between two looks: each reads both once.
+    calls = wait_for(lambda: (c := sim.worker(prefix)["calls"]).get("GET system_stats", 0) >= 4
+                     and c["GET system_stats"] == c.get("GET populate_lab_tiles") and c, 60, what="four looks")
+    assert calls["POST authenticate"] == 1
     assert kube.event_reasons("cml-ready").count("CertificatePinned") == 1
 
 
@@ -96,8 +107,8 @@ def test_wrong_credentials_stall_until_the_secret_is_fixed(kube, network, sim, o
     kube.wait_condition("cml-auth", "Ready", reason="CMLReady", timeout=60)  # well under the 10-minute recheck
 
 
-def test_a_changed_certificate_stalls_until_the_pin_is_reset(kube, network, control_plane, operator_factory):
-    own = CMLSimProcess().start()  # rotating the certificate affects every prefix: a simulator of its own
+def test_a_changed_certificate_stalls_until_the_pin_is_reset(kube, network, moto_server, operator_factory):
+    own = strict_sim(moto_server.url)  # rotating the certificate affects every prefix: a simulator of its own
     try:
         operator_factory(*CML_ARGS)
         cml_worker(kube, "cml-pin", network, own, "pin")
@@ -182,6 +193,7 @@ def test_the_licence_is_registered_and_released_around_stop_and_terminate(kube, 
     kube.wait_condition("cml-lic", "Ready", reason="InstanceStopped", timeout=60)
     assert sim.worker(prefix)["license"]["registration"] == "NOT_REGISTERED"
     assert sim.worker(prefix)["calls"]["DELETE licensing/deregistration"] == 1
+    assert sim.worker(prefix)["refused"] == {}  # released while the instance ran: before the stop
     assert "LicenseReleased" in kube.event_reasons("cml-lic")
 
     kube.patch_spec("cml-lic", {"desiredState": "Running"})
@@ -191,6 +203,7 @@ def test_the_licence_is_registered_and_released_around_stop_and_terminate(kube, 
     kube.delete("cml-lic", timeout="90s")
     assert sim.worker(prefix)["calls"]["DELETE licensing/deregistration"] == 2
     assert sim.worker(prefix)["license"]["registration"] == "NOT_REGISTERED"
+    assert sim.worker(prefix)["refused"] == {}  # and before the terminate
 
     # The token never leaves its Secret: not in events, logs or metrics.
     events = kube.run("get", "events", "-o", "json").stdout

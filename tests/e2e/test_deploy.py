@@ -1,13 +1,13 @@
 """deploy/ against the real API server: it applies, its RBAC is enough and no more, and the IAM policy fits the client.
 
-The base is applied for real (the Deployment never gets pods: no controller-manager
-or nodes run). The operator then runs as a local process with a TokenRequest token
+The base is applied for real (the Deployment never gets pods: the controller manager
+runs no deployment controller and there are no nodes). The operator then runs as a local process with a TokenRequest token
 of the deployed ServiceAccount, watching all namespaces as the Deployment does, so
 every API call it makes is authorized by deploy/rbac.yaml alone.
 
 Cluster-scoped objects made here (ClusterRoles, ClusterRoleBindings, the peering
-CRD and object, namespace cml-system) are deleted when the module ends; the
-namespace then stays Terminating, as every namespace does without a controller-manager.
+CRD and object, namespace cml-system) are deleted when the module ends, without
+waiting for the namespace controller to remove the namespace.
 """
 
 from __future__ import annotations

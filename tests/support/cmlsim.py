@@ -1,23 +1,36 @@
-"""A stand-in for CML controllers: one HTTPS process serving many workers by path prefix.
+"""A stand-in for CML controllers, each living on its EC2 instance.
 
     https://127.0.0.1:PORT/<prefix>/api/v0/...   the CML REST API of worker <prefix>
     http://127.0.0.1:CONTROL/workers/<prefix>    its state, for tests (GET, PATCH JSON)
 
+With ``--ec2-endpoint`` (the e2e tests, ``make dev`` and the benchmarks) every worker
+address gets a port of its own (``POST /workers/<prefix>/door``, which
+``CMLSimProcess.endpoint`` calls) that listens only while the worker's instance is
+``running`` in that EC2 world: connections are refused while it is pending, stopping,
+stopped or gone, and requests on a connection kept open across the stop are cut off
+(counted in ``refused``). Each instance is a controller of its own (cmlsim_model.py,
+cmlsim_world.py): after every start it boots for ``--boot-seconds``; its session tokens
+last ``--token-seconds`` (then 401, and the client must authenticate again); its
+licence registration survives a stop but not a replacement. Without ``--ec2-endpoint``
+(the client's unit tests) every prefix is one controller that always runs.
+
 Response shapes follow CML's API as virl2-client 2.10 reads it (see
 tests/unit/test_cmlsim_fidelity.py, which drives this with virl2-client's
-``ClientLibrary``). The certificate is self-signed, generated at start for
-127.0.0.1 and can be replaced (``POST /certificate``) to test pinning. Every
-answer closes its connection, so a new certificate is seen by the next request.
+``ClientLibrary``). Connections are kept alive. The certificate is self-signed,
+generated at start for 127.0.0.1 and can be replaced (``POST /certificate``, which
+ends every open connection as a web server restart does) to test pinning.
 
 State a test controls per worker (PATCH /workers/<prefix> with any of):
-``ready_after`` (seconds from now until system_information says ready),
-``username``/``password``, ``labs`` ({id: state}), ``running_nodes``,
+``ready_after`` (seconds from now until system_information may say ready),
+``boot_seconds``, ``token_seconds``, ``expire_tokens`` (end every session now),
+``username``/``password``, ``running_nodes``,
 ``fail_status`` + ``fail_count`` (answer every API call with that status, N times;
 -1 forever), ``delay`` (seconds before each answer), ``refused_tokens`` (licence
 tokens that fail), ``registration_seconds``, ``deregister_fail_count``.
-``GET /workers/<prefix>`` adds ``calls`` (per "METHOD path") and ``license``.
+``GET /workers/<prefix>`` adds ``calls`` and ``refused`` (per "METHOD path"),
+``license``, ``instance_id``, ``running`` and ``starts``.
 
-Run it:  python -m tests.support.cmlsim serve --state-file F [--port N --control-port M]
+Run it:  python -m tests.support.cmlsim serve --state-file F [--ec2-endpoint URL --boot-seconds S ...]
 Drive a lab:  python -m tests.support.cmlsim lab start|stop --control URL --prefix P
 """
 
@@ -35,17 +48,25 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from tests.support.cmlsim_model import (
+    ACTIVE,
+    DEFAULT_PASSWORD,
+    DEFAULT_USERNAME,
+    Controller,
+    Simulator,
+    SimWorker,
+)
+from tests.support.cmlsim_world import Ec2World, cut_connections
+
+__all__ = ["DEFAULT_PASSWORD", "DEFAULT_USERNAME", "CMLSimProcess", "control_request", "make_certificate"]
+
 VERSION = "2.10.0"
-DEFAULT_USERNAME, DEFAULT_PASSWORD = "admin", "cml-sim-password"
 ROOT_PREFIX = "_root"  # a worker addressed without a path prefix
-ACTIVE = ("STARTED", "QUEUED", "BOOTED")
 
 
 # ---------------------------------------------------------------- certificates
@@ -78,89 +99,11 @@ def make_certificate(directory: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-# ---------------------------------------------------------------- state
-
-
-@dataclass
-class SimWorker:
-    ready_at: float = 0.0
-    username: str = DEFAULT_USERNAME
-    password: str = DEFAULT_PASSWORD
-    tokens: set[str] = field(default_factory=set)
-    labs: dict[str, str] = field(default_factory=dict)  # id -> state
-    running_nodes: int = 0
-    fail_status: int = 0
-    fail_count: int = 0
-    delay: float = 0.0
-    registration: str = "NOT_REGISTERED"
-    authorization: str = "EVAL"
-    registration_done_at: float | None = None
-    registration_outcome: str = "COMPLETED"
-    registration_seconds: float = 1.0
-    refused_tokens: list[str] = field(default_factory=list)
-    deregister_fail_count: int = 0
-    #: True: lab tiles without ``state`` and computes without ``dominfo`` (a reply in another shape).
-    odd_shape: bool = False
-    calls: Counter = field(default_factory=Counter)
-
-    def tick(self) -> None:
-        if self.registration_done_at is not None and time.monotonic() >= self.registration_done_at:
-            self.registration = self.registration_outcome
-            self.authorization = "IN_COMPLIANCE" if self.registration == "COMPLETED" else "EVAL"
-            self.registration_done_at = None
-
-    def view(self) -> dict[str, Any]:
-        self.tick()
-        return {
-            "ready": time.monotonic() >= self.ready_at, "username": self.username, "labs": dict(self.labs),
-            "running_nodes": self.running_nodes, "calls": dict(self.calls),
-            "license": {"registration": self.registration, "authorization": self.authorization},
-            "fail_status": self.fail_status, "fail_count": self.fail_count, "delay": self.delay,
-        }
-
-
-class Simulator:
-    def __init__(self, cert_dir: Path, default_ready_after: float = 0.0) -> None:
-        self.cert_dir = cert_dir
-        self.default_ready_after = default_ready_after
-        self.workers: dict[str, SimWorker] = {}
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.rotate_certificate()
-
-    def rotate_certificate(self) -> str:
-        cert, key = make_certificate(self.cert_dir)
-        self.context.load_cert_chain(cert, key)  # new handshakes present the new certificate
-        self.cert_path = cert
-        return cert.read_text()
-
-    def worker(self, prefix: str) -> SimWorker:
-        if prefix not in self.workers:
-            self.workers[prefix] = SimWorker(ready_at=time.monotonic() + self.default_ready_after)
-        return self.workers[prefix]
-
-    def configure(self, prefix: str, changes: dict[str, Any]) -> SimWorker:
-        worker = self.worker(prefix)
-        for key, value in changes.items():
-            if key == "ready_after":
-                worker.ready_at = time.monotonic() + float(value)
-            elif key in ("password", "username"):
-                setattr(worker, key, value)
-                worker.tokens.clear()  # CML invalidates sessions when credentials change
-            elif key == "license":
-                worker.registration = value.get("registration", worker.registration)
-                worker.authorization = value.get("authorization", worker.authorization)
-            elif hasattr(worker, key) and key not in ("calls", "tokens"):
-                setattr(worker, key, value)
-            else:
-                raise ValueError(f"unknown setting {key!r}")
-        return worker
-
-
 # ---------------------------------------------------------------- the CML API
 
 
 def _json(value: Any, status: int = 200) -> web.Response:
-    return web.json_response(value, status=status, headers={"Connection": "close"})
+    return web.json_response(value, status=status)  # kept alive, as a real controller's nginx does
 
 
 def _error(status: int, description: str) -> web.Response:
@@ -182,19 +125,20 @@ def _system_stats(worker: SimWorker) -> dict[str, Any]:
 
 
 def _lab(lab_id: str, state: str) -> dict[str, Any]:
+    """``GET labs/<id>`` as virl2-client's ``Lab`` reads it (``_import_lab`` / ``sync_states``)."""
     return {"id": lab_id, "lab_title": f"Lab {lab_id}", "lab_description": "", "lab_notes": "", "state": state,
             "owner": "00000000-0000-4000-a000-000000000000", "owner_username": DEFAULT_USERNAME,
             "node_count": 2, "link_count": 1, "created": "2026-11-25T00:00:00+00:00",
-            "modified": "2026-11-25T00:00:00+00:00", "groups": []}
+            "modified": "2026-11-25T00:00:00+00:00", "groups": [], "effective_permissions": ["lab_admin"]}
 
 
-def _licensing(worker: SimWorker) -> dict[str, Any]:
-    worker.tick()
+def _licensing(controller: Controller) -> dict[str, Any]:
+    controller.tick()
     return {
-        "registration": {"status": worker.registration, "expires": None, "smart_account": "sim",
+        "registration": {"status": controller.registration, "expires": None, "smart_account": "sim",
                          "virtual_account": "sim", "register_time": {}, "renew_time": {}},
-        "authorization": {"status": worker.authorization, "expires": None, "renew_time": {}},
-        "features": [{"name": "CML - Enterprise License", "in_use": 1, "status": worker.authorization,
+        "authorization": {"status": controller.authorization, "expires": None, "renew_time": {}},
+        "features": [{"name": "CML - Enterprise License", "in_use": 1, "status": controller.authorization,
                       "max": 1, "min": 0, "description": "", "version": "1.0", "id": "regid.sim"}],
         "product_license": {"active": "CML_ENTERPRISE", "is_enterprise": True},
         "udi": {"hostname": "cml-controller", "product_uuid": "sim"},
@@ -204,18 +148,38 @@ def _licensing(worker: SimWorker) -> dict[str, Any]:
     }
 
 
+def _refuse(request: web.Request) -> web.Response:
+    """Nobody home: the connection dies as it does when the instance stops under it."""
+    if request.transport is not None:
+        request.transport.abort()
+    return web.Response(status=503)  # never sent
+
+
 async def api(request: web.Request) -> web.Response:
     sim: Simulator = request.app["sim"]
     prefix = request.match_info.get("prefix") or ROOT_PREFIX
     path = request.match_info["path"].strip("/")
     worker = sim.worker(prefix)
-    worker.calls[f"{request.method} {path}"] += 1
+    call = f"{request.method} {path}"
+    if sim.world is not None and request.transport is not None:
+        door = sim.doors.get(prefix)
+        sockname = request.transport.get_extra_info("sockname")
+        if door is None or not sockname or sockname[1] != door.port:
+            return _error(404, f"no worker {prefix!r} behind this port (ask the control API for its endpoint)")
+    controller = await sim.answering(prefix)
+    if controller is None:
+        worker.refused[call] += 1
+        return _refuse(request)
+    worker.calls[call] += 1
+    peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+    if peer:
+        worker.peers.add(tuple(peer[:2]))
     if worker.delay:
         await asyncio.sleep(worker.delay)
     if worker.fail_status and worker.fail_count != 0:
         worker.fail_count -= 1 if worker.fail_count > 0 else 0
         return _error(worker.fail_status, "injected failure")
-    ready = time.monotonic() >= worker.ready_at
+    ready = controller.ready(worker)
     if request.method == "GET" and path == "system_information":
         return _json({"version": VERSION, "ready": ready, "hostname": "cml-controller",
                       "product": "Cisco Modeling Labs", "allow_ssh_pubkey_auth": False, "oui": "52:54:00"})
@@ -225,16 +189,15 @@ async def api(request: web.Request) -> web.Response:
         body = await request.json()
         if body.get("username") != worker.username or body.get("password") != worker.password:
             return _error(403, "Authentication failed!")
-        token = uuid.uuid4().hex
-        worker.tokens.add(token)
-        return _json(token)
+        return _json(controller.issue_token(worker.token_seconds))
     token = request.headers.get("Authorization", "").removeprefix("Bearer ")
-    if token not in worker.tokens:
+    if not controller.token_valid(token):
         return _error(401, "No authorization token provided.")
-    return await _authenticated(request, worker, path)
+    return await _authenticated(request, worker, controller, path)
 
 
-async def _authenticated(request: web.Request, worker: SimWorker, path: str) -> web.Response:
+async def _authenticated(request: web.Request, worker: SimWorker, controller: Controller,
+                         path: str) -> web.Response:
     method = request.method
     if method == "GET" and path in ("authentication", "authok"):
         return _json({"id": "00000000-0000-4000-a000-000000000000", "username": worker.username, "admin": True})
@@ -248,7 +211,7 @@ async def _authenticated(request: web.Request, worker: SimWorker, path: str) -> 
                 compute["stats"].pop("dominfo")
         return _json(stats)
     if method == "GET" and path == "system_health":
-        return _json({"valid": True, "is_licensed": worker.registration == "COMPLETED", "is_enterprise": True,
+        return _json({"valid": True, "is_licensed": controller.registration == "COMPLETED", "is_enterprise": True,
                       "computes": {}, "controller": {}})
     if method == "GET" and path == "labs":
         return _json(sorted(worker.labs))
@@ -271,19 +234,20 @@ async def _authenticated(request: web.Request, worker: SimWorker, path: str) -> 
                                   "owner": "00000000-0000-4000-a000-000000000000"},
                           "nodes": [], "links": [], "annotations": [], "smart_annotations": []})
     if method == "GET" and path == "licensing":
-        return _json(_licensing(worker))
+        return _json(_licensing(controller))
     if method == "POST" and path == "licensing/registration":
         body = await request.json()
-        worker.registration = "IN_PROGRESS"
-        worker.registration_outcome = "FAILED" if body.get("token") in worker.refused_tokens else "COMPLETED"
-        worker.registration_done_at = time.monotonic() + worker.registration_seconds
-        return web.Response(status=204, headers={"Connection": "close"})
+        controller.registration = "IN_PROGRESS"
+        controller.registration_outcome = "FAILED" if body.get("token") in worker.refused_tokens else "COMPLETED"
+        controller.registration_done_at = time.monotonic() + worker.registration_seconds
+        return web.Response(status=204)
     if method == "DELETE" and path == "licensing/deregistration":
         if worker.deregister_fail_count:
             worker.deregister_fail_count -= 1
             return _error(500, "deregistration failed")
-        worker.registration, worker.authorization, worker.registration_done_at = "NOT_REGISTERED", "EVAL", None
-        return web.Response(status=204, headers={"Connection": "close"})
+        controller.registration, controller.authorization = "NOT_REGISTERED", "EVAL"
+        controller.registration_done_at = None
+        return web.Response(status=204)
     return _error(404, f"no such endpoint in the simulator: {method} {path}")
 
 
@@ -291,39 +255,67 @@ async def _authenticated(request: web.Request, worker: SimWorker, path: str) -> 
 
 
 async def control_get(request: web.Request) -> web.Response:
-    return web.json_response(request.app["sim"].worker(request.match_info["prefix"]).view())
+    return web.json_response(request.app["sim"].view(request.match_info["prefix"]))
 
 
 async def control_patch(request: web.Request) -> web.Response:
+    sim: Simulator = request.app["sim"]
+    prefix = request.match_info["prefix"]
     try:
-        worker = request.app["sim"].configure(request.match_info["prefix"], await request.json())
+        sim.configure(prefix, await request.json())
     except (ValueError, TypeError) as error:
         return web.json_response({"error": str(error)}, status=400)
-    return web.json_response(worker.view())
+    return web.json_response(sim.view(prefix))
+
+
+async def control_door(request: web.Request) -> web.Response:
+    """POST /workers/<prefix>/door {"worker": NAME?}: the address of the worker's controller (EC2 mode)."""
+    sim: Simulator = request.app["sim"]
+    prefix = request.match_info["prefix"]
+    if sim.world is None:
+        return web.json_response({"endpoint": f"{request.app['api_url']}/{prefix}/"})
+    body = await request.json() if request.can_read_body else {}
+    sim.worker(prefix).worker_name = body.get("worker") or sim.worker(prefix).worker_name
+    sim.door(prefix)
+    await sim.refresh()
+    return web.json_response({"endpoint": sim.endpoint_of(prefix)})
 
 
 async def control_lab(request: web.Request) -> web.Response:
     """POST /workers/<prefix>/labs/<id> {"state": "STARTED"} (nodes follow: 2 per started lab)."""
-    worker = request.app["sim"].worker(request.match_info["prefix"])
+    sim: Simulator = request.app["sim"]
+    prefix = request.match_info["prefix"]
+    worker = sim.worker(prefix)
     state = (await request.json()).get("state", "STARTED")
     worker.labs[request.match_info["lab"]] = state
     worker.running_nodes = 2 * sum(1 for s in worker.labs.values() if s in ACTIVE)
-    return web.json_response(worker.view())
+    return web.json_response(sim.view(prefix))
 
 
 async def control_certificate(request: web.Request) -> web.Response:
-    return web.json_response({"certificate": request.app["sim"].rotate_certificate()})
+    """A new certificate means a restarted web server: every open connection ends."""
+    sim: Simulator = request.app["sim"]
+    cert, key = make_certificate(sim.cert_path.parent)
+    sim.context.load_cert_chain(cert, key)
+    sim.cert_path = cert
+    cut_connections(request.app["api_runner"])
+    return web.json_response({"certificate": cert.read_text()})
 
 
 async def control_summary(request: web.Request) -> web.Response:
     sim: Simulator = request.app["sim"]
-    return web.json_response({"workers": {p: w.view() for p, w in sim.workers.items()},
+    return web.json_response({"workers": {p: sim.view(p) for p in sim.workers},
                               "certificate": sim.cert_path.read_text()})
 
 
-async def serve(port: int, control_port: int, state_file: Path, ready_after: float) -> None:
+async def serve(port: int, control_port: int, state_file: Path, ready_after: float, ec2_endpoint: str | None,
+                region: str, boot_seconds: float, token_seconds: float, poll_seconds: float) -> None:
     cert_dir = Path(tempfile.mkdtemp(prefix="cmlsim-"))
-    sim = Simulator(cert_dir, ready_after)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    cert, key = make_certificate(cert_dir)
+    context.load_cert_chain(cert, key)
+    world = Ec2World(ec2_endpoint, region) if ec2_endpoint else None
+    sim = Simulator(context, cert, ready_after, world, boot_seconds, token_seconds)
     app = web.Application()
     app["sim"] = sim
     app.router.add_route("*", "/api/v0/{path:.*}", api)
@@ -333,21 +325,26 @@ async def serve(port: int, control_port: int, state_file: Path, ready_after: flo
     control.router.add_get("/", control_summary)
     control.router.add_get("/workers/{prefix}", control_get)
     control.router.add_patch("/workers/{prefix}", control_patch)
+    control.router.add_post("/workers/{prefix}/door", control_door)
     control.router.add_post("/workers/{prefix}/labs/{lab}", control_lab)
     control.router.add_post("/certificate", control_certificate)
-    runners = [web.AppRunner(app, access_log=None), web.AppRunner(control, access_log=None)]
-    for runner in runners:
+    api_runner, control_runner = web.AppRunner(app, access_log=None), web.AppRunner(control, access_log=None)
+    for runner in (api_runner, control_runner):
         await runner.setup()
-    api_site = web.TCPSite(runners[0], "127.0.0.1", port, ssl_context=sim.context)
-    control_site = web.TCPSite(runners[1], "127.0.0.1", control_port)
+    sim.runner = control["api_runner"] = api_runner
+    api_site = web.TCPSite(api_runner, "127.0.0.1", port, ssl_context=context)
+    control_site = web.TCPSite(control_runner, "127.0.0.1", control_port)
     await api_site.start()
     await control_site.start()
     api_port = api_site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     ctl_port = control_site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    control["api_url"] = f"https://127.0.0.1:{api_port}"
     tmp = state_file.with_suffix(".tmp")
     tmp.write_text(json.dumps({"url": f"https://127.0.0.1:{api_port}", "control": f"http://127.0.0.1:{ctl_port}",
-                               "pid": os.getpid()}))
+                               "pid": os.getpid(), "ec2": ec2_endpoint}))
     tmp.replace(state_file)
+    if world is not None:
+        await sim.watch(poll_seconds)
     await asyncio.Event().wait()
 
 
@@ -365,8 +362,14 @@ def control_request(control: str, method: str, path: str, payload: Any = None) -
 class CMLSimProcess:
     """``python -m tests.support.cmlsim serve`` as a subprocess, driven over its control API."""
 
-    def __init__(self, ready_after: float = 0.0) -> None:
+    def __init__(self, ready_after: float = 0.0, *, ec2_endpoint: str | None = None, region: str = "us-east-1",
+                 boot_seconds: float = 0.0, token_seconds: float = 3600.0, poll_seconds: float = 0.25) -> None:
         self.ready_after = ready_after
+        self.ec2_endpoint = ec2_endpoint
+        self.options = ["--region", region, "--boot-seconds", str(boot_seconds), "--token-seconds",
+                        str(token_seconds), "--poll-seconds", str(poll_seconds)]
+        if ec2_endpoint:
+            self.options += ["--ec2-endpoint", ec2_endpoint]
         self.process: Any = None
         self.url = self.control = ""
 
@@ -380,7 +383,7 @@ class CMLSimProcess:
         state_file = Path(tempfile.mkdtemp(prefix="cmlsim-state-")) / "state.json"
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tests.support.cmlsim", "serve", "--state-file", str(state_file),
-             "--ready-after", str(self.ready_after)],
+             "--ready-after", str(self.ready_after), *self.options],
             cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             preexec_fn=parent_death_signal())
         atexit.register(self.stop)
@@ -394,8 +397,10 @@ class CMLSimProcess:
             self.process.terminate()
             self.process.wait(10)
 
-    def endpoint(self, prefix: str) -> str:
-        return f"{self.url}/{prefix}/"
+    def endpoint(self, prefix: str, worker: str | None = None) -> str:
+        """The URL of the controller behind ``prefix``: with an EC2 world, that of the instance of the
+        CMLWorker named ``worker`` (default: the prefix), on a port that listens only while it runs."""
+        return control_request(self.control, "POST", f"/workers/{prefix}/door", {"worker": worker})["endpoint"]
 
     def worker(self, prefix: str) -> dict[str, Any]:
         return control_request(self.control, "GET", f"/workers/{prefix}")
@@ -422,6 +427,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--control-port", type=int, default=0)
     run.add_argument("--state-file", type=Path, required=True, help="where to write {url, control, pid}")
     run.add_argument("--ready-after", type=float, default=0.0, help="seconds until a new worker says ready")
+    run.add_argument("--ec2-endpoint", help="the EC2 world (moto or the fault proxy): each worker's controller "
+                     "then lives on its instance; without it every worker is always running")
+    run.add_argument("--region", default="us-east-1")
+    run.add_argument("--boot-seconds", type=float, default=0.0, help="not ready this long after every start")
+    run.add_argument("--token-seconds", type=float, default=3600.0, help="a session token's lifetime")
+    run.add_argument("--poll-seconds", type=float, default=0.25, help="how often the doors follow EC2")
     lab = commands.add_parser("lab", help="start or stop a lab on one simulated worker")
     lab.add_argument("action", choices=("start", "stop"))
     lab.add_argument("--control", required=True, help="the control URL (printed by make dev)")
@@ -433,7 +444,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve":
         try:
-            asyncio.run(serve(args.port, args.control_port, args.state_file, args.ready_after))
+            asyncio.run(serve(args.port, args.control_port, args.state_file, args.ready_after, args.ec2_endpoint,
+                              args.region, args.boot_seconds, args.token_seconds, args.poll_seconds))
         except KeyboardInterrupt:
             pass
         return 0

@@ -77,6 +77,7 @@ class CMLClient:
         self.ca_pem = trust.ca_pem
         self.pin = trust.pin
         self._ca_context = _ca_context(trust.ca_pem) if trust.ca_pem else None
+        self._fingerprint: aiohttp.Fingerprint | None = None
 
     @property
     def authenticated(self) -> bool:
@@ -163,7 +164,11 @@ class CMLClient:
         if self._ca_context is not None:
             return self._ca_context
         if self.pin:
-            return aiohttp.Fingerprint(bytes.fromhex(self.pin))
+            # One object per pin: aiohttp pools connections by their ssl argument, compared by
+            # identity for a Fingerprint, so a new one per request would open a new connection each time.
+            if self._fingerprint is None or self._fingerprint.fingerprint != bytes.fromhex(self.pin):
+                self._fingerprint = aiohttp.Fingerprint(bytes.fromhex(self.pin))
+            return self._fingerprint
         raise CMLCertificateException(f"CML {operation}: no certificate pinned yet", code="NotPinned",
                                       operation=operation)
 

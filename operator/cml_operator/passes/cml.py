@@ -286,6 +286,22 @@ class CMLStep:
             memory.client_key, memory.seen_ready = key, False
         return memory.client
 
+    async def _release_client(self, memory: CMLMemory, endpoint: str, instance_id: str,
+                              pin: str | None) -> CMLClient:
+        """The client for a release: when the credentials Secret is gone, the one this process already has.
+
+        Deleting a namespace deletes its Secrets and its workers at once; the worker's licence must
+        still be released with the credentials it was looked at with (kept here, never written anywhere).
+        """
+        try:
+            return await self._client(memory, endpoint, instance_id, pin)
+        except CMLAuthenticationException as error:
+            last = memory.client
+            if error.code != "SecretNotFound" or last is None or memory.client_key is None \
+                    or memory.client_key[:2] != (endpoint, instance_id):
+                raise
+            return last
+
     async def _ca(self) -> tuple[str | None, str | None]:
         ref = self.cml.ca
         if ref is None:
@@ -434,7 +450,7 @@ class CMLStep:
                 raise CMLUnavailableException("no address for CML", code="NoAddress", operation="licensing")
             pin, _ = pin_for(self.status, instance.aws_instance_id, None)
             async with self.service.semaphore:
-                client = await self._client(memory, endpoint, instance.aws_instance_id, pin)
+                client = await self._release_client(memory, endpoint, instance.aws_instance_id, pin)
                 if client.ca_pem is None and not client.pin:
                     await client.system_information()
                 await client.deregister_license()

@@ -3,7 +3,10 @@
 # for the version matrix (make test-k8s). etcd and kubectl come from the main control-plane
 # build (tests/cluster/build.sh): kubectl supports one minor version of skew either way
 # and etcd 3.7 serves every version in the supported range. Prints the bin directory,
-# which holds kube-apiserver and links to that etcd and kubectl.
+# which holds kube-apiserver and links to that etcd and kubectl. It has no kube-controller-manager:
+# the main build's is newer than these API servers (an unsupported skew) and building one per
+# version doubles the matrix's build; the control plane runs without one there
+# (controlplane.has_controller_manager), and the matrix subset does not rely on it.
 #
 # The wrapper module is the one tests/cluster/go.mod uses: k8s.io/kubernetes at the
 # version, each staging module replaced by its published twin v0.<minor>.<patch>.
