@@ -276,8 +276,7 @@ async def control_door(request: web.Request) -> web.Response:
         return web.json_response({"endpoint": f"{request.app['api_url']}/{prefix}/"})
     body = await request.json() if request.can_read_body else {}
     sim.worker(prefix).worker_name = body.get("worker") or sim.worker(prefix).worker_name
-    sim.door(prefix)
-    await sim.refresh()
+    sim.door(prefix)  # closed until the watch sees the instance run (never wait for EC2 here)
     return web.json_response({"endpoint": sim.endpoint_of(prefix)})
 
 
@@ -355,7 +354,7 @@ def control_request(control: str, method: str, path: str, payload: Any = None) -
     data = json.dumps(payload).encode() if payload is not None else None
     request = urllib.request.Request(control.rstrip("/") + path, data=data, method=method,
                                      headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
+    with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read() or b"{}")
 
 

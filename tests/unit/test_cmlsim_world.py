@@ -70,17 +70,17 @@ def test_a_controller_answers_only_while_its_instance_runs_and_boots_after_every
     endpoint = sim.endpoint("w1")
     assert refused(endpoint)  # no instance yet: nobody listens
     instance = launch(ec2, "w1")
-    wait_for(lambda: not refused(endpoint), 10, what="the controller to listen")
+    wait_for(lambda: not refused(endpoint), 30, what="the controller to listen")
     assert system_information(endpoint)["ready"] is False  # booting
-    wait_for(lambda: system_information(endpoint)["ready"], 10, what="the boot to end")
+    wait_for(lambda: system_information(endpoint)["ready"], 30, what="the boot to end")
     assert sim.worker("w1")["instance_id"] == instance and sim.worker("w1")["starts"] == 1
 
     ec2.stop_instances(InstanceIds=[instance])
-    wait_for(lambda: refused(endpoint), 10, what="the stopped controller to refuse connections")
+    wait_for(lambda: refused(endpoint), 30, what="the stopped controller to refuse connections")
     assert sim.worker("w1")["running"] is False
 
     ec2.start_instances(InstanceIds=[instance])
-    wait_for(lambda: not refused(endpoint), 10, what="the started controller to listen")
+    wait_for(lambda: not refused(endpoint), 30, what="the started controller to listen")
     assert system_information(endpoint)["ready"] is False  # it boots again after every start
     assert sim.worker("w1")["starts"] == 2
 
@@ -88,13 +88,13 @@ def test_a_controller_answers_only_while_its_instance_runs_and_boots_after_every
 def test_a_replacement_instance_is_a_new_controller_without_the_old_licence(sim, ec2):
     endpoint = sim.endpoint("w2")
     first = launch(ec2, "w2")
-    wait_for(lambda: sim.worker("w2")["ready"], 10, what="the first controller")
+    wait_for(lambda: sim.worker("w2")["ready"], 30, what="the first controller")
     sim.configure("w2", license={"registration": "COMPLETED", "authorization": "IN_COMPLIANCE"})
     ec2.terminate_instances(InstanceIds=[first])
-    wait_for(lambda: refused(endpoint), 10, what="the terminated controller to refuse")
+    wait_for(lambda: refused(endpoint), 30, what="the terminated controller to refuse")
 
     second = launch(ec2, "w2")
-    wait_for(lambda: sim.worker("w2")["instance_id"] == second and sim.worker("w2")["ready"], 10,
+    wait_for(lambda: sim.worker("w2")["instance_id"] == second and sim.worker("w2")["ready"], 30,
              what="the replacement's controller")
     assert sim.worker("w2")["license"]["registration"] == "NOT_REGISTERED"
 
@@ -103,7 +103,7 @@ def test_a_request_on_a_connection_kept_open_across_the_stop_is_cut_off(sim, ec2
     """The licence release after a stop must fail even before the door closes: EC2 is asked per request."""
     endpoint = sim.endpoint("w3")
     instance = launch(ec2, "w3")
-    wait_for(lambda: sim.worker("w3")["ready"], 10, what="the controller")
+    wait_for(lambda: sim.worker("w3")["ready"], 30, what="the controller")
     sim.configure("w3", registration_seconds=0.0)
 
     async def scenario() -> str:
@@ -131,7 +131,7 @@ def test_connections_stay_open_and_an_expired_token_is_answered_by_authenticatin
     try:
         endpoint = sim.endpoint("w4")
         launch(ec2, "w4")
-        wait_for(lambda: sim.worker("w4")["ready"], 10, what="the controller")
+        wait_for(lambda: sim.worker("w4")["ready"], 30, what="the controller")
 
         async def looks() -> None:
             async with aiohttp.ClientSession() as session:
