@@ -112,14 +112,15 @@ def _run(args: argparse.Namespace, stop: StopSignals) -> int:
     kubeconfig = DEV / "kubeconfig"
 
     _say("starting the control plane (etcd + kube-apiserver)")
-    sim = CMLSimProcess()  # started once moto is up: its controllers live on moto's instances
+    sim = CMLSimProcess()  # started once EC2 is up: its controllers live on EC2's instances
     try:
         with ControlPlane(ControlPlaneConfig()) as plane, MotoServer() as moto:
-            sim = CMLSimProcess(ec2_endpoint=moto.url, boot_seconds=SIM_BOOT_SECONDS).start()
             plane.install_crds(REPO / "crds")
             kubeconfig.write_bytes(plane.kubeconfig_path.read_bytes())
             kubeconfig.chmod(0o600)
             ec2 = _strict_ec2(moto.url, plane)
+            # The simulator reads the same strict EC2 the operator does: CML boots once EC2 says running.
+            sim = CMLSimProcess(ec2_endpoint=ec2.url, boot_seconds=SIM_BOOT_SECONDS).start()
             env_file = _write_env(kubeconfig, ec2.url, plane.kubectl_path.parent)
             _say(f"control plane ready in {plane.startup_seconds:.1f}s; EC2 at {ec2.url} (strict: timing "
                  f"{DEV_EC2_TIMING}, IAM on the operator's key; moto_server behind it at {moto.url}); "
