@@ -1,7 +1,8 @@
 """Which workers a shrinking pool deletes (issue 19 point 8): never one marked cml.dev/do-not-disrupt,
 and those with running labs last, whatever spec.scaleDown.order says.
 
-All children share the template's CML endpoint (one simulated controller); one child's
+All children share the template's CML endpoint (one simulated controller, up while any
+child's instance runs: ``worker="spare-*"``); one child's
 spec.cml.endpoint is edited to a controller with a running lab (the pool rolls only
 cml.idleStop, so the edit stays), which gives the pool one busy child.
 """
@@ -38,7 +39,8 @@ def test_scale_down_spares_busy_and_do_not_disrupt_workers(kube, network, sim, o
     secret(kube, "pool-login", username=DEFAULT_USERNAME, password=DEFAULT_PASSWORD)
     operator_factory(*CML_ARGS)
     manifest = pool_manifest("spare", network, 3,
-                             cml={"endpoint": sim.endpoint(quiet), "credentialsSecretRef": {"name": "pool-login"}})
+                             cml={"endpoint": sim.endpoint(quiet, worker="spare-*"),
+                                  "credentialsSecretRef": {"name": "pool-login"}})
     manifest["spec"]["scaleDown"] = {"order": ["Newest"]}
     kube.apply(manifest)
     wait_pool_ready(kube, "spare", 3)
@@ -46,7 +48,7 @@ def test_scale_down_spares_busy_and_do_not_disrupt_workers(kube, network, sim, o
     bodies = children(kube, "spare")
     target = _first_by_newest(bodies)["metadata"]["name"]  # what the order alone would delete first
     kube.run("patch", "cmlworker", target, "--type=merge", "-p",
-             json.dumps({"spec": {"cml": {"endpoint": sim.endpoint(busy)}}}))
+             json.dumps({"spec": {"cml": {"endpoint": sim.endpoint(busy, worker=target)}}}))
     wait_for(lambda: ((kube.get(target)["status"].get("cml") or {}).get("labs") or {}).get("running") == 1, 60,
              what=f"{target} to report its running lab")
     protected = sorted(b["metadata"]["name"] for b in bodies if b["metadata"]["name"] != target)[0]

@@ -269,7 +269,9 @@ async def control_patch(request: web.Request) -> web.Response:
 
 
 async def control_door(request: web.Request) -> web.Response:
-    """POST /workers/<prefix>/door {"worker": NAME?}: the address of the worker's controller (EC2 mode)."""
+    """POST /workers/<prefix>/door {"worker": NAME?}: the address of the worker's controller (EC2 mode).
+
+    NAME may be a pattern (``pool-*``): one controller shared by those workers, up while any runs."""
     sim: Simulator = request.app["sim"]
     prefix = request.match_info["prefix"]
     if sim.world is None:

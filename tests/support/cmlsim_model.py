@@ -11,6 +11,7 @@ disk) but loses its sessions and boots again.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import math
 import ssl
 import time
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support.cmlsim_world import RUNNING, Door, Ec2World, cut_connections, pick_instance
+from tests.support.cmlsim_world import RUNNING, Door, Ec2World, InstanceSeen, cut_connections, pick_instance
 
 DEFAULT_USERNAME, DEFAULT_PASSWORD = "admin", "cml-sim-password"
 ACTIVE = ("STARTED", "QUEUED", "BOOTED")
@@ -197,6 +198,9 @@ class Simulator:
         """The controller that answers a request now, asking EC2 first; None: the instance is not running."""
         if self.world is None:
             return self._static(prefix)
+        if "*" in self.worker(prefix).worker_name:
+            controller = self._observe_shared(prefix, await self.world.workers())
+            return controller if controller.running else None
         instance_id = self.current.get(prefix)
         state = await self.world.state_of(instance_id) if instance_id else None
         if state != RUNNING:
@@ -214,6 +218,10 @@ class Simulator:
             return
         seen = await self.world.workers()
         for prefix, door in list(self.doors.items()):
+            if "*" in self.worker(prefix).worker_name:
+                shared = self._observe_shared(prefix, seen)
+                await (door.open(self.runner, self.context) if shared.running else door.close(self.runner))
+                continue
             instance = pick_instance(seen, self.worker(prefix).worker_name)
             if instance is not None:
                 self._observe(prefix, instance.instance_id, instance.state)
@@ -222,6 +230,18 @@ class Simulator:
                 await door.open(self.runner, self.context)
             else:
                 await door.close(self.runner)
+
+    def _observe_shared(self, prefix: str, seen: list[InstanceSeen]) -> Controller:
+        """One controller behind several workers (a pattern such as ``pool-*``): up while any of them runs."""
+        pattern = self.worker(prefix).worker_name
+        running = any(fnmatch.fnmatchcase(s.worker.rsplit("/", 1)[-1], pattern) and s.state == RUNNING for s in seen)
+        key = self.current[prefix] = f"shared:{prefix}"
+        controller = self.controllers.setdefault(key, Controller(key))
+        if running and not controller.running:
+            controller.boot()
+        elif not running and controller.running:
+            controller.halt()
+        return controller
 
     def _observe(self, prefix: str, instance_id: str, state: str | None) -> Controller:
         if self.current.get(prefix) != instance_id:
