@@ -116,6 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     trust.add_argument("--cluster-id", default=_env("CLUSTER_ID", _cluster_id, d.cluster_id), type=_cluster_id,
                        help="value of the cml.dev/cluster tag: instances tagged with another cluster are never "
                             "touched (default: the uid of the kube-system namespace, read once at start)")
+    trust.add_argument("--require-account", action="store_true", default=_env("REQUIRE_ACCOUNT", _flag, False),
+                       help="workers, pools and discoveries whose namespace no CMLAccount selects are Stalled "
+                            "AccountNotAllowed instead of using the operator's own AWS identity")
+    trust.add_argument("--credential-refresh-margin", type=float,
+                       default=_env("CREDENTIAL_REFRESH_MARGIN", float, d.credential_refresh_margin),
+                       help="seconds before a CMLAccount's assumed-role session ends that it is renewed "
+                            "(at most the session's length minus 10 s)")
     trust.add_argument("--max-replacements", type=int,
                        default=_env("MAX_REPLACEMENTS", int, d.max_replacements),
                        help="replacements of a lost instance (one that had been Ready) per worker per hour; "
@@ -209,6 +216,8 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
         orphan_grace=args.orphan_grace,
         cluster_id=args.cluster_id,
         max_replacements=args.max_replacements,
+        require_account=args.require_account,
+        credential_refresh_margin=args.credential_refresh_margin,
         ec2=EC2ClientSettings(),
         rate_limits=RateLimitSettings(
             mutating_rate=args.mutating_rate, mutating_burst=args.mutating_burst, read_rate=args.read_rate,

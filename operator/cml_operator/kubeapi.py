@@ -47,6 +47,7 @@ class Kind:
 
 
 CMLWORKERS = Kind("cml.dev", "v1alpha1", "cmlworkers")
+CMLACCOUNTS = Kind("cml.dev", "v1alpha1", "cmlaccounts")  # cluster-scoped: list with namespace None
 
 
 class KubeApiError(Exception):
@@ -93,6 +94,10 @@ class KubeApi:
     async def get_secret(self, namespace: str, name: str) -> dict[str, Any]:
         """One Secret by name (the ones spec.cml names): GET only, never list or watch."""
         return await self._request("GET", f"/api/v1/namespaces/{quote(namespace)}/secrets/{quote(name)}")
+
+    async def get_namespace(self, name: str) -> dict[str, Any]:
+        """One Namespace by name (its labels decide which CMLAccounts it may use)."""
+        return await self._request("GET", f"/api/v1/namespaces/{quote(name)}")
 
     async def create(self, kind: Kind, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
         return await self._request("POST", kind.path(namespace), body=body)

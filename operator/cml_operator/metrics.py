@@ -2,7 +2,9 @@
 
 Series (all prefixed ``cml_``):
 
-    ec2_api_calls_total{operation,region,outcome}   every HTTP attempt; outcome "ok" or the AWS code
+    ec2_api_calls_total{operation,region,outcome,account}  every HTTP attempt; outcome "ok" or the AWS code;
+                                                     account: the AWS account id, "self" for the operator's own
+    sts_assume_role_total{account,outcome}           every AssumeRole attempt (CMLAccounts), by target account
     exceptions_total{exception,kind}                 errors met by reconciles; kind temporary|permanent
     reconcile_duration_seconds{trigger}              one reconcile pass (create/update/resume/timer/delete)
     retries_total{reason}                            passes that scheduled a retry, by condition reason
@@ -11,7 +13,7 @@ Series (all prefixed ``cml_``):
     build_info{version}                              1, labelled with the operator's version
     leader                                           1 while this replica reconciles (leads, or runs without election)
     ec2_batch_size{kind}                             ids per batched read (describe/status/uid/managed)
-    orphan_instances{region}                         instances this cluster manages whose worker is gone (last scan)
+    orphan_instances{region,account}                 instances this cluster manages whose worker is gone (last scan)
     cml_api_calls_total{operation,outcome}           every CML request; outcome "ok", "HTTP503", "Timeout", ...
     cml_idle_stops_total                             instances stopped by the idle rule (spec.cml.idleStop)
     status_patches_total{state,reason}               CMLWorker status patches written, by the health they carried
@@ -46,8 +48,11 @@ class Metrics:
             "cml_worker_ready_seconds", "Seconds from a worker's Ready condition turning False (or its first "
             "status) to Ready=True", registry=self.registry,
             buckets=(5, 15, 30, 60, 120, 180, 300, 450, 600, 900, 1200, 1800, 3600))
-        self.ec2_calls = Counter("cml_ec2_api_calls", "EC2 API calls (HTTP attempts) by operation, region and outcome",
-                                 ["operation", "region", "outcome"], registry=self.registry)
+        self.ec2_calls = Counter("cml_ec2_api_calls", "EC2 API calls (HTTP attempts) by operation, region, outcome "
+                                 "and AWS account", ["operation", "region", "outcome", "account"],
+                                 registry=self.registry)
+        self.sts_calls = Counter("cml_sts_assume_role", "STS AssumeRole attempts by target account and outcome",
+                                 ["account", "outcome"], registry=self.registry)
         self.exceptions = Counter("cml_exceptions", "Errors met while reconciling, by class and kind",
                                   ["exception", "kind"], registry=self.registry)
         self.reconcile_duration = Histogram(
@@ -62,7 +67,8 @@ class Metrics:
                                     registry=self.registry, buckets=(1, 2, 5, 10, 25, 50, 100, 200, 500))
         self.orphan_instances = Gauge("cml_orphan_instances",
                                       "Instances tagged for this cluster whose CMLWorker no longer exists, by region "
-                                      "(at the last discovery scan)", ["region"], registry=self.registry)
+                                      "and AWS account (at the last scan)", ["region", "account"],
+                                      registry=self.registry)
         self.cml_calls = Counter("cml_api_calls", "CML controller requests by operation and outcome",
                                  ["operation", "outcome"], registry=self.registry)
         self.idle_stops = Counter("cml_idle_stops", "Instances stopped for inactivity (spec.cml.idleStop)",
@@ -73,8 +79,8 @@ class Metrics:
         self._counts: dict[Placement, int] = {}
         self._lock = threading.Lock()
 
-    def ec2_call(self, operation: str, region: str, outcome: str) -> None:
-        self.ec2_calls.labels(operation, region, outcome).inc()
+    def ec2_call(self, operation: str, region: str, outcome: str, account: str = "self") -> None:
+        self.ec2_calls.labels(operation, region, outcome, account).inc()
 
     def cml_call(self, operation: str, outcome: str) -> None:
         self.cml_calls.labels(operation, outcome).inc()

@@ -11,10 +11,14 @@ import asyncio
 import math
 import time
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from . import __version__
+from .accounts.sessions import RoleSession, session_name
+from .accounts.sts import STSClient
 from .ec2.client import EC2Client
 from .ec2.fence import MutationFence
+from .fleet.accounts import OWN_ACCOUNT_LABEL, AccountFleets, Fleet
 from .fleet.cml import CMLService
 from .fleet.gateway import EC2Api, EC2Gateway
 from .fleet.lookups import SharedLookups
@@ -23,6 +27,7 @@ from .fleet.ratelimit import EC2RateLimiter
 from .identity import instance_identity
 from .kube_secrets import SecretReader
 from .kubeapi import KubeApi
+from .leader import default_namespace
 from .metrics import Metrics
 from .settings import OperatorSettings
 
@@ -115,6 +120,8 @@ class DiscoveryMemory:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     #: The region it scans (its orphans are judged there, not by the operator-wide watch).
     region: str | None = None
+    #: The account it scans in (a CMLAccount's name; "" the operator's own identity).
+    account: str = ""
     #: Monotonic time before which a failed scan is not repeated.
     next_attempt: float = 0.0
     #: Monotonic time this process last finished a scan: a timer's body may not show that scan yet.
@@ -142,10 +149,35 @@ class Runtime:
     tasks: list[asyncio.Task] = field(default_factory=list)
     #: CML controllers of workers with spec.cml (None: a runtime built without it, e.g. in unit tests).
     cml: CMLService | None = None
+    #: One fleet per AWS account (CMLAccounts); None: only the operator's own identity (unit tests).
+    accounts: AccountFleets | None = None
+    #: Namespace labels (they select CMLAccounts), by namespace: (monotonic read time, labels).
+    namespace_labels: dict[str, tuple[float, dict[str, str]]] = field(default_factory=dict)
+    #: The fleet this runtime is bound to (``for_fleet``): its ec2, observers, lookups and orphan clocks.
+    fleet: Fleet | None = None
 
     def __post_init__(self) -> None:
         if self.lookups is None:
             self.lookups = SharedLookups(self.ec2)
+
+    def for_fleet(self, fleet: Fleet) -> Runtime:
+        """This runtime seen from one account: EC2, observers, lookups and orphan clocks are that account's.
+
+        A shallow copy: per-worker memory, locks, Kubernetes and CML access stay shared.
+        """
+        if fleet is self.fleet or (self.fleet is None and fleet.ec2 is self.ec2):
+            return self if self.fleet is fleet else replace(self, fleet=fleet)
+        return replace(self, ec2=fleet.ec2, observers=fleet.observers, lookups=fleet.lookups,
+                       orphan_clocks=fleet.orphan_clocks, fleet=fleet)
+
+    @property
+    def account_name(self) -> str:
+        return self.fleet.name if self.fleet is not None else ""
+
+    @property
+    def account_label(self) -> str:
+        """The account metrics and events name: its id, or 'self' for the operator's own identity."""
+        return self.fleet.label if self.fleet is not None else OWN_ACCOUNT_LABEL
 
     def memory(self, uid: str) -> WorkerMemory:
         memory = self.workers.get(uid)
@@ -170,7 +202,9 @@ class Runtime:
         return self.cluster_id or None
 
     def discovery_regions(self) -> set[str]:
-        return {memory.region for memory in self.discoveries.values() if memory.region}
+        """Regions a discovery scans in this runtime's account."""
+        return {memory.region for memory in self.discoveries.values()
+                if memory.region and memory.account == self.account_name}
 
     def orphan_clock(self, region: str) -> OrphanClock:
         clock = self.orphan_clocks.get(region)
@@ -193,6 +227,8 @@ class Runtime:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.observers.stop()
+        if self.accounts is not None:
+            await self.accounts.stop()
         if self.kube is not None:
             await self.kube.close()
         if self.cml is not None:
@@ -203,25 +239,45 @@ class Runtime:
 
 def build_runtime(settings: OperatorSettings, metrics: Metrics | None = None,
                   fence: MutationFence | None = None) -> Runtime:
-    """Wire the real EC2 client, rate limiter, gateway and observers, and CML access.
+    """Wire the real EC2 client, rate limiter, gateway and observers (one set per account), and CML access.
 
-    ``fence``: the leader elector's, when there is one (mutating EC2 calls only while leading).
+    ``fence``: the leader elector's, when there is one (mutating EC2 calls only while leading, in every account).
     """
     metrics = metrics or Metrics()
-    limiter = EC2RateLimiter(settings.rate_limits)
-
-    def on_call(operation: str, region: str, outcome: str) -> None:
-        metrics.ec2_call(operation, region, outcome)
-        if outcome in THROTTLING_CODES:
-            limiter.throttled(region, operation)
-
     # Every request names the replica (CloudTrail's userAgent; the test fault proxy's log).
     ec2_settings = replace(settings.ec2, user_agent=f"cml-operator/{__version__} ({instance_identity()})")
-    client = EC2Client(ec2_settings, call_observer=on_call, fence=fence)
-    gateway = EC2Gateway(client, limiter, threads=settings.ec2_threads)
-    observers = Observers(gateway, settings.observer,
-                          on_batch=lambda region, kind, size: metrics.batch_size.labels(kind).observe(size),
-                          cluster_id=lambda: runtime.own_cluster_id())  # resolved at start-up, after this
+
+    def build_fleet(name: str, session: RoleSession | None, executor: Any = None) -> Fleet:
+        limiter = EC2RateLimiter(settings.rate_limits)
+        fleet: Fleet | None = None
+
+        def on_call(operation: str, region: str, outcome: str) -> None:
+            metrics.ec2_call(operation, region, outcome, fleet.label if fleet else OWN_ACCOUNT_LABEL)
+            if outcome in THROTTLING_CODES:
+                limiter.throttled(region, operation)
+
+        if session is None:
+            client = EC2Client(ec2_settings, call_observer=on_call, fence=fence)
+        else:
+            client = EC2Client(ec2_settings, call_observer=on_call, fence=fence,
+                               session_factory=session.boto3_session)
+        gateway = EC2Gateway(client, limiter, threads=settings.ec2_threads, executor=executor)
+        observers = Observers(gateway, settings.observer,
+                              on_batch=lambda region, kind, size: metrics.batch_size.labels(kind).observe(size),
+                              cluster_id=lambda: runtime.own_cluster_id())  # resolved at start-up, after this
+        fleet = Fleet(name, gateway, observers, SharedLookups(gateway), session, close=gateway.close)
+        if session is not None:
+            session.on_renewed = lambda _credentials: client.refresh_credentials()
+        return fleet
+
+    own = build_fleet("", None)
+    assert isinstance(own.ec2, EC2Gateway)
+    shared_pool = own.ec2.executor
+    sts = STSClient(call_observer=lambda account, outcome: metrics.sts_calls.labels(account, outcome).inc())
+    accounts = AccountFleets(own, lambda name, session: build_fleet(name, session, shared_pool), sts,
+                             margin=settings.credential_refresh_margin, operator_namespace=default_namespace(),
+                             session_name=session_name)
     cml = CMLService(settings.cml, SecretReader(), on_call=metrics.cml_call)
-    runtime = Runtime(settings=settings, ec2=gateway, observers=observers, metrics=metrics, cml=cml)
+    runtime = Runtime(settings=settings, ec2=own.ec2, observers=own.observers, metrics=metrics, cml=cml,
+                      lookups=own.lookups, accounts=accounts, fleet=own, orphan_clocks=own.orphan_clocks)
     return runtime

@@ -62,6 +62,11 @@ class OperatorSettings:
     orphan_grace: float = 3600.0
     #: Value of the ``cml.dev/cluster`` tag on every instance; None: the kube-system namespace's uid.
     cluster_id: str | None = None
+    #: Refuse (Stalled AccountNotAllowed) workers whose namespace no CMLAccount selects, instead of using
+    #: the operator's own AWS identity for them.
+    require_account: bool = False
+    #: Seconds before an assumed role's session ends that the operator renews it (CMLAccounts).
+    credential_refresh_margin: float = 300.0
     #: Replacements of a worker's lost instance (one that had been Ready) allowed per hour.
     max_replacements: int = 3
     #: Threads running blocking boto3 calls.

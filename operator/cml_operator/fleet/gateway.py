@@ -52,15 +52,23 @@ class EC2Api(Protocol):
 
 
 class EC2Gateway:
-    def __init__(self, client: EC2Client, limiter: EC2RateLimiter, *, threads: int = 16) -> None:
+    def __init__(self, client: EC2Client, limiter: EC2RateLimiter, *, threads: int = 16,
+                 executor: ThreadPoolExecutor | None = None) -> None:
         self.client = client
         self.limiter = limiter
-        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ec2")
+        # Accounts' gateways share the operator's pool: --ec2-threads bounds the threads of all of them.
+        self._owns_executor = executor is None
+        self._executor = executor or ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ec2")
         self._closed = False
+
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        return self._executor
 
     def close(self) -> None:
         self._closed = True
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._owns_executor:
+            self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _in_thread(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         if self._closed:  # a handler still running while the operator stops

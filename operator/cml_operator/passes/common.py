@@ -104,6 +104,13 @@ def expected_after(instance: CMLWorkerInstanceDto, action: Action) -> CMLWorkerI
     return instance
 
 
+def with_account(result: PassResult, account: dict[str, str] | None) -> PassResult:
+    """``status.account`` of a pass bound to a CMLAccount (left as it was for the operator's own identity)."""
+    if account is None:
+        return result
+    return replace(result, status={**result.status, "account": account})
+
+
 def capped(runtime: Runtime, decision: Decision) -> Decision:
     cap = runtime.settings.max_retry_delay
     if cap is None or decision.delay is None or not decision.temporary or decision.delay <= cap:

@@ -14,6 +14,8 @@ from ..reconcile.spec import SpecError, parse_spec
 from ..reconcile.actions import Action, Note, RemoveOwnershipTags, Terminate
 from ..reconcile.worker import GONE_STATES, DeletionPlan, Observation, WorkerRef, WorkerStatus, decide_deletion
 from ..runtime import Runtime
+from ..reconcile.account import Subject, recorded_account
+from .account import bind_account
 from .cml import release_before_terminate
 from .common import PassResult, apply_action, capped
 from .worker import trust_memory
@@ -38,6 +40,17 @@ async def deletion_pass(
                                      "terminate it by hand, then remove the finalizer", code="InvalidRegion")
         return _deletion_failure(runtime, ref, raw_status, error, retry)
 
+    try:
+        spec_ref = raw_spec.get("accountRef") if isinstance(raw_spec.get("accountRef"), Mapping) else {}
+        runtime, _ = await bind_account(runtime, Subject(
+            "CMLWorker", ref.namespace, {}, spec_ref.get("name") or None, region,
+            recorded_account(raw_status, launched=tracked is not None), deleting=True))
+    except IntegrationException as error:
+        if tracked is None and not (raw_status or {}).get("account"):
+            message = f"The worker never had an instance (its account is not usable: {error})"
+            return PassResult(raw_status and dict(raw_status) or {}, Health.reconciling(reasons.DELETING, message),
+                              (Note("Normal", reasons.EVENT_RELEASED, message),), release=True)
+        return _deletion_failure(runtime, ref, raw_status, error, retry)
     observer = runtime.observers(region)
     try:
         observations = await _deletion_targets(observer, ref, tracked, adopted=bool(raw_spec.get("instanceId")))

@@ -66,21 +66,23 @@ async def judge_orphans(runtime: Runtime, region: str, managed: list[CMLWorkerIn
 
 async def handle_orphans(runtime: Runtime, region: str, orphans: list[CMLWorkerInstanceDto]) -> list[Note]:
     """Report the region's orphans (metric, log lines, a Warning note) and stop/terminate those past the grace."""
-    runtime.metrics.orphan_instances.labels(region).set(len(orphans))
+    runtime.metrics.orphan_instances.labels(region, runtime.account_label).set(len(orphans))
     now = time.monotonic()
     first_seen = runtime.orphan_clock(region).observe([dto.aws_instance_id for dto in orphans], now)
     if not orphans:
         return []
     for dto in orphans:
-        logger.warning("Orphan instance %s in %s (%s): tagged for worker uid %s (%s), which no CMLWorker has",
-                       dto.aws_instance_id, region, dto.instance_state, dto.tags.get(TAG_UID),
+        logger.warning("Orphan instance %s in %s, account %s (%s): tagged for worker uid %s (%s), which no "
+                       "CMLWorker has", dto.aws_instance_id, region, runtime.account_label, dto.instance_state,
+                       dto.tags.get(TAG_UID),
                        dto.tags.get(TAG_WORKER, "?"))
     ids = [dto.aws_instance_id for dto in orphans]
     shown = ", ".join(ids[:_IDS_IN_EVENT]) + (f" and {len(ids) - _IDS_IN_EVENT} more" if len(ids) > _IDS_IN_EVENT
                                               else "")
     settings = runtime.settings
     notes = [Note("Warning", reasons.EVENT_ORPHAN,
-                  f"{len(ids)} instance(s) in {region} managed by this cluster have no CMLWorker: {shown} "
+                  f"{len(ids)} instance(s) in {region} (account {runtime.account_label}) managed by this cluster "
+                  f"have no CMLWorker: {shown} "
                   f"(--orphan-policy {settings.orphan_policy})")]
     for dto in orphans:
         action = orphan_action(settings.orphan_policy, dto, first_seen[dto.aws_instance_id], now,
@@ -112,18 +114,23 @@ CLUSTER_READ_MAX_AGE = 2
 
 
 async def orphan_watch(runtime: Runtime, cluster_id: Callable[[], str | None], interval: float) -> None:
-    """Forever: every ``interval`` s judge the regions with workers that no discovery scans."""
+    """Forever: every ``interval`` s judge, per account, the regions with workers that no discovery scans."""
     while True:
         await asyncio.sleep(interval)
         ours = cluster_id()
         if not ours or runtime.kube is None:
             continue
-        for region in sorted(set(runtime.observers.regions()) - runtime.discovery_regions()):
-            try:
-                # Read before the workers are listed (see the module's docstring): shared with the resync.
-                managed = await runtime.observers(region).cluster_instances(max_age=CLUSTER_READ_MAX_AGE * interval)
-                workers = await all_workers(runtime.kube, runtime.settings.namespaces)
-                orphans = await judge_orphans(runtime, region, managed, workers, ours)
-                await handle_orphans(runtime, region, orphans)
-            except (IntegrationException, KubeApiError) as error:
-                logger.warning("Orphan scan of %s failed (next in %.0f s): %s", region, interval, error)
+        fleets = runtime.accounts.all() if runtime.accounts is not None else [None]
+        for fleet in fleets:
+            scoped = runtime.for_fleet(fleet) if fleet is not None else runtime
+            for region in sorted(set(scoped.observers.regions()) - scoped.discovery_regions()):
+                try:
+                    # Read before the workers are listed (see the module's docstring): shared with the resync.
+                    managed = await scoped.observers(region).cluster_instances(
+                        max_age=CLUSTER_READ_MAX_AGE * interval)
+                    workers = await all_workers(runtime.kube, runtime.settings.namespaces)
+                    orphans = await judge_orphans(scoped, region, managed, workers, ours)
+                    await handle_orphans(scoped, region, orphans)
+                except (IntegrationException, KubeApiError) as error:
+                    logger.warning("Orphan scan of %s (account %s) failed (next in %.0f s): %s", region,
+                                   scoped.account_label, interval, error)

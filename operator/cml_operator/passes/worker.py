@@ -38,7 +38,9 @@ from ..reconcile.worker import (
 )
 from ..runtime import Runtime, WorkerMemory
 from .cml import CMLStep
-from .common import Failed, PassResult, apply_action, as_integration, capped, expected_after
+from ..reconcile.account import Subject, recorded_account
+from .account import account_status, bind_account
+from .common import Failed, PassResult, apply_action, as_integration, capped, expected_after, with_account
 from .resize import check_new_type, restart_after_failed_modify
 from .userdata import user_data_from_secret
 
@@ -70,6 +72,21 @@ async def reconcile_pass(
         return _result(runtime, ref, raw_status, status, plan, None, None, spec_keys=status.managed_tag_keys,
                        notes=_resumed(raw_status))
 
+    try:
+        runtime, account = await bind_account(runtime, Subject(
+            "CMLWorker", ref.namespace, {}, spec.account_ref, spec.region,
+            recorded_account(raw_status, launched=status.instance_id is not None)))
+    except IntegrationException as error:  # refused, or the role cannot be assumed: no EC2 call at all
+        return _failure(runtime, ref, raw_status, status, spec, error, None, list(_resumed(raw_status)), retry,
+                        memory)
+    result = await _reconcile_in_account(runtime, ref, spec, raw_status, status, memory, max_age, retry, annotations)
+    return with_account(result, account_status(account, runtime))
+
+
+async def _reconcile_in_account(
+    runtime: Runtime, ref: WorkerRef, spec: WorkerSpec, raw_status: Mapping[str, Any] | None, status: WorkerStatus,
+    memory: WorkerMemory, max_age: float, retry: int, annotations: Mapping[str, str] | None,
+) -> PassResult:
     cml = CMLStep.begin(runtime, ref, spec, raw_status, annotations)
     full_spec, spec = spec, cml.ec2_spec if cml else spec  # an idle-stopped worker is held stopped
     observer = runtime.observers(spec.region)

@@ -11,6 +11,7 @@ import enum
 import random
 from dataclasses import dataclass
 
+from ..accounts.exceptions import AccountRefusedException, AssumeRoleException
 from ..cml.exceptions import (
     CMLAuthenticationException,
     CMLCertificateException,
@@ -142,6 +143,15 @@ POLICY: tuple[Rule, ...] = (
     Rule(CMLLicensingException, Kind.TEMPORARY, reasons.LICENSE_REGISTERING, Backoff(base=30, cap=300)),
     Rule(CMLUnavailableException, Kind.TEMPORARY, reasons.CML_STARTING, Backoff(base=15, cap=60)),
     Rule(CMLException, Kind.TEMPORARY, reasons.CML_UNREACHABLE, Backoff(base=15, cap=300)),
+    # accounts (CMLAccount): refused by the administrator's selectors, or STS refused the role. The cure lies
+    # outside the spec (a selector, a namespace label, a trust policy): rechecked slowly.
+    Rule(AccountRefusedException, Kind.PERMANENT, reasons.ACCOUNT_AMBIGUOUS, slow_recheck=SLOW,
+         codes=frozenset({reasons.ACCOUNT_AMBIGUOUS})),
+    Rule(AccountRefusedException, Kind.PERMANENT, reasons.ASSUME_ROLE_FAILED, slow_recheck=SLOW,
+         codes=frozenset({reasons.ASSUME_ROLE_FAILED})),
+    Rule(AccountRefusedException, Kind.PERMANENT, reasons.ACCOUNT_NOT_ALLOWED, slow_recheck=SLOW),
+    Rule(AssumeRoleException, Kind.PERMANENT, reasons.ASSUME_ROLE_FAILED, slow_recheck=SLOW, retryable=False),
+    Rule(AssumeRoleException, Kind.TEMPORARY, reasons.ASSUME_ROLE_FAILED, Backoff(base=10, cap=300)),
     # Kubernetes RBAC forbids reading the spec.userDataSecretRef Secret: a permission, like IAM's
     Rule(IntegrationException, Kind.PERMANENT, reasons.AUTHENTICATION_FAILED, slow_recheck=SLOW,
          codes=frozenset({"UserDataSecret.Forbidden"})),

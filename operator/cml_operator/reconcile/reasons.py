@@ -46,6 +46,12 @@ MANAGED_TAG_MISSING = "ManagedTagMissing"
 LAUNCH_FAILED = "LaunchFailed"  # also Reconciling while backing off between failed launches
 START_FAILED = "StartFailed"  # StartInstances fell back to stopped; also Reconciling while backing off
 REPLACEMENT_LIMIT_REACHED = "ReplacementLimitReached"
+ACCOUNT_NOT_ALLOWED = "AccountNotAllowed"  # the CMLAccount does not select the namespace, or none does (--require-account)
+ACCOUNT_AMBIGUOUS = "AccountAmbiguous"  # several CMLAccounts select the namespace and spec.accountRef names none
+ASSUME_ROLE_FAILED = "AssumeRoleFailed"  # STS refused the CMLAccount's role (Reconciling while it is temporary)
+
+# CMLAccount (Ready=True)
+ACCOUNT_ASSUMED = "RoleAssumed"  # the role was assumed; status.accountId says which account
 
 # CMLWorkerPool (Ready / Reconciling; a stalled pool carries its children's reason)
 POOL_REPLICAS_READY = "ReplicasReady"  # Ready=True: every wanted child exists and is Ready

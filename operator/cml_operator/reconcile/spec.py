@@ -98,6 +98,7 @@ class WorkerSpec:
     cml: CMLSpec | None = None  # spec.cml: CML-aware readiness, idle stop, licensing
     metadata_options: MetadataOptionsSpec = MetadataOptionsSpec()
     user_data_secret: SecretKeyRef | None = None
+    account_ref: str | None = None  # spec.accountRef.name: the CMLAccount to launch in (reconcile/account.py)
 
     @property
     def root_encrypted(self) -> bool:
@@ -177,7 +178,16 @@ def parse_spec(raw: Mapping[str, Any] | None) -> WorkerSpec:
         cml=_cml(raw.get("cml")),
         metadata_options=_metadata_options(raw.get("metadataOptions")),
         user_data_secret=_secret_ref(raw.get("userDataSecretRef"), user_data),
+        account_ref=_account_ref(raw.get("accountRef")),
     )
+
+
+def _account_ref(raw: Any) -> str | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not isinstance(raw.get("name"), str) or not raw["name"]:
+        raise SpecError("spec.accountRef.name", "must name a CMLAccount")
+    return raw["name"]
 
 
 def _cml(raw: Any) -> CMLSpec | None:
