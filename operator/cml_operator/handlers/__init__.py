@@ -4,6 +4,7 @@
 - ``worker``: CMLWorker reconcile, timer and deletion.
 - ``pool``: CMLWorkerPool passes (children created, rolled and deleted) and their deletion.
 - ``discovery``: CMLWorkerDiscovery scans (imports, orphans).
+- ``account``: CMLAccounts (cluster-scoped): the account list, assumed roles and their status.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import kopf
 from ..ec2.fence import MutationFence
 from ..metrics import Metrics
 from ..settings import OperatorSettings
-from . import discovery, lifecycle, pool, worker
+from . import account, discovery, lifecycle, pool, worker
 
 
 def register(registry: kopf.OperatorRegistry, config: OperatorSettings, metrics: Metrics | None = None,
@@ -23,3 +24,4 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings, metrics:
     worker.register(registry, config)
     pool.register(registry, config)
     discovery.register(registry, config)
+    account.register(registry, config)

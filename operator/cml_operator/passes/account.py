@@ -44,7 +44,7 @@ async def bind_account(runtime: Runtime, subject: Subject) -> tuple[Runtime, Use
     if isinstance(decision, Refusal):
         raise AccountRefusedException(decision.message, code=decision.reason, region=subject.region)
     if decision.account is not None and decision.account.external_id_secret:
-        await _read_external_id(runtime, decision.account)
+        await read_external_id(runtime, decision.account)
     fleet = await accounts.fleet(decision.account)
     return runtime.for_fleet(fleet), decision
 
@@ -83,7 +83,7 @@ async def _namespace_labels(runtime: Runtime, namespace: str) -> Mapping[str, st
     return labels
 
 
-async def _read_external_id(runtime: Runtime, account: AccountSpec) -> None:
+async def read_external_id(runtime: Runtime, account: AccountSpec) -> None:
     assert account.external_id_secret is not None and runtime.accounts is not None
     namespace, name, key = account.external_id_secret
     if runtime.kube is None:
