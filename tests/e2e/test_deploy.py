@@ -262,6 +262,10 @@ ALLOWED = [
     ("watch", "customresourcedefinitions.apiextensions.k8s.io"),
     ("get", "secrets", "-n", "default"),  # only the Secrets spec.cml names, one by one
     ("get", "namespaces/kube-system"),  # the default --cluster-id: kube-system's uid (docs/ownership.md)
+    ("get", "namespaces/default"),  # a namespace's labels select CMLAccounts (docs/accounts.md)
+    ("list", "cmlaccounts.cml.dev"),
+    ("watch", "cmlaccounts.cml.dev"),
+    ("patch", "cmlaccounts.cml.dev", "--subresource=status"),
     ("create", "leases.coordination.k8s.io", "-n", SYSTEM_NAMESPACE),
     ("get", "leases.coordination.k8s.io/cml-operator", "-n", SYSTEM_NAMESPACE),
     ("update", "leases.coordination.k8s.io/cml-operator", "-n", SYSTEM_NAMESPACE),
@@ -288,7 +292,10 @@ FORBIDDEN = [
     ("patch", "events", "-n", "default"),
     ("create", "events.events.k8s.io", "-n", "default"),
     ("list", "namespaces"),
-    ("get", "namespaces/default"),  # only kube-system, only get
+    ("watch", "namespaces"),  # namespaces only by name, only get
+    ("create", "cmlaccounts.cml.dev"),  # administrators own accounts
+    ("delete", "cmlaccounts.cml.dev"),
+    ("update", "cmlaccounts.cml.dev"),
     ("patch", "namespaces/kube-system"),
     ("create", "customresourcedefinitions.apiextensions.k8s.io"),
     ("patch", "customresourcedefinitions.apiextensions.k8s.io"),

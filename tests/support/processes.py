@@ -262,7 +262,9 @@ class OperatorProcess:
         self._log_offset = len(self.logs())
         env = {key: value for key, value in os.environ.items() if not key.startswith(("AWS_", "CML_"))}
         env.update(OPERATOR_AWS_ENV)
+        # STS (CMLAccounts' AssumeRole) goes to the same stand-in, through the same proxy.
         env.update({"KUBECONFIG": str(self.kubeconfig), "AWS_ENDPOINT_URL_EC2": self.ec2_endpoint,
+                    "AWS_ENDPOINT_URL_STS": self.ec2_endpoint,
                     "PYTHONUNBUFFERED": "1"})
         env.update(self.env)
         log = open(self.log_path, "ab")

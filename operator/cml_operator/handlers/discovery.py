@@ -52,6 +52,7 @@ async def _scan(runtime: Runtime, body: kopf.Body, patch: kopf.Patch, *, force: 
             return
         memory.region = (body.get("spec") or {}).get("region")
         result = await discovery_pass(runtime, body, cluster_id=runtime.own_cluster_id())
+        memory.account = result.account
         memory.next_attempt = now + result.delay if result.delay is not None else 0.0
         if result.delay is None:
             memory.last_scan_at = runtime.clock()

@@ -26,6 +26,7 @@ from ..reconcile.discovery import (
 from ..reconcile.policy import classify
 from ..reconcile.actions import Note
 from ..runtime import Runtime
+from .account import account_status, bind_account, subject_of
 from .orphans import all_workers, handle_orphans, judge_orphans, managed_instances
 
 
@@ -36,6 +37,7 @@ class ScanResult:
     health: Health
     notes: tuple[Note, ...] = ()
     delay: float | None = None  # retry after this long (a temporary error)
+    account: str = ""  # the CMLAccount scanned in ("" the operator's own identity)
 
 
 async def discovery_pass(runtime: Runtime, body: Mapping[str, Any], *, cluster_id: str | None) -> ScanResult:
@@ -48,7 +50,12 @@ async def discovery_pass(runtime: Runtime, body: Mapping[str, Any], *, cluster_i
     assert kube is not None
     notes: list[Note] = []
     status: dict[str, Any] = {"observedGeneration": generation}
+    account_name = ""
     try:
+        runtime, account = await bind_account(runtime, subject_of("CMLWorkerDiscovery", body, spec.region, None))
+        account_name = account.name
+        if (shown := account_status(account, runtime)) is not None:
+            status["account"] = shown
         images = await runtime.ec2.find_images(spec.region, spec.ami_owners, spec.ami_name_pattern)
         image_ids = [image.image_id for image in images]
         instances = (await runtime.ec2.find_instances(spec.region, image_ids=image_ids, states=LIVE_STATES,
@@ -56,14 +63,14 @@ async def discovery_pass(runtime: Runtime, body: Mapping[str, Any], *, cluster_i
         managed = await managed_instances(runtime, spec.region, cluster_id)
         workers = await all_workers(kube, runtime.settings.namespaces)
         selection = select_imports(spec, image_ids, instances, tracked_instance_ids(workers))
-        imported = await _import(kube, spec, selection.to_import, meta, notes)
+        imported = await _import(kube, spec, selection.to_import, meta, notes, account_name)
         orphans = await judge_orphans(runtime, spec.region, managed, workers, cluster_id)
         notes.extend(await handle_orphans(runtime, spec.region, orphans))
     except (IntegrationException, KubeApiError) as error:
         health, delay = _failure(runtime, error)
         notes.append(Note("Warning", health.reason, health.message))
         status["conditions"] = build_conditions(previous.get("conditions"), health, generation)
-        return ScanResult(status, health, tuple(notes), delay)
+        return ScanResult(status, health, tuple(notes), delay, account_name)
 
     left = len(selection.candidates) - len(selection.to_import)
     message = (f"Matched {len(selection.matched)} instance(s) from {len(image_ids)} image(s); "
@@ -76,7 +83,7 @@ async def discovery_pass(runtime: Runtime, body: Mapping[str, Any], *, cluster_i
         "imported": imported_before(workers, meta) + len(imported), "orphans": len(orphans),
         "conditions": build_conditions(previous.get("conditions"), health, generation),
     })
-    return ScanResult(status, health, tuple(notes))
+    return ScanResult(status, health, tuple(notes), account=account_name)
 
 
 def imported_before(workers: list[dict[str, Any]], meta: Mapping[str, Any]) -> int:
@@ -87,11 +94,13 @@ def imported_before(workers: list[dict[str, Any]], meta: Mapping[str, Any]) -> i
 
 
 async def _import(kube: KubeApi, spec: DiscoverySpec, instances: Sequence[CMLWorkerInstanceDto],
-                  meta: Mapping[str, Any], notes: list[Note]) -> list[str]:
+                  meta: Mapping[str, Any], notes: list[Note], account: str = "") -> list[str]:
     imported = []
     namespace = meta["namespace"]
     for dto in instances:
         manifest = worker_for_instance(dto, spec, meta["name"], namespace)
+        if account:  # the worker adopts the instance in the account it was found in
+            manifest["spec"]["accountRef"] = {"name": account}
         try:
             await kube.create(CMLWORKERS, namespace, manifest)
         except KubeApiError as error:
