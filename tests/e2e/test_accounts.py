@@ -210,13 +210,13 @@ def test_credentials_are_renewed_before_they_expire(kube, moto, proxy, accounts,
     kube.apply(worker_manifest("w-short", net))
     kube.wait_condition("w-short", "Ready", timeout=90)
     first = accounts.get(name)["status"]["sessionExpiration"]
-    renewed_before = proxy.count("AssumeRole", "ok")
-    wait_for(lambda: proxy.count("AssumeRole", "ok") >= renewed_before + 2, 90, what="two renewals")
+    renewed_before = proxy.count("AssumeRole", "200")
+    wait_for(lambda: proxy.count("AssumeRole", "200") >= renewed_before + 2, 90, what="two renewals")
     wait_for(lambda: accounts.get(name)["status"]["sessionExpiration"] > first, 60,
              what="status.sessionExpiration to move on")
     # EC2 keeps answering with the renewed sessions: the worker stays Ready and a change still applies.
-    before_tags = proxy.count("CreateTags", "ok")
+    before_tags = proxy.count("CreateTags", "200")
     kube.patch_spec("w-short", {"tags": {"renewed": "yes"}})
-    wait_for(lambda: proxy.count("CreateTags", "ok") > before_tags, 60, what="the tag change applied")
+    wait_for(lambda: proxy.count("CreateTags", "200") > before_tags, 60, what="the tag change applied")
     assert kube.condition("w-short", "Ready")["status"] == "True"
     assert "ExpiredToken" not in operator.logs()

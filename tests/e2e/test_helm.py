@@ -170,7 +170,8 @@ def test_install_upgrade_and_uninstall_against_the_api_server(helm, control_plan
     assert deployment["spec"]["replicas"] == 2
     [container] = deployment["spec"]["template"]["spec"]["containers"]
     assert "--leader-election" in container["args"] and "--all-namespaces" in container["args"]
-    assert get("role", f"{RELEASE}-leader-election")["rules"][1]["resourceNames"] == ["cml-operator"]
+    # The Lease is named after the release (leaderElection.id empty): releases never share one.
+    assert get("role", f"{RELEASE}-leader-election")["rules"][1]["resourceNames"] == [RELEASE]
     assert get("pdb", RELEASE)["spec"]["minAvailable"] == 1
     assert get("serviceaccount", RELEASE) and get("service", f"{RELEASE}-metrics")
     assert control_plane.kubectl("get", "clusterrole", RELEASE, check=False).returncode == 0

@@ -17,6 +17,11 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "cml-operator"
 RULES_FILE = CHART / "files" / "clusterrole-rules.yaml"
+#: The namespace-scoped install (watchNamespaces): the overlay's cluster-wide rules (but the namespaces
+#: rule, whose names the chart fills in) and the Role every watched namespace gets.
+NAMESPACED = REPO / "deploy" / "overlays" / "namespaced"
+NAMESPACED_CLUSTER_RULES_FILE = CHART / "files" / "namespaced-clusterrole-rules.yaml"
+NAMESPACED_ROLE_RULES_FILE = CHART / "files" / "namespaced-role-rules.yaml"
 HEADER = "# GENERATED from deploy/rbac.yaml's ClusterRole by `make crds` (tests/support/chartgen.py): edit that file.\n"
 
 
@@ -47,6 +52,19 @@ def expected_monitoring() -> dict[str, bytes]:
     return {name: (REPO / "deploy" / "monitoring" / name).read_bytes() for name in MONITORING_FILES}
 
 
+def expected_namespaced_rules() -> dict:
+    """{file: text} for the namespace-scoped install, from deploy/overlays/namespaced/."""
+    [cluster] = [doc for doc in yaml.safe_load_all((NAMESPACED / "clusterrole.yaml").read_text()) if doc]
+    [role] = [doc for doc in yaml.safe_load_all((NAMESPACED / "role.yaml").read_text())
+              if doc and doc["kind"] == "Role"]
+    header = HEADER.replace("deploy/rbac.yaml's ClusterRole", "deploy/overlays/namespaced/")
+    cluster_rules = [rule for rule in cluster["rules"] if rule.get("resources") != ["namespaces"]]
+    return {
+        NAMESPACED_CLUSTER_RULES_FILE: header + yaml.safe_dump(cluster_rules, sort_keys=False, default_flow_style=None),
+        NAMESPACED_ROLE_RULES_FILE: header + yaml.safe_dump(role["rules"], sort_keys=False, default_flow_style=None),
+    }
+
+
 def _replace_folder(folder: Path, files: dict[str, bytes], pattern: str = "*.yaml") -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob(pattern):
@@ -59,6 +77,8 @@ def main() -> None:
     _replace_folder(CHART / "files" / "crds", expected_crds())
     RULES_FILE.parent.mkdir(exist_ok=True)
     RULES_FILE.write_text(expected_rules())
+    for path, text in expected_namespaced_rules().items():
+        path.write_text(text)
     _replace_folder(CHART / "files" / "policies", expected_policies())
     _replace_folder(CHART / "files" / "monitoring", expected_monitoring(), "*")
 

@@ -41,3 +41,10 @@ def test_the_chart_carries_deploy_monitoring() -> None:
 
     chart = {path.name: path.read_bytes() for path in (CHART / "files" / "monitoring").iterdir()}
     assert chart == expected_monitoring(), "run `make crds`: the chart's files/monitoring/ is stale"
+
+
+def test_the_chart_grants_what_the_namespaced_overlay_grants() -> None:
+    from tests.support.chartgen import expected_namespaced_rules
+
+    for path, text in expected_namespaced_rules().items():
+        assert path.read_text() == text, f"run `make crds`: {path.name} is stale"

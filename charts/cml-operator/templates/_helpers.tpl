@@ -39,6 +39,12 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- if $object }}
 {{- $meta := $object.metadata }}
 {{- $_ := set $meta "labels" (merge (default (dict) $meta.labels) $labels) }}
+{{- with $.nameSuffix }}
+{{- $_ := set $meta "name" (printf "%s%s" $meta.name .) }}
+{{- if and $object.spec (hasKey $object.spec "policyName") }}
+{{- $_ := set $object.spec "policyName" (printf "%s%s" $object.spec.policyName .) }}
+{{- end }}
+{{- end }}
 {{- with $.annotations }}
 {{- $_ := set $meta "annotations" (merge (default (dict) $meta.annotations) .) }}
 {{- end }}
@@ -54,4 +60,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- else -}}
 {{ .Values.image.repository }}:{{ default .Chart.AppVersion .Values.image.tag }}
 {{- end -}}
+{{- end -}}
+
+{{/* The Lease's name: leaderElection.id, else the release's full name (two releases never share one). */}}
+{{- define "cml-operator.leaderElectionId" -}}
+{{- default (include "cml-operator.fullname" .) .Values.leaderElection.id -}}
 {{- end -}}
