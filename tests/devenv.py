@@ -9,7 +9,7 @@ boots for 20 s), shows the worker and its events, then keeps running until Ctrl-
 
 While it runs, a second shell can use it:
 
-    source .dev/env        # KUBECONFIG, AWS_ENDPOINT_URL_EC2, AWS_DEFAULT_REGION, dummy credentials
+    source .dev/env        # KUBECONFIG, AWS_ENDPOINT_URL_EC2/_STS, AWS_DEFAULT_REGION, dummy credentials
     kubectl get cmlw -o wide
     aws ec2 describe-instances    # or boto3: both read AWS_ENDPOINT_URL_EC2
 
@@ -72,8 +72,9 @@ def _sample_for_moto(moto_url: str, cml_endpoint: str) -> str:
 def _write_env(kubeconfig: Path, ec2_url: str, kubectl_dir: Path, dev_dir: Path = DEV) -> Path:
     # The virtualenv's bin too: the README's `python -m tests.support.cmlsim` and boto3 lines need its python.
     venv_bin = Path(sys.executable).parent
-    values = {"KUBECONFIG": str(kubeconfig), "AWS_ENDPOINT_URL_EC2": ec2_url, **FAKE_AWS_ENV,
-              "PATH": f"{kubectl_dir}:{venv_bin}:$PATH"}
+    # STS too: CMLAccounts' roles are assumed at the same stand-in (docs/accounts.md).
+    values = {"KUBECONFIG": str(kubeconfig), "AWS_ENDPOINT_URL_EC2": ec2_url, "AWS_ENDPOINT_URL_STS": ec2_url,
+              **FAKE_AWS_ENV, "PATH": f"{kubectl_dir}:{venv_bin}:$PATH"}
     lines = [f"export {key}={shlex.quote(value) if key != 'PATH' else value}" for key, value in values.items()]
     path = dev_dir / "env"
     path.write_text("# source .dev/env  (written by make dev; dummy credentials for moto)\n" + "\n".join(lines) + "\n")
