@@ -123,7 +123,7 @@ def test_bad_discoveries_are_refused_at_apply_time(kube):
 
 def orphan_metric(operator: Any) -> float | None:
     for line in operator.metrics().splitlines():
-        if line.startswith('cml_orphan_instances{region="us-east-1"}'):
+        if line.startswith('cml_orphan_instances{account="self",region="us-east-1"}'):
             return float(line.split()[-1])
     return None
 

@@ -86,7 +86,10 @@ def test_the_chart_lints_clean_and_renders_the_crds_folder(helm):
             if o["kind"] == "CustomResourceDefinition"}
     from_folder = [doc for path in sorted((REPO / "crds").glob("*.yaml")) for doc in _objects(path.read_text())]
     assert crds == {doc["metadata"]["name"]: doc for doc in from_folder if doc["kind"] == "CustomResourceDefinition"}
-    others = [doc for doc in from_folder if doc["kind"] != "CustomResourceDefinition"]  # admission policies
+    # The admission policies, named after the release so that releases side by side never clash.
+    others = [yaml.safe_load(yaml.safe_dump(doc).replace("cmlworkers.cml.dev-immutable-once-launched",
+                                                         f"cmlworkers.cml.dev-immutable-once-launched-{RELEASE}"))
+              for doc in from_folder if doc["kind"] != "CustomResourceDefinition"]
     rendered_policies = [_without_chart_metadata(doc) for doc in rendered
                          if doc["kind"].startswith("ValidatingAdmissionPolicy")]
     assert rendered_policies == others
@@ -134,8 +137,12 @@ def test_values_reach_the_objects(helm, monkeypatch):
               "--api-versions", "monitoring.coreos.com/v1/ServiceMonitor"]
     rendered = _objects(helm("template", RELEASE, str(CHART), "--namespace", "ops", *values))
     kinds = sorted(o["kind"] for o in rendered)
-    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount", "ServiceMonitor",
+    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Role", "Role", "RoleBinding", "RoleBinding",
+                     "Service", "ServiceAccount", "ServiceMonitor",
                      "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
+    # watchNamespaces: a Role in each (Secrets there only), nothing namespaced left in the ClusterRole.
+    assert sorted(o["metadata"]["namespace"] for o in rendered if o["kind"] == "Role") == ["team-a", "team-b"]
+    assert all("secrets" not in rule["resources"] for rule in _one(rendered, "ClusterRole")["rules"])
     deployment = _one(rendered, "Deployment")
     pod = deployment["spec"]["template"]["spec"]
     [container] = pod["containers"]
@@ -179,7 +186,7 @@ def test_install_upgrade_and_uninstall_against_the_api_server(helm, control_plan
     upgraded = helm("upgrade", RELEASE, str(CHART), "--namespace", namespace, "--wait=false",
                     "--set", "admissionPolicies.enabled=false", "--set", "crds.install=false",
                     "--set", "replicas=1", "--set", "leaderElection.enabled=false",
-                    "--set", "watchNamespaces={team-a}", "--set", "logLevel=DEBUG",
+                    "--set", f"watchNamespaces={{{namespace}}}", "--set", "logLevel=DEBUG",
                     "--set", "serviceAccount.roleArn=arn:aws:iam::123456789012:role/cml-operator",
                     "--set", "resources.limits.memory=512Mi")
     assert "STATUS: deployed" in upgraded and "REVISION: 2" in upgraded
@@ -187,7 +194,7 @@ def test_install_upgrade_and_uninstall_against_the_api_server(helm, control_plan
     [container] = deployment["spec"]["template"]["spec"]["containers"]
     assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
     assert "--leader-election" not in container["args"]
-    assert container["args"][container["args"].index("--namespace") + 1] == "team-a"
+    assert container["args"][container["args"].index("--namespace") + 1] == namespace
     assert container["args"][container["args"].index("--log-level") + 1] == "DEBUG"
     assert container["resources"]["limits"]["memory"] == "512Mi"
     assert get("serviceaccount", RELEASE)["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].endswith(

@@ -53,7 +53,7 @@ def runtime(ec2: FakeEC2, **settings) -> Runtime:
 
 
 def metric(rt: Runtime) -> float | None:
-    return rt.metrics.registry.get_sample_value("cml_orphan_instances", {"region": REGION})
+    return rt.metrics.registry.get_sample_value("cml_orphan_instances", {"region": REGION, "account": "self"})
 
 
 @async_test
