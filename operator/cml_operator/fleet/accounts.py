@@ -75,6 +75,7 @@ class AccountFleets:
         self.listed_at = 0.0
         #: Objects with an instance re-list at most this often (watch events keep the list current between).
         self.relist_after = 60.0
+        self.list_lock = asyncio.Lock()
 
     # ------------------------------------------------------------ what the CMLAccount handler keeps current
 

@@ -52,8 +52,11 @@ async def bind_account(runtime: Runtime, subject: Subject) -> tuple[Runtime, Use
 async def _accounts(runtime: Runtime, *, fresh: bool) -> list[AccountSpec]:
     accounts = runtime.accounts
     assert accounts is not None
-    age = time.monotonic() - accounts.listed_at
-    if runtime.kube is not None and (age > accounts.relist_after or (fresh and age > FRESH_BEFORE_LAUNCH)):
+    if runtime.kube is None or not _stale(accounts.listed_at, accounts.relist_after, fresh):
+        return accounts.known()
+    async with accounts.list_lock:  # a thousand workers resuming at once share one list
+        if not _stale(accounts.listed_at, accounts.relist_after, fresh):
+            return accounts.known()
         try:
             items = await runtime.kube.list(CMLACCOUNTS, None)
         except KubeApiError as error:
@@ -63,6 +66,11 @@ async def _accounts(runtime: Runtime, *, fresh: bool) -> list[AccountSpec]:
             items = []
         accounts.replace_all([AccountSpec.from_body(item) for item in items], time.monotonic())
     return accounts.known()
+
+
+def _stale(listed_at: float, relist_after: float, fresh: bool) -> bool:
+    age = time.monotonic() - listed_at
+    return age > relist_after or (fresh and age > FRESH_BEFORE_LAUNCH)
 
 
 async def _namespace_labels(runtime: Runtime, namespace: str) -> Mapping[str, str]:
