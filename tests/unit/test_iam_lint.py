@@ -15,7 +15,7 @@ import pytest
 from parliament import analyze_policy_string
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-POLICIES = ("iam-policy.json", "iam-policy-adoption.json", "iam-policy-kms.json")
+POLICIES = ("iam-policy.json", "iam-policy-adoption.json", "iam-policy-kms.json", "iam-policy-assume.json")
 
 
 def _resource_type(arn: str) -> str:
