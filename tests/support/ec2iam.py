@@ -54,6 +54,15 @@ class IamConfig:
         return [Policy.load(REPO / path, {"CLUSTER_ID": self.cluster_id}) for path in self.policies]
 
 
+_SERVICE = re.compile(r"Credential=[^/,\s]+/[^/]+/[^/]+/([^/]+)/")
+
+
+def _service(authorization: str) -> str:
+    """The signed-for service (ec2, sts, ...) of a SigV4 Authorization header; "" if unsigned."""
+    match = _SERVICE.search(authorization or "")
+    return match.group(1) if match else ""
+
+
 def signer(authorization: str) -> tuple[str, str]:
     """(access key id, region) from a SigV4 Authorization header; ("", "us-east-1") if unsigned."""
     match = _CREDENTIAL.search(authorization or "")
@@ -83,8 +92,8 @@ class IamEnforcer:
     def check(self, authorization: str, params: Mapping[str, str], lookups: Lookups) -> str | None:
         """None when allowed (or not the operator's key); else EC2's UnauthorizedOperation message."""
         key, region = signer(authorization)
-        if key not in self.config.access_keys:
-            return None
+        if key not in self.config.access_keys or _service(authorization) not in ("ec2", ""):
+            return None  # STS (a CMLAccount's AssumeRole) is not EC2's to authorize
         action = params.get("Action", "")
         requests = self.requests(action, region, params, lookups)
         if requests is None:  # an instance moto does not know: moto answers NotFound, as EC2 would
