@@ -84,7 +84,8 @@ async def test_the_resync_and_the_orphan_watch_share_one_tag_filtered_read_per_r
     assert reads(ec2, TAG_CLUSTER) == [[CLUSTER]] * 5  # one read per resync, for both
     assert reads(ec2, TAG_MANAGED_BY) == []  # no second pass-wide read by the managed-by tag
     # The watch judged that read: the orphan was found, and confirmed by id as before.
-    assert runtime.metrics.registry.get_sample_value("cml_orphan_instances", {"region": REGION}) == 1
+    assert runtime.metrics.registry.get_sample_value("cml_orphan_instances",
+                                                     {"region": REGION, "account": "self"}) == 1
     assert ["i-orphan"] in ec2.ids("describe_instances")
 
 
@@ -102,7 +103,8 @@ async def test_without_a_recent_pass_the_orphan_watch_reads_for_itself_once_per_
     await runtime.observers.stop()
 
     assert reads(ec2, TAG_CLUSTER) == [[CLUSTER]] * 3
-    assert runtime.metrics.registry.get_sample_value("cml_orphan_instances", {"region": REGION}) == 1
+    assert runtime.metrics.registry.get_sample_value("cml_orphan_instances",
+                                                     {"region": REGION, "account": "self"}) == 1
 
 
 @virtual_time_test
