@@ -59,7 +59,8 @@ def test_a_namespaced_install_reads_secrets_only_in_the_watched_namespaces(helm,
     release = f"cml-ns-{uuid.uuid4().hex[:4]}"
     try:
         helm("install", release, str(CHART), "--namespace", home, "--wait=false",
-             "--set", f"watchNamespaces={{{watched}}}", "--set", "admissionPolicies.enabled=false")
+             "--set", f"watchNamespaces={{{watched}}}", "--set", "admissionPolicies.enabled=false",
+             "--set", "crds.install=false")  # the session applied crds/ with kubectl
         user = f"system:serviceaccount:{home}:{release}-cml-operator"
         assert can_i(control_plane, user, "get", "secrets", "-n", watched)
         assert not can_i(control_plane, user, "get", "secrets", "-n", other)
@@ -122,8 +123,10 @@ def test_two_releases_side_by_side_and_one_uninstalled_leaves_the_other_working(
     operators: list[OperatorProcess] = []
     try:
         for release, home, labs in ((one, home_one, labs_one), (two, home_two, labs_two)):
+            # Admission policies on: no clash. The CRDs are shared (the session applied crds/ with kubectl;
+            # with Helm, the first release installs them and keeps them, the second sets crds.install=false).
             installed = helm("install", release, str(CHART), "--namespace", home, "--wait=false",
-                             "--set", f"watchNamespaces={{{labs}}}")  # admission policies on: no clash
+                             "--set", f"watchNamespaces={{{labs}}}", "--set", "crds.install=false")
             assert "STATUS: deployed" in installed
         ids = []
         for release, home in ((one, home_one), (two, home_two)):
