@@ -87,6 +87,9 @@ class MakeRun:
 
     def start(self) -> MakeRun:
         env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+        # These tests are about stopping, not EC2's clock: the test timings keep make dev's Ready quick
+        # (its default, the dev timings, add about a minute of pending and initializing).
+        env.setdefault("CML_EC2_TIMING", "test")
         self.process = subprocess.Popen(["make", "--no-print-directory", self.target], cwd=REPO, env=env,
                                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True, start_new_session=True)
