@@ -19,6 +19,7 @@ from .ec2.client import EC2ClientSettings
 from .fleet.observer import ObserverSettings
 from .fleet.ratelimit import RateLimitSettings
 from .leader import LeaderElectionSettings
+from .reconcile.adoption import parse_adoption_namespaces
 from .settings import OperatorSettings
 
 _DEFAULTS = OperatorSettings()
@@ -127,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
                        default=_env("MAX_REPLACEMENTS", int, d.max_replacements),
                        help="replacements of a lost instance (one that had been Ready) per worker per hour; "
                             "then the worker is Stalled ReplacementLimitReached")
+    trust.add_argument("--max-starts", type=int, default=_env("MAX_STARTS", int, d.max_starts),
+                       help="starts per worker per hour of an instance that stopped without the operator asking "
+                            "(a guest that powers itself off, a stop by hand); then Stalled StartLimitReached")
+    trust.add_argument("--adoption-namespaces", metavar="NS,NS|*",
+                       default=_env("ADOPTION_NAMESPACES", str, None),
+                       help="namespaces whose workers may adopt (spec.instanceId) or import (CMLWorkerDiscovery) "
+                            "an instance the operator did not launch; * for all; default none")
 
     ops = run.add_argument_group("operations")
     ops.add_argument("--api-connections", type=int, default=_env("API_CONNECTIONS", int, d.api_connections),
@@ -218,6 +226,8 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
         max_replacements=args.max_replacements,
         require_account=args.require_account,
         credential_refresh_margin=args.credential_refresh_margin,
+        max_starts=args.max_starts,
+        adoption_namespaces=parse_adoption_namespaces(args.adoption_namespaces or ""),
         ec2=EC2ClientSettings(),
         rate_limits=RateLimitSettings(
             mutating_rate=args.mutating_rate, mutating_burst=args.mutating_burst, read_rate=args.read_rate,

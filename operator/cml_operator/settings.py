@@ -69,6 +69,11 @@ class OperatorSettings:
     credential_refresh_margin: float = 300.0
     #: Replacements of a worker's lost instance (one that had been Ready) allowed per hour.
     max_replacements: int = 3
+    #: Starts per worker per hour of an instance that stopped without the operator asking; then Stalled.
+    max_starts: int = 3
+    #: Namespaces whose workers may adopt (spec.instanceId) or import (CMLWorkerDiscovery) an instance the
+    #: operator did not launch; ("*",) allows all, () (the default) none.
+    adoption_namespaces: tuple[str, ...] = ()
     #: Threads running blocking boto3 calls.
     ec2_threads: int = 16
     #: glibc malloc arenas at most (0: glibc's default); see malloc.py for the measurement.

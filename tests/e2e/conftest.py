@@ -256,6 +256,12 @@ def operator(operator_factory: Any) -> OperatorProcess:
     return operator_factory()
 
 
+@pytest.fixture
+def adopting_operator(operator_factory: Any, namespace: str) -> OperatorProcess:
+    """One operator that lets the test's namespace adopt and import instances (--adoption-namespaces)."""
+    return operator_factory("--adoption-namespaces", namespace)
+
+
 def worker_manifest(name: str, network: dict[str, str], **spec: Any) -> dict:
     body = {"region": REGION, "amiId": network["ami"], "subnetId": network["subnet"],
             "securityGroupIds": [network["sg"]], "instanceType": "m5.large"}

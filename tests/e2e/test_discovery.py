@@ -54,7 +54,7 @@ def test_discovery_imports_each_unmanaged_instance_once_without_touching_it(kube
     aws.stop_instances(InstanceIds=[stopped])
     untagged = launch(aws, network, own_image)  # lacks the selector's tag
     foreign = launch(aws, network, amazon_image(aws)["ImageId"], {"env": "lab"})  # an image of another owner
-    operator = operator_factory()
+    operator = operator_factory("--adoption-namespaces", kube.namespace)
     # A worker the operator launched from the same image is managed already.
     kube.apply(worker_manifest("managed", network, amiId=own_image, tags={"env": "lab"}))
     kube.wait_condition("managed", "Ready")
@@ -91,7 +91,7 @@ def test_discovery_imports_each_unmanaged_instance_once_without_touching_it(kube
 
     # Idempotent across restarts and repeated scans: a new operator, a forced rescan, nothing new.
     operator.stop()
-    operator_factory()
+    operator_factory("--adoption-namespaces", kube.namespace)
     kube.run("patch", "cmlworkerdiscovery", "scan", "--type=merge", "-p", '{"spec":{"intervalSeconds":61}}')
     wait_for(lambda: (discovery(kube, "scan").get("status") or {}).get("observedGeneration") == 2, 30,
              what="the rescan after the spec change")

@@ -181,7 +181,7 @@ def test_a_client_token_mismatch_with_nothing_listed_retries_the_same_token_and_
     assert len(live) == 1 and live[0]["ClientToken"] == f"{uid}-0"
 
 
-def test_an_adopted_instance_that_does_not_exist_stalls_instance_not_found(kube, network, proxy, operator):
+def test_an_adopted_instance_that_does_not_exist_stalls_instance_not_found(kube, network, proxy, adopting_operator):
     kube.apply(worker_manifest("ghost", network, instanceId="i-0123456789abcdef0"))
 
     stalled = kube.wait_condition("ghost", "Stalled", reason="InstanceNotFound")
@@ -189,7 +189,7 @@ def test_an_adopted_instance_that_does_not_exist_stalls_instance_not_found(kube,
     assert proxy.count("RunInstances") == 0
 
 
-def test_an_adopted_instance_that_vanished_stalls_instance_not_found(kube, network, aws, proxy, operator):
+def test_an_adopted_instance_that_vanished_stalls_instance_not_found(kube, network, aws, proxy, adopting_operator):
     existing = aws.run_instances(ImageId=network["ami"], MinCount=1, MaxCount=1, SubnetId=network["subnet"],
                                  Monitoring={"Enabled": True})["Instances"][0]["InstanceId"]
     kube.apply(worker_manifest("vanish", network, instanceId=existing))

@@ -138,7 +138,7 @@ def test_retain_keeps_the_instance_and_removes_ownership_tags(kube, network, aws
     assert tags["team"] == "netops"
 
 
-def test_adopting_an_existing_instance(kube, network, aws, operator):
+def test_adopting_an_existing_instance(kube, network, aws, adopting_operator):
     existing = aws.run_instances(ImageId=network["ami"], MinCount=1, MaxCount=1, InstanceType="m5.large",
                                  SubnetId=network["subnet"], SecurityGroupIds=[network["sg"]],
                                  Monitoring={"Enabled": True},  # moto_server cannot MonitorInstances

@@ -163,7 +163,7 @@ def test_every_instance_carries_the_cluster_tag_of_this_cluster(kube, network, a
 
 
 def test_adopting_another_workers_instance_stalls_and_deleting_leaves_it_untouched(kube, network, aws, proxy,
-                                                                                   operator):
+                                                                                   adopting_operator):
     kube.apply(worker_manifest("own-a", network))
     kube.wait_condition("own-a", "Ready")
     owner = kube.get("own-a")
@@ -183,7 +183,7 @@ def test_adopting_another_workers_instance_stalls_and_deleting_leaves_it_untouch
         assert proxy.count(action) == 0, action
 
 
-def test_an_instance_of_another_cluster_is_never_adopted_or_terminated(kube, network, aws, proxy, operator):
+def test_an_instance_of_another_cluster_is_never_adopted_or_terminated(kube, network, aws, proxy, adopting_operator):
     instance_id = _hand_made(aws, network, {"cml.dev/cluster": "some-other-cluster",
                                             "cml.dev/worker-uid": "0000-elsewhere"})
     kube.apply(worker_manifest("own-c", network, instanceId=instance_id))
@@ -270,7 +270,7 @@ def test_a_worker_tag_longer_than_256_characters_is_shortened(kube, network, aws
 
 
 def test_adopting_with_only_region_and_instance_id_changes_nothing_on_the_instance(kube, network, aws, proxy,
-                                                                                    operator):
+                                                                                    adopting_operator):
     created = aws.run_instances(ImageId=network["ami"], MinCount=1, MaxCount=1, InstanceType="t3.large",
                                 SubnetId=network["subnet"], SecurityGroupIds=[network["sg"]])
     instance_id = created["Instances"][0]["InstanceId"]

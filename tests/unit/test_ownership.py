@@ -32,7 +32,7 @@ from cml_operator.reconcile.worker import (
 
 UID, OTHER_UID = "uid-mine", "uid-theirs"
 CLUSTER, OTHER_CLUSTER = "cluster-a", "cluster-b"
-REF = WorkerRef(uid=UID, namespace="lab", name="w1", cluster_id=CLUSTER)
+REF = WorkerRef(uid=UID, namespace="lab", name="w1", cluster_id=CLUSTER, may_adopt=True)
 IID = "i-0123456789abcdef0"
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
 

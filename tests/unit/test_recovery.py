@@ -17,7 +17,7 @@ from cml_operator.reconcile.actions import Launch, ModifyType, Start
 from cml_operator.reconcile.worker import Observation, WorkerRef, WorkerStatus, decide
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
-REF = WorkerRef(uid="u1", namespace="lab", name="w1", generation=3, cluster_id="c1")
+REF = WorkerRef(uid="u1", namespace="lab", name="w1", generation=3, cluster_id="c1", may_adopt=True)
 SPEC = parse_spec({"region": "us-east-1", "amiId": "ami-12345678", "subnetId": "subnet-12345678"})
 IID = "i-0123456789abcdef0"
 LIMITS = Limits()

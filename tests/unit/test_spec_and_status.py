@@ -17,10 +17,11 @@ BASE = {"region": "us-east-1", "amiId": "ami-12345678", "subnetId": "subnet-1234
 def test_defaults():
     spec = parse_spec(BASE)
     assert spec.wanted_type == "m5zn.metal" and spec.desired_state == "Running"
-    assert spec.deletion_policy == "Delete" and spec.wanted_monitoring is True and spec.tags == {}
+    assert spec.effective_deletion_policy == "Delete" and spec.wanted_monitoring is True and spec.tags == {}
+    assert spec.deletion_policy is None  # unstated: a launched worker's instance is terminated on delete
     assert spec.ami_owners == ("self",)
     # secure by default: IMDSv2 only, one hop, an encrypted root volume
-    assert (spec.metadata_options.http_tokens, spec.metadata_options.hop_limit) == ("required", 1)
+    assert spec.metadata_options.wanted(adopted=False) == ("required", 1)
     assert spec.root_encrypted is True
 
 

@@ -35,7 +35,8 @@ from cml_operator.reconcile.worker import (
     desired_tags,
 )
 
-REF = WorkerRef(uid="0f8e7a5c-1111-2222-3333-444455556666", namespace="lab", name="w1", generation=2)
+REF = WorkerRef(uid="0f8e7a5c-1111-2222-3333-444455556666", namespace="lab", name="w1", generation=2,
+                may_adopt=True)  # the adoption flag has tests of its own (test_adoption.py)
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
 IID = "i-0123456789abcdef0"
 

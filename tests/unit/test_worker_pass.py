@@ -34,7 +34,7 @@ def spec(network: dict[str, str], **overrides: Any) -> dict[str, Any]:
     return body
 
 
-REF = WorkerRef(uid=UID, namespace="lab", name="w1")
+REF = WorkerRef(uid=UID, namespace="lab", name="w1", may_adopt=True)
 
 
 def live(moto_ec2, uid: str = UID) -> list[dict]:

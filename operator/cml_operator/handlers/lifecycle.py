@@ -14,7 +14,7 @@ from ..kubeapi import KubeApi
 from ..ec2.fence import MutationFence
 from ..metrics import Metrics
 from ..passes.orphans import orphan_watch
-from ..reconcile.ownership import ANNOTATION_INSTANCE_ID
+from ..reconcile.ownership import ANNOTATION_INSTANCE_ID, ANNOTATION_REGION
 from ..runtime import Runtime, build_runtime
 from ..settings import OperatorSettings
 from .worker import FINALIZER
@@ -37,7 +37,8 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings, metrics:
         settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage(
             field="status.kopf.lastHandledConfiguration",
             ignored_fields=["spec.userData", "spec.template.spec.userData",
-                            ("metadata", "annotations", ANNOTATION_INSTANCE_ID)])
+                            ("metadata", "annotations", ANNOTATION_INSTANCE_ID),
+                            ("metadata", "annotations", ANNOTATION_REGION)])
         settings.posting.level = logging.INFO
         # Events say who sent them: "cml-operator", not Kopf's default "kopf" (kubectl describe's From column).
         settings.posting.reporting_component = COMPONENT

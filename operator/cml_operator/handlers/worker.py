@@ -22,7 +22,8 @@ from ..passes.worker import is_paused
 from ..metrics import Metrics
 from ..reconcile.conditions import Health, build_conditions
 from ..reconcile.status import REMOVABLE_KEYS, status_patch
-from ..reconcile.ownership import ANNOTATION_INSTANCE_ID
+from ..reconcile.adoption import adoption_allowed
+from ..reconcile.ownership import ANNOTATION_INSTANCE_ID, ANNOTATION_REGION
 from ..reconcile.worker import WorkerRef
 from ..runtime import Runtime, WorkerMemory
 from ..settings import OperatorSettings
@@ -60,7 +61,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
     @kopf.on.delete(*resource, id="delete", registry=registry)
     async def delete(body: kopf.Body, patch: kopf.Patch, retry: int, memo: kopf.Memo, **_: Any) -> None:
         runtime: Runtime = memo.runtime
-        ref = _ref(body, runtime.cluster_id)
+        ref = _ref(body, runtime)
         memory = runtime.memory(ref.uid)
         async with memory.lock:
             with runtime.metrics.reconcile_duration.labels("delete").time():
@@ -78,7 +79,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
 
 async def _reconcile(runtime: Runtime, body: kopf.Body, patch: kopf.Patch, retry: int, *, trigger: str,
                      timer: bool) -> None:
-    ref = _ref(body, runtime.cluster_id)
+    ref = _ref(body, runtime)
     memory = runtime.memory(ref.uid)
     if timer and memory.change_pass_ran and memory.due(ref.generation, runtime.clock()) \
             and not is_paused(_annotations(body)):
@@ -126,25 +127,34 @@ def _annotations(body: kopf.Body) -> Mapping[str, str]:
     return dict((body.get("metadata") or {}).get("annotations") or {})
 
 
-def _ref(body: kopf.Body, cluster_id: str) -> WorkerRef:
+def _ref(body: kopf.Body, runtime: Runtime) -> WorkerRef:
     meta = body.get("metadata") or {}
-    recorded = (meta.get("annotations") or {}).get(ANNOTATION_INSTANCE_ID)
-    return WorkerRef(uid=meta["uid"], namespace=meta.get("namespace", ""), name=meta["name"],
-                     generation=int(meta.get("generation") or 1), cluster_id=cluster_id,
-                     recorded_instance_id=recorded if isinstance(recorded, str) and recorded else None)
+    annotations = meta.get("annotations") or {}
+    recorded, region = annotations.get(ANNOTATION_INSTANCE_ID), annotations.get(ANNOTATION_REGION)
+    namespace = meta.get("namespace", "")
+    return WorkerRef(uid=meta["uid"], namespace=namespace, name=meta["name"],
+                     generation=int(meta.get("generation") or 1), cluster_id=runtime.cluster_id,
+                     recorded_instance_id=recorded if isinstance(recorded, str) and recorded else None,
+                     may_adopt=adoption_allowed(namespace, runtime.settings.adoption_namespaces),
+                     recorded_region=region if isinstance(region, str) and region else None)
 
 
 def _record_instance_id(body: kopf.Body, patch: kopf.Patch, status: Mapping[str, Any],
                         memory: WorkerMemory) -> None:
-    """Write the instance id into an annotation: unlike status, it survives a backup and restore."""
-    instance_id = status.get("instanceId")
+    """Write the instance id (and its region) into annotations: unlike status, they survive a backup and restore."""
+    instance_id, region = status.get("instanceId"), status.get("region")
     annotations = (body.get("metadata") or {}).get("annotations") or {}
-    if not isinstance(instance_id, str) or not instance_id or annotations.get(ANNOTATION_INSTANCE_ID) == instance_id:
+    region_missing = isinstance(region, str) and region and annotations.get(ANNOTATION_REGION) != region
+    if not isinstance(instance_id, str) or not instance_id or (
+            annotations.get(ANNOTATION_INSTANCE_ID) == instance_id and not region_missing):
         return
     now = Runtime.clock()
     if memory.annotated_instance_id == instance_id and now - memory.annotated_at < STALE_BODY_GRACE:
         return  # we wrote it moments ago; this body predates that write (a lost write heals after the grace)
-    patch.setdefault("metadata", {}).setdefault("annotations", {})[ANNOTATION_INSTANCE_ID] = instance_id
+    written = patch.setdefault("metadata", {}).setdefault("annotations", {})
+    written[ANNOTATION_INSTANCE_ID] = instance_id
+    if region_missing:
+        written[ANNOTATION_REGION] = region
     memory.annotated_instance_id, memory.annotated_at = instance_id, now
 
 

@@ -46,7 +46,7 @@ class Failed(Exception):
 
     def __init__(self, error: Exception, observation: Observation | None, *,
                  launch_attempt: int | None = None, completed: int = 0, restarted: bool = False,
-                 token_gone: bool = False) -> None:
+                 token_gone: bool = False, refused_resize: str | None = None) -> None:
         super().__init__(str(error))
         self.error = error
         self.observation = observation
@@ -58,6 +58,8 @@ class Failed(Exception):
         self.restarted = restarted
         #: RunInstances said IdempotentParameterMismatch and the token's instance is listed as gone.
         self.token_gone = token_gone
+        #: The instance type EC2 refused (the modify, or the start right after it): remembered per generation.
+        self.refused_resize = refused_resize
 
 
 

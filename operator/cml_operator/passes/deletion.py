@@ -10,9 +10,17 @@ from ..fleet.observer import RegionObserver
 from ..reconcile import reasons
 from ..reconcile.conditions import Health
 from ..reconcile.policy import Decision, Kind, classify
-from ..reconcile.spec import SpecError, parse_spec
+from ..reconcile.spec import SpecError, effective_deletion_policy, parse_spec
 from ..reconcile.actions import Action, Note, RemoveOwnershipTags, Terminate
-from ..reconcile.worker import GONE_STATES, DeletionPlan, Observation, WorkerRef, WorkerStatus, decide_deletion
+from ..reconcile.worker import (
+    GONE_STATES,
+    DeletionPlan,
+    Observation,
+    WorkerRef,
+    WorkerStatus,
+    decide_deletion,
+    recorded_region,
+)
 from ..runtime import Runtime
 from ..reconcile.account import Subject, recorded_account
 from .account import bind_account
@@ -28,8 +36,9 @@ async def deletion_pass(
     """Terminate (Delete) or untag (Retain) every live instance of the worker; release when done."""
     status = trust_memory(WorkerStatus.from_dict(raw_status), runtime.memory(ref.uid))
     raw_spec = raw_spec or {}
-    policy = raw_spec.get("deletionPolicy") or "Delete"
-    region = _region(raw_spec)
+    policy = effective_deletion_policy(raw_spec.get("deletionPolicy"), raw_spec.get("instanceId"))
+    # The instance lives where it was launched: a changed spec.region must not leak it.
+    region = recorded_region(ref, status) or _region(raw_spec)
     tracked = status.instance_id or raw_spec.get("instanceId")
     if region is None:
         if tracked is None:
@@ -58,7 +67,7 @@ async def deletion_pass(
         release = True
         blocked: list[DeletionPlan] = []
         for observation in observations:
-            plan = decide_deletion(policy, status, observation, ref)
+            plan = decide_deletion(policy, status, observation, ref, adopted_instance_id=raw_spec.get("instanceId"))
             notes.extend(plan.notes)
             if plan.blocked:
                 blocked.append(plan)

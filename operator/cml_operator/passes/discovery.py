@@ -14,6 +14,7 @@ from ..ec2.exceptions import IntegrationException
 from ..ec2.models import CMLWorkerInstanceDto
 from ..kubeapi import CMLWORKERS, KubeApi, KubeApiError
 from ..reconcile import reasons
+from ..reconcile.adoption import adoption_allowed, refusal_message
 from ..reconcile.conditions import Health, build_conditions, now_rfc3339
 from ..reconcile.discovery import (
     DISCOVERY_LABEL,
@@ -63,7 +64,9 @@ async def discovery_pass(runtime: Runtime, body: Mapping[str, Any], *, cluster_i
         managed = await managed_instances(runtime, spec.region, cluster_id)
         workers = await all_workers(kube, runtime.settings.namespaces)
         selection = select_imports(spec, image_ids, instances, tracked_instance_ids(workers))
-        imported = await _import(kube, spec, selection.to_import, meta, notes, account_name)
+        allowed = adoption_allowed(meta["namespace"], runtime.settings.adoption_namespaces)
+        # Outside --adoption-namespaces nothing is imported: the instances are only read and counted.
+        imported = await _import(kube, spec, selection.to_import, meta, notes, account_name) if allowed else []
         orphans = await judge_orphans(runtime, spec.region, managed, workers, cluster_id)
         notes.extend(await handle_orphans(runtime, spec.region, orphans))
     except (IntegrationException, KubeApiError) as error:
@@ -78,12 +81,25 @@ async def discovery_pass(runtime: Runtime, body: Mapping[str, Any], *, cluster_i
     if orphans:
         message += f"; {len(orphans)} orphan(s)"
     health = Health.ready(reasons.DISCOVERY_SCANNED, message)
+    if not allowed:
+        refusal = refusal_message(f"the {len(selection.candidates)} unmanaged instance(s) this scan matched "
+                                  "(import)", meta["namespace"])
+        health = Health.stalled(reasons.ADOPTION_NOT_ALLOWED, f"{message}. {refusal}")
+        if previous_reason(previous) != reasons.ADOPTION_NOT_ALLOWED:
+            notes.append(Note("Warning", reasons.ADOPTION_NOT_ALLOWED, refusal))
     status.update({
         "lastScanTime": now_rfc3339(), "matched": len(selection.matched),
         "imported": imported_before(workers, meta) + len(imported), "orphans": len(orphans),
         "conditions": build_conditions(previous.get("conditions"), health, generation),
     })
     return ScanResult(status, health, tuple(notes), account=account_name)
+
+
+def previous_reason(previous: Mapping[str, Any]) -> str | None:
+    """The reason the discovery's last scan ended with (Stalled first, else Ready)."""
+    conditions = {c.get("type"): c for c in previous.get("conditions") or () if isinstance(c, Mapping)}
+    stalled = conditions.get("Stalled") or {}
+    return stalled.get("reason") if stalled.get("status") == "True" else None
 
 
 def imported_before(workers: list[dict[str, Any]], meta: Mapping[str, Any]) -> int:

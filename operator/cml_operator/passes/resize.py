@@ -46,3 +46,25 @@ async def restart_after_failed_modify(runtime: Runtime, region: str, instance_id
     reported.message = f"{error.message}; instance {instance_id} started again with its old type {old_type}"
     reported.args = (reported.message,)
     return reported
+
+
+async def restore_after_failed_start(runtime: Runtime, region: str, instance_id: str, old_type: str | None,
+                                     new_type: str, error: IntegrationException) -> IntegrationException:
+    """The type changed, then the start failed (no capacity for the new type): change it back and start.
+
+    A worker that should run is never left stopped for a type EC2 cannot run now.
+    """
+    if old_type is None or old_type == new_type:
+        return error
+    try:
+        await runtime.ec2.modify_instance_type(region, instance_id, old_type)
+        await runtime.ec2.start_instance(region, instance_id)
+    except IntegrationException as undo_error:
+        logger.warning("instance %s stays stopped: restoring its type %s after a failed start failed too: %s",
+                       instance_id, old_type, undo_error)
+        return error
+    reported = copy.copy(error)
+    reported.message = (f"{error.message}; the start as {new_type} failed, so instance {instance_id} was changed "
+                        f"back to {old_type} and started again")
+    reported.args = (reported.message,)
+    return reported

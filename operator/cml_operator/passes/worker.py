@@ -9,7 +9,7 @@ patch the status, post the notes as events and turn an error decision into
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -20,9 +20,9 @@ from ..fleet.observer import RegionObserver
 from ..reconcile import reasons
 from ..reconcile.conditions import Health, HealthState, build_conditions, health_of, not_ready_for
 from ..reconcile.policy import IDEMPOTENCY_CODES, Decision, Kind, classify
-from ..reconcile.spec import DEFAULT_INSTANCE_TYPE, SpecError, WorkerSpec, parse_spec
+from ..reconcile.spec import DEFAULT_INSTANCE_TYPE, SpecError, WorkerSpec, effective_deletion_policy, parse_spec
 from ..reconcile.status import PassOutcome, render_status
-from ..reconcile.recovery import Limits, start_not_sent, start_sent
+from ..reconcile.recovery import Limits, resize_refused, start_not_sent, start_sent
 from ..reconcile.actions import Launch, ModifyType, Note, SetMetadataOptions, Start, Stop, Terminate
 from ..reconcile.worker import (
     ANNOTATION_PAUSED,
@@ -35,14 +35,18 @@ from ..reconcile.worker import (
     WorkerStatus,
     decide,
     may_touch,
+    region_changed,
 )
 from ..runtime import Runtime, WorkerMemory
 from .cml import CMLStep
 from ..reconcile.account import Subject, recorded_account
 from .account import account_status, bind_account
 from .common import Failed, PassResult, apply_action, as_integration, capped, expected_after, with_account
-from .resize import check_new_type, restart_after_failed_modify
+from .resize import check_new_type, restart_after_failed_modify, restore_after_failed_start
 from .userdata import user_data_from_secret
+
+#: Failures that are not EC2 refusing a type: a resize they interrupt is tried again.
+_NOT_REFUSALS = (reasons.THROTTLED, reasons.INTEGRATION_ERROR, reasons.PROVISIONING)
 
 #: Actions after which the instance is read again at once (batched): its state, or its IMDS
 #: options, which a stale cache would otherwise ask to change a second time.
@@ -60,6 +64,7 @@ async def reconcile_pass(
     """
     memory = runtime.memory(ref.uid)
     status = trust_memory(WorkerStatus.from_dict(raw_status), memory)
+    shown = _Shown.of(raw_spec)
     if is_paused(annotations):
         return _paused(runtime, ref, raw_status, status, memory)
     try:
@@ -70,7 +75,13 @@ async def reconcile_pass(
         plan = decide(ref, spec, status, None)
         memory.block(ref.generation, None, runtime.clock())
         return _result(runtime, ref, raw_status, status, plan, None, None, spec_keys=status.managed_tag_keys,
-                       notes=_resumed(raw_status))
+                       notes=_resumed(raw_status), shown=shown)
+    if region_changed(ref, spec, status) is not None:
+        # The instance lives in the recorded region: no read (and never a launch) in the new one.
+        plan = decide(ref, spec, status, None)
+        memory.block(ref.generation, None, runtime.clock())
+        return _result(runtime, ref, raw_status, status, plan, None, None, spec_keys=status.managed_tag_keys,
+                       notes=(*_resumed(raw_status), *plan.notes), shown=shown)
 
     try:
         runtime, account = await bind_account(runtime, Subject(
@@ -127,7 +138,8 @@ async def _reconcile_in_account(
         result = _failure(runtime, ref, raw_status, status, spec, failed.error, failed.observation or observation,
                           notes + (cml.notes if cml else []), retry, memory, plan,
                           launch_attempt=failed.launch_attempt, completed=failed.completed,
-                          restarted=failed.restarted, token_gone=failed.token_gone)
+                          restarted=failed.restarted, token_gone=failed.token_gone, shown=shown,
+                          refused_resize=failed.refused_resize)
         return _with_cml(result, cml.status_dict() if cml else None)
 
     memory.hot = plan.poll_soon
@@ -149,7 +161,7 @@ async def _reconcile_in_account(
         if latency is not None:
             runtime.metrics.ready_latency.observe(latency)
     result = _result(runtime, ref, raw_status, status, plan, observation, image_id,
-                     spec_keys=tuple(sorted(full_spec.tags)), notes=tuple(notes))
+                     spec_keys=tuple(sorted(full_spec.tags)), notes=tuple(notes), shown=shown)
     return _with_cml(result, cml.status_dict() if cml else None)
 
 
@@ -194,7 +206,7 @@ def limits_of(runtime: Runtime) -> Limits:
     start_grace = max(Limits.start_grace, 3 * settings.observer.fast_interval)
     return Limits(backoff_base=min(Limits.backoff_base, cap), backoff_cap=cap,
                   max_replacements=settings.max_replacements, recheck=settings.slow_recheck,
-                  start_grace=start_grace)
+                  start_grace=start_grace, max_starts=settings.max_starts)
 
 
 def trust_memory(status: WorkerStatus, memory: WorkerMemory) -> WorkerStatus:
@@ -293,18 +305,27 @@ async def _act(
             try:
                 await apply_action(runtime, spec.region, instance_id, action)
             except IntegrationException as error:
-                if not (isinstance(action, ModifyType) and spec.wants_running):
+                refused = _refused_type(plan, index)
+                if refused is None:
                     raise
+                if not spec.wants_running:
+                    raise Failed(error, observation, completed=index, refused_resize=refused) from error
                 # Never leave a worker stopped that should run: start it again with its old type.
                 old_type = observation.instance.instance_type if observation and observation.instance else None
-                reported = await restart_after_failed_modify(runtime, spec.region, instance_id, old_type, error)
+                if isinstance(action, ModifyType):
+                    reported = await restart_after_failed_modify(runtime, spec.region, instance_id, old_type, error)
+                else:  # the Start right after a type change that EC2 accepted
+                    reported = await restore_after_failed_start(runtime, spec.region, instance_id, old_type,
+                                                                refused, error)
                 restarted = reported is not error
                 # The status the failure renders shows the restart (pending), not the stop it undid.
                 try:
                     observation = await _read_now(observer, instance_id, observation)
                 except Failed as failed:
-                    raise Failed(reported, failed.observation, completed=index, restarted=restarted) from error
-                raise Failed(reported, observation, completed=index, restarted=restarted) from error
+                    raise Failed(reported, failed.observation, completed=index, restarted=restarted,
+                                 refused_resize=refused) from error
+                raise Failed(reported, observation, completed=index, restarted=restarted,
+                             refused_resize=refused) from error
         except IntegrationException as error:
             if isinstance(error, EC2InstanceNotFoundException) and instance_id and not spec.instance_id:
                 observer.forget(instance_id)  # next pass sees it gone and replaces it
@@ -323,6 +344,17 @@ async def _act(
             observation = replace(observation, instance=expected_after(observation.instance, action))
             observer.amend(observation)
     return observation, image_id, created
+
+
+def _refused_type(plan: Plan, index: int) -> str | None:
+    """The type a failed action refused: a ModifyType's own, or the one a Start right after it was to run as."""
+    action = plan.actions[index]
+    if isinstance(action, ModifyType):
+        return action.instance_type
+    previous = plan.actions[index - 1] if index > 0 else None
+    if isinstance(action, Start) and isinstance(previous, ModifyType):
+        return previous.instance_type
+    return None
 
 
 def _check_ownership(ref: WorkerRef, spec: WorkerSpec, status: WorkerStatus,
@@ -369,7 +401,7 @@ async def _launch(runtime: Runtime, ref: WorkerRef, spec: WorkerSpec, status: Wo
         # Encrypted unless the spec says otherwise; without spec.rootVolume the AMI's size and type stay.
         root_volume=(RootVolume(root.size_gib, root.volume_type, root.encrypted, root.kms_key_id) if root
                      else RootVolume(image.root_volume_size, None, encrypted=True)),
-        metadata_options=MetadataOptions(spec.metadata_options.http_tokens, spec.metadata_options.hop_limit),
+        metadata_options=MetadataOptions(*spec.metadata_options.wanted(adopted=False)),
         root_device_name=image.root_device_name,
         detailed_monitoring=spec.wanted_monitoring is not False,
     )
@@ -393,21 +425,40 @@ def _follow_up(ref: WorkerRef, spec: WorkerSpec, status: WorkerStatus, plan: Pla
                    recovery=after.recovery)
 
 
+@dataclass(frozen=True)
+class _Shown:
+    """What the status says about the spec whatever the pass did: the region and the effective deletionPolicy."""
+
+    region: str | None = None
+    deletion_policy: str | None = None
+
+    @classmethod
+    def of(cls, raw_spec: Mapping[str, Any] | None) -> _Shown:
+        raw = raw_spec or {}
+        region = raw.get("region")
+        return cls(region if isinstance(region, str) and region else None,
+                   effective_deletion_policy(raw.get("deletionPolicy"), raw.get("instanceId")))
+
+
 def _result(
     runtime: Runtime, ref: WorkerRef, raw_status: Mapping[str, Any] | None, status: WorkerStatus, plan: Plan,
     observation: Observation | None, image_id: str | None, *, spec_keys: tuple[str, ...],
-    notes: tuple[Note, ...] = (),
+    notes: tuple[Note, ...] = (), shown: _Shown = _Shown(),
 ) -> PassResult:
+    if not plan.shows_instance:
+        observation = None  # an instance this worker may not adopt: its details are not the tenant's to read
     instance = observation.instance if observation else None
     if plan.instance_id is None and instance is not None and instance.instance_state in GONE_STATES:
         instance = None  # the plan forgot a lost instance: the status must not name it again
     instance_id = plan.instance_id or (observation.instance_id if observation and instance else None)
+    # Recorded once an instance is seen in spec.region (launched there, adopted there), then kept.
+    region = status.region or (shown.region if instance is not None else None)
     outcome = PassOutcome(
         health=plan.health, instance_id=instance_id, instance=instance,
         checks=observation.checks if observation and instance else None,
         ami_id=image_id or status.ami_id or (instance.ami_id if instance else None),
         creation_attempt=plan.creation_attempt, adopted=plan.adopted, managed_tag_keys=spec_keys,
-        recovery=plan.recovery,
+        recovery=plan.recovery, region=region, deletion_policy=shown.deletion_policy,
     )
     rendered = render_status(raw_status, outcome, ref.generation)
     runtime.metrics.set_phase(ref.uid, (ref.namespace, rendered["phase"], plan.health.reason))
@@ -445,7 +496,8 @@ def _failure(
     runtime: Runtime, ref: WorkerRef, raw_status: Mapping[str, Any] | None, status: WorkerStatus,
     spec: WorkerSpec, error: Exception, observation: Observation | None, notes: list[Note], retry: int,
     memory: WorkerMemory, decided: Plan | None = None, *, launch_attempt: int | None = None,
-    completed: int = 0, restarted: bool = False, token_gone: bool = False,
+    completed: int = 0, restarted: bool = False, token_gone: bool = False, shown: _Shown = _Shown(),
+    refused_resize: str | None = None,
 ) -> PassResult:
     integration = as_integration(error)
     # What the decision already counted (a failed launch, a replacement, a new attempt) stays counted.
@@ -465,6 +517,13 @@ def _failure(
         # lookup lists yet: a new token now could make a second one. Look again; launch nothing else.
         message += ("; an instance was launched with this token but EC2 does not list it yet: waiting for it "
                     "(found by its cml.dev/worker-uid tag) rather than launching another")
+    recovery = decided.recovery if decided else status.recovery
+    if refused_resize is not None and decision.reason not in _NOT_REFUSALS:
+        # EC2 said no to this type: remembered for this spec generation, so no pass stops the worker for it again.
+        recovery = resize_refused(recovery, refused_resize, ref.generation, f"{integration.code}: {integration}")
+        decision = Decision(Kind.PERMANENT, reasons.RESIZE_REFUSED, runtime.settings.slow_recheck)
+        message = (f"EC2 refused the type change to {refused_resize}: {message}; no further stop for it until the "
+                   "spec changes")
     health = (Health.reconciling(decision.reason, message) if decision.temporary
               else Health.stalled(decision.reason, message))
     runtime.metrics.exceptions.labels(type(integration).__name__, decision.kind.value).inc()
@@ -476,19 +535,20 @@ def _failure(
     memory.hot = True
     if launching:
         memory.launched_instance_id = None  # the lost instance stays forgotten
-    recovery = decided.recovery if decided else status.recovery
     if decided is not None and any(isinstance(action, Start) for action in decided.actions[completed:]):
         recovery = start_not_sent(recovery)  # EC2 never accepted it: nothing to judge on the next pass
+        # ... nor a restart to count against --max-starts
+        recovery = replace(recovery, restart_times=status.recovery.restart_times)
     if restarted and status.instance_id:
         # The undo of a failed type change started the instance: judged like any Start of ours.
         recovery = start_sent(recovery, status.instance_id, datetime.now(timezone.utc))
     plan = Plan((), health,
-                instance_id=None if launching else status.instance_id or spec.instance_id,
-                adopted=status.adopted or bool(spec.instance_id),
+                instance_id=None if launching else status.instance_id or (spec.instance_id if ref.may_adopt else None),
+                adopted=status.adopted or bool(spec.instance_id and ref.may_adopt),
                 creation_attempt=attempt,
                 recovery=recovery)
     warning = Note("Warning", decision.reason, message)
     result = _result(runtime, ref, raw_status, status, plan, observation, None,
-                     spec_keys=status.managed_tag_keys, notes=(*notes, warning))
+                     spec_keys=status.managed_tag_keys, notes=(*notes, warning), shown=shown)
     return replace(result, decision=decision, error=integration)
 

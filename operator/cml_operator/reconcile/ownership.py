@@ -25,6 +25,8 @@ TAG_CLUSTER = "cml.dev/cluster"
 OWNERSHIP_TAGS = (TAG_UID, TAG_WORKER, TAG_MANAGED_BY, TAG_CLUSTER)
 #: The annotation that carries the instance id across a backup and restore.
 ANNOTATION_INSTANCE_ID = "cml.dev/instance-id"
+#: Beside it, the instance's region (also in status.region): a changed spec.region must not leak it.
+ANNOTATION_REGION = "cml.dev/region"
 
 #: EC2's limit for a tag value.
 MAX_TAG_VALUE = 256

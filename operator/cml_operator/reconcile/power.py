@@ -3,21 +3,32 @@
 A Start is bounded like a launch (``recovery``): EC2 can accept StartInstances and then put
 the instance back to stopped (no capacity for a metal type); re-sending it on every pass
 would loop without a bound, so failed starts back off and, after three in a row, stall.
+
+An instance that stops without the operator asking (a guest that powers itself off, a stop
+by hand) is started again at most ``max_starts`` times an hour, then the worker is Stalled
+``StartLimitReached``: a guest that shuts down on every boot must not cost a start forever.
+
+A type change EC2 refused is remembered with the spec generation (``recovery``): the worker
+keeps its old type and is not stopped for that type again until the spec changes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 from ..ec2.models import CMLWorkerInstanceDto, InstanceStatusChecks
 from . import reasons
 from .actions import Action, ModifyType, Note, Start, Stop
-from .conditions import Health, health_of
+from .conditions import Health, HealthState, health_of
 from .recovery import (
     Limits,
     Recovery,
+    resize_refusal_cleared,
+    resize_still_refused,
+    restart_wait,
+    restarted,
     start_failed,
     start_gate,
     start_grace_left,
@@ -25,6 +36,7 @@ from .recovery import (
     start_sent,
     started,
     starts_cleared,
+    stop_sent,
 )
 from .spec import WorkerSpec
 
@@ -50,16 +62,36 @@ def power_step(
     generation: int, spec: WorkerSpec, status: WorkerStatus, observation: Observation,
     instance: CMLWorkerInstanceDto, now: datetime, limits: Limits,
 ) -> PowerStep:
-    """Power state towards the spec, with the start bound kept in ``status.recovery``."""
-    record = status.recovery
+    """Power state towards the spec, with the start bounds and a refused resize kept in ``status.recovery``."""
+    record = resize_refusal_cleared(status.recovery, generation)
+    refused_type = spec.wanted_type
+    refused = (resize_still_refused(record, refused_type, generation)
+               and instance.instance_type != refused_type)
+    if refused:
+        spec = replace(spec, instance_type=instance.instance_type)  # keeps its type: no stop for the refused one
     if not spec.wants_running:
-        record = starts_cleared(record)  # desiredState Stopped: the start bound starts afresh
+        record = starts_cleared(record)  # desiredState Stopped: the start bounds start afresh
     elif instance.instance_state == "running":
         record = started(record)
     if instance.instance_state == "stopped" and spec.wants_running:
-        return _start_bounded(generation, spec, status, observation, instance, record, now, limits)
-    health, actions, poll, notes = _transition(spec, status, observation, instance)
-    return PowerStep(health, actions, poll, notes, record)
+        step = _start_bounded(generation, spec, status, observation, instance, record, now, limits)
+    else:
+        health, actions, poll, notes = _transition(spec, status, observation, instance)
+        step = PowerStep(health, actions, poll, notes, record)
+    if any(isinstance(action, Stop) for action in step.actions):
+        step = replace(step, recovery=stop_sent(step.recovery))  # the stop that follows is the operator's own
+    if refused and step.health.state is HealthState.READY:
+        assert refused_type is not None
+        step = _resize_refused(step, instance, refused_type, limits)
+    return step
+
+
+def _resize_refused(step: PowerStep, instance: CMLWorkerInstanceDto, target: str, limits: Limits) -> PowerStep:
+    why = step.recovery.resize_refused_reason or "refused"
+    message = (f"EC2 refused to change instance {instance.aws_instance_id} to {target}: {why}. It keeps its type "
+               f"{instance.instance_type}; the operator stops it for that type no more until the spec changes "
+               "(choose another spec.instanceType, or apply the spec again once the cause is gone)")
+    return replace(step, health=Health.stalled(reasons.RESIZE_REFUSED, message), recheck_after=limits.recheck)
 
 
 def _start_bounded(
@@ -85,6 +117,13 @@ def _start_bounded(
                      f"{record.failed_starts} of {limits.max_failed_starts}): {reason}"),)
     gate = start_gate(record, limits, generation, now)
     if gate.allowed:
+        # A stop the operator did not ask for (not desiredState, not idle, not a resize), and not the
+        # retry of a failed start (bounded above): each start after one counts toward --max-starts.
+        if not record.stop_expected and record.failed_starts == 0:
+            wait = restart_wait(record, limits, now)
+            if wait is not None:
+                return _start_limit_reached(instance, record, limits, wait, news)
+            record = restarted(record, limits, now)
         health, actions, poll, notes = _transition(spec, status, observation, instance)
         return PowerStep(health, actions, poll, notes, start_sent(record, instance_id, now), news=news)
     last = record.last_start_failure_reason or "unknown"
@@ -96,6 +135,17 @@ def _start_bounded(
     message = (f"Start {record.failed_starts} of {limits.max_failed_starts} of instance {instance_id} fell back "
                f"to stopped: {last}; starting again in {gate.wait:.0f} s")
     return PowerStep(Health.reconciling(reasons.START_FAILED, message), [], False, [], record, gate.wait, news)
+
+
+def _start_limit_reached(instance: CMLWorkerInstanceDto, record: Recovery, limits: Limits, wait: float,
+                         news: tuple[Note, ...]) -> PowerStep:
+    why = instance.state_reason or "no StateReason given"
+    message = (f"Instance {instance.aws_instance_id} stopped without the operator asking ({why}); it was started "
+               f"again {limits.max_starts} times in the last {limits.restart_window / 60:.0f} minutes already "
+               "(--max-starts): not starting it again. Find out why it stops (a guest that powers itself off?); "
+               f"set desiredState Stopped and back to Running to start it now, or wait {wait:.0f} s")
+    return PowerStep(Health.stalled(reasons.START_LIMIT_REACHED, message), [], False, [], record, wait,
+                     (*news, Note("Warning", reasons.START_LIMIT_REACHED, message)))
 
 
 def _transition(

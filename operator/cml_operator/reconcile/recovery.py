@@ -44,6 +44,9 @@ class Limits:
     #: Seconds after our Start before a ``stopped`` instance counts as a failed start: a read taken
     #: right after the call may not show it yet (EC2's read-after-write lag, the observer's cache).
     start_grace: float = 5.0
+    #: Starts per ``restart_window`` of an instance that stopped without the operator asking (``--max-starts``).
+    max_starts: int = 3
+    restart_window: float = 3600.0
 
     def backoff(self, failures: int) -> float:
         """Seconds to wait after the ``failures``-th failed launch or start in a row (15, 30, 60, ...)."""
@@ -70,6 +73,16 @@ class Recovery:
     last_start_failure_reason: str | None = None
     #: The spec generation when the last start failed: a newer one earns another try.
     start_failure_generation: int | None = None
+    #: Starts the operator sent after a stop it had not asked for, within the window (``--max-starts``).
+    restart_times: tuple[str, ...] = ()
+    #: The operator wanted the instance stopped (desiredState Stopped, idle stop, a resize's stop)
+    #: since it last ran: a stop then is expected, not one to count.
+    stop_expected: bool = False
+    #: A type change EC2 refused, and the spec generation it was refused for: no stop for it again until
+    #: the spec changes.
+    resize_refused_type: str | None = None
+    resize_refused_generation: int | None = None
+    resize_refused_reason: str | None = None
 
     @classmethod
     def from_dict(cls, raw: Any) -> Recovery:
@@ -88,6 +101,11 @@ class Recovery:
             last_start_failure_time=_str(raw.get("lastStartFailureTime")),
             last_start_failure_reason=_str(raw.get("lastStartFailureReason")),
             start_failure_generation=_int(raw.get("startFailureGeneration")),
+            restart_times=tuple(t for t in raw.get("restartTimes") or () if isinstance(t, str)),
+            stop_expected=raw.get("stopExpected") is True,
+            resize_refused_type=_str(raw.get("resizeRefusedType")),
+            resize_refused_generation=_int(raw.get("resizeRefusedGeneration")),
+            resize_refused_reason=_str(raw.get("resizeRefusedReason")),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -104,6 +122,11 @@ class Recovery:
             "lastStartFailureTime": self.last_start_failure_time,
             "lastStartFailureReason": self.last_start_failure_reason,
             "startFailureGeneration": self.start_failure_generation,
+            "restartTimes": list(self.restart_times) or None,
+            "stopExpected": self.stop_expected or None,
+            "resizeRefusedType": self.resize_refused_type,
+            "resizeRefusedGeneration": self.resize_refused_generation,
+            "resizeRefusedReason": self.resize_refused_reason,
         }
         return {key: value for key, value in raw.items() if value is not None}
 
@@ -170,16 +193,67 @@ def start_not_sent(record: Recovery) -> Recovery:
 
 
 def started(record: Recovery) -> Recovery:
-    """The instance was seen running: failed starts count from zero again (the last failure stays readable)."""
-    if record.start_requested is None and record.start_instance_id is None and record.failed_starts == 0:
+    """The instance was seen running: failed starts count from zero again (the last failure stays readable),
+    and the next stop is unasked unless the operator asks for it."""
+    if (record.start_requested is None and record.start_instance_id is None and record.failed_starts == 0
+            and not record.stop_expected):
         return record
-    return replace(record, start_requested=None, start_instance_id=None, failed_starts=0)
+    return replace(record, start_requested=None, start_instance_id=None, failed_starts=0, stop_expected=False)
 
 
 def starts_cleared(record: Recovery) -> Recovery:
-    """``desiredState: Stopped``: nothing of the start bound is left."""
+    """``desiredState: Stopped`` (an idle stop included): nothing of the start bounds is left, and the
+    instance being stopped is what the operator wants."""
     return replace(record, start_requested=None, start_instance_id=None, failed_starts=0,
-                   last_start_failure_time=None, last_start_failure_reason=None, start_failure_generation=None)
+                   last_start_failure_time=None, last_start_failure_reason=None, start_failure_generation=None,
+                   restart_times=(), stop_expected=True)
+
+
+def stop_sent(record: Recovery) -> Recovery:
+    """The operator stops the instance (a resize): the stop that follows is expected."""
+    return record if record.stop_expected else replace(record, stop_expected=True)
+
+
+# ---------------------------------------------------------------- restarts after stops nobody asked for
+
+
+def recent_restarts(record: Recovery, limits: Limits, now: datetime) -> tuple[str, ...]:
+    since = now - timedelta(seconds=limits.restart_window)
+    return tuple(t for t in record.restart_times if (parse_rfc3339(t) or now) > since)
+
+
+def restart_wait(record: Recovery, limits: Limits, now: datetime) -> float | None:
+    """None when another start after an unasked stop is allowed now, else seconds until one is."""
+    recent = recent_restarts(record, limits, now)
+    if len(recent) < limits.max_starts:
+        return None
+    oldest = min((parse_rfc3339(t) or now) for t in recent)
+    return max(1.0, (oldest + timedelta(seconds=limits.restart_window) - now).total_seconds())
+
+
+def restarted(record: Recovery, limits: Limits, now: datetime) -> Recovery:
+    return replace(record, restart_times=(*recent_restarts(record, limits, now), _rfc3339(now)))
+
+
+# ---------------------------------------------------------------- type changes EC2 refused
+
+
+def resize_refused(record: Recovery, instance_type: str, generation: int, reason: str) -> Recovery:
+    return replace(record, resize_refused_type=instance_type, resize_refused_generation=generation,
+                   resize_refused_reason=reason)
+
+
+def resize_still_refused(record: Recovery, instance_type: str | None, generation: int) -> bool:
+    """Was a change to ``instance_type`` refused for this very spec generation?"""
+    return (instance_type is not None and record.resize_refused_type == instance_type
+            and record.resize_refused_generation == generation)
+
+
+def resize_refusal_cleared(record: Recovery, generation: int) -> Recovery:
+    """A new spec generation earns the resize another try."""
+    if record.resize_refused_type is None or record.resize_refused_generation == generation:
+        return record
+    return replace(record, resize_refused_type=None, resize_refused_generation=None, resize_refused_reason=None)
 
 
 def start_failed(record: Recovery, reason: str, generation: int, now: datetime) -> Recovery:

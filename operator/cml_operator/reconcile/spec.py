@@ -41,6 +41,8 @@ DEFAULT_AMI_OWNERS = ("self",)
 MAX_AMI_OWNERS = 10
 _AMI_OWNER = re.compile(r"^(self|amazon|aws-marketplace|[0-9]{12})$")
 DELETION_POLICIES = ("Delete", "Retain")
+DEFAULT_HTTP_TOKENS = "required"
+DEFAULT_HOP_LIMIT = 1
 
 
 class SpecError(ValueError):
@@ -69,10 +71,17 @@ class SecretKeyRef:
 
 @dataclass(frozen=True)
 class MetadataOptionsSpec:
-    """IMDS settings; the defaults are the secure ones (IMDSv2 only, one hop: no container reaches it)."""
+    """IMDS settings as stated; ``None``: not stated. Unstated fields of a launched instance take the
+    secure defaults (IMDSv2 only, one hop: no container reaches it); an adopted one keeps its own."""
 
-    http_tokens: str = "required"
-    hop_limit: int = 1
+    http_tokens: str | None = None
+    hop_limit: int | None = None
+
+    def wanted(self, adopted: bool) -> tuple[str | None, int | None]:
+        """The (httpTokens, hop limit) to enforce; ``None`` for a field left as the instance has it."""
+        if adopted:
+            return self.http_tokens, self.hop_limit
+        return self.http_tokens or DEFAULT_HTTP_TOKENS, self.hop_limit or DEFAULT_HOP_LIMIT
 
 
 @dataclass(frozen=True)
@@ -93,7 +102,8 @@ class WorkerSpec:
     detailed_monitoring: bool | None = None
     tags: dict[str, str] = field(default_factory=dict)
     desired_state: str = "Running"
-    deletion_policy: str = "Delete"
+    #: As stated; None: unstated (see ``effective_deletion_policy``).
+    deletion_policy: str | None = None
     instance_id: str | None = None
     cml: CMLSpec | None = None  # spec.cml: CML-aware readiness, idle stop, licensing
     metadata_options: MetadataOptionsSpec = MetadataOptionsSpec()
@@ -104,6 +114,10 @@ class WorkerSpec:
     def root_encrypted(self) -> bool:
         """Root volumes are encrypted unless spec.rootVolume.encrypted says false."""
         return self.root_volume.encrypted if self.root_volume else True
+
+    @property
+    def effective_deletion_policy(self) -> str:
+        return effective_deletion_policy(self.deletion_policy, self.instance_id)
 
     @property
     def wants_running(self) -> bool:
@@ -152,8 +166,8 @@ def parse_spec(raw: Mapping[str, Any] | None) -> WorkerSpec:
     desired_state = _string(raw, "desiredState") or "Running"
     if desired_state not in DESIRED_STATES:
         raise SpecError("spec.desiredState", f"must be one of {', '.join(DESIRED_STATES)}")
-    deletion_policy = _string(raw, "deletionPolicy") or "Delete"
-    if deletion_policy not in DELETION_POLICIES:
+    deletion_policy = _string(raw, "deletionPolicy")
+    if deletion_policy is not None and deletion_policy not in DELETION_POLICIES:
         raise SpecError("spec.deletionPolicy", f"must be one of {', '.join(DELETION_POLICIES)}")
     monitoring = raw.get("detailedMonitoring")
     if monitoring is not None and not isinstance(monitoring, bool):
@@ -188,6 +202,14 @@ def _account_ref(raw: Any) -> str | None:
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str) or not raw["name"]:
         raise SpecError("spec.accountRef.name", "must name a CMLAccount")
     return raw["name"]
+
+
+def effective_deletion_policy(stated: Any, instance_id: Any) -> str:
+    """What deleting the worker does: the stated policy; unstated, Retain for an adopted or imported
+    instance (the operator did not launch it, so it is not the operator's to end) and Delete for a launched one."""
+    if stated in DELETION_POLICIES:
+        return str(stated)
+    return "Retain" if instance_id else "Delete"
 
 
 def _cml(raw: Any) -> CMLSpec | None:
@@ -269,11 +291,11 @@ def _metadata_options(raw: Any) -> MetadataOptionsSpec:
         return MetadataOptionsSpec()
     if not isinstance(raw, Mapping):
         raise SpecError("spec.metadataOptions", "must be an object")
-    tokens = raw.get("httpTokens") or "required"
-    if tokens not in HTTP_TOKENS:
+    tokens = raw.get("httpTokens") or None
+    if tokens is not None and tokens not in HTTP_TOKENS:
         raise SpecError("spec.metadataOptions.httpTokens", f"must be one of {', '.join(HTTP_TOKENS)}")
-    hops = raw.get("httpPutResponseHopLimit", 1)
-    if not isinstance(hops, int) or isinstance(hops, bool) or not 1 <= hops <= 64:
+    hops = raw.get("httpPutResponseHopLimit")
+    if hops is not None and (not isinstance(hops, int) or isinstance(hops, bool) or not 1 <= hops <= 64):
         raise SpecError("spec.metadataOptions.httpPutResponseHopLimit", "must be an integer from 1 to 64")
     return MetadataOptionsSpec(tokens, hops)
 

@@ -40,6 +40,10 @@ class PassOutcome:
     adopted: bool
     managed_tag_keys: tuple[str, ...]
     recovery: Recovery = Recovery()
+    #: Where the instance was launched or adopted (kept for the worker's life once known).
+    region: str | None = None
+    #: What deleting the worker will do: the stated spec.deletionPolicy, or the default for how it got its instance.
+    deletion_policy: str | None = None
 
 
 def phase_of(health: Health, instance: CMLWorkerInstanceDto | None) -> str:
@@ -71,6 +75,10 @@ def render_status(
         status["instanceId"] = outcome.instance_id
     if outcome.ami_id:
         status["amiId"] = outcome.ami_id
+    if outcome.region:
+        status["region"] = outcome.region
+    if outcome.deletion_policy:
+        status["deletionPolicy"] = outcome.deletion_policy
     if not outcome.recovery.empty:
         status["recovery"] = outcome.recovery.to_dict()
 

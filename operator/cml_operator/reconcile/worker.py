@@ -45,6 +45,7 @@ from .actions import (
     SyncTags,
     Terminate,
 )
+from .adoption import refusal_message
 from .power import power_step
 from .recovery import Limits, Recovery, launch_failed, launch_gate, ready, replaced, replacement_wait
 from .spec import SpecError, WorkerSpec
@@ -70,6 +71,10 @@ class WorkerRef:
     cluster_id: str = ""
     #: The ``cml.dev/instance-id`` annotation: survives a backup and restore that loses status.
     recorded_instance_id: str | None = None
+    #: May this worker's namespace adopt an instance the operator did not launch (``--adoption-namespaces``)?
+    may_adopt: bool = False
+    #: The ``cml.dev/region`` annotation: the region of the instance, should a status write be lost.
+    recorded_region: str | None = None
 
     @property
     def key(self) -> str:
@@ -97,6 +102,8 @@ class WorkerStatus:
     managed_tag_keys: tuple[str, ...] = ()
     conditions: tuple[Mapping[str, Any], ...] = ()
     recovery: Recovery = Recovery()
+    #: ``status.region``: where the worker's instance was launched (or adopted).
+    region: str | None = None
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any] | None) -> WorkerStatus:
@@ -113,6 +120,7 @@ class WorkerStatus:
             managed_tag_keys=tuple(k for k in raw.get("managedTagKeys") or () if isinstance(k, str)),
             conditions=tuple(c for c in raw.get("conditions") or () if isinstance(c, Mapping)),
             recovery=Recovery.from_dict(raw.get("recovery")),
+            region=raw.get("region") if isinstance(raw.get("region"), str) and raw.get("region") else None,
         )
 
 
@@ -145,6 +153,8 @@ class Plan:
     recheck_after: float | None = None
     #: Events posted only once the action at that index succeeded (never on a failed try).
     after: tuple[tuple[int, Note], ...] = ()
+    #: False: the status must not show the observed instance (one this worker may not adopt).
+    shows_instance: bool = True
 
 
 @dataclass(frozen=True)
@@ -247,6 +257,9 @@ def _decide(
 ) -> Plan:
     if isinstance(spec, SpecError):
         return _stalled(status, reasons.INVALID_PARAMETER, f"Invalid {spec}")
+    moved_from = region_changed(ref, spec, status)
+    if moved_from is not None:
+        return _region_changed(status, spec, moved_from)
     if spec.instance_id and status.instance_id and spec.instance_id != status.instance_id:
         return _stalled(
             status, reasons.INVALID_PARAMETER,
@@ -255,6 +268,8 @@ def _decide(
         )
 
     instance = observation.instance if observation else None
+    if adoption_refused(ref, spec, instance):
+        return _adoption_refused(ref, spec, status)
     if instance is None or instance.instance_state in GONE_STATES:
         return _without_instance(ref, spec, status, observation, now, limits)
     owner = may_touch(ref, spec, status, instance)
@@ -289,6 +304,47 @@ def managed_tag_message(instance_id: str, missing: Mapping[str, str]) -> str:
     return (f"Instance {instance_id} lacks the tag {names}, which the operator's IAM policy requires before any "
             f"change (stop, start, terminate, retag); the operator cannot restore it itself. Restore it with: "
             f"aws ec2 create-tags --resources {instance_id} --tags {cli_tags}")
+
+
+def recorded_region(ref: WorkerRef, status: WorkerStatus) -> str | None:
+    """Where the worker's instance lives: ``status.region``, else the annotation (a lost status write)."""
+    return status.region or ref.recorded_region
+
+
+def region_changed(ref: WorkerRef, spec: WorkerSpec, status: WorkerStatus) -> str | None:
+    """The recorded region when ``spec.region`` no longer names it (else None)."""
+    recorded = recorded_region(ref, status)
+    return recorded if recorded and recorded != spec.region else None
+
+
+def _region_changed(status: WorkerStatus, spec: WorkerSpec, recorded: str) -> Plan:
+    message = (f"spec.region changed from {recorded} to {spec.region} after the instance was launched in "
+               f"{recorded}; an instance cannot move, and launching another in {spec.region} would leak the "
+               f"first: nothing is launched. Set spec.region back to {recorded}, or delete the CMLWorker (its "
+               f"instance in {recorded} is handled per deletionPolicy) and create a new one")
+    return Plan((), Health.stalled(reasons.REGION_CHANGED, message),
+                notes=(Note("Warning", reasons.REGION_CHANGED, message),),
+                instance_id=status.instance_id, adopted=status.adopted, creation_attempt=status.creation_attempt,
+                recovery=status.recovery)
+
+
+def adoption_refused(ref: WorkerRef, spec: WorkerSpec, instance: CMLWorkerInstanceDto | None) -> bool:
+    """``spec.instanceId`` in a namespace not allowed to adopt, naming an instance not already this worker's.
+
+    An instance that carries this worker's uid tag was claimed while adoption was allowed (or
+    before the flag existed): it stays managed; the flag gates the claim.
+    """
+    if not spec.instance_id or ref.may_adopt:
+        return False
+    return instance is None or ref.owner_of(instance.tags).verdict is not Verdict.OURS
+
+
+def _adoption_refused(ref: WorkerRef, spec: WorkerSpec, status: WorkerStatus) -> Plan:
+    message = refusal_message(f"instance {spec.instance_id} (spec.instanceId)", ref.namespace)
+    return Plan((), Health.stalled(reasons.ADOPTION_NOT_ALLOWED, message),
+                notes=(Note("Warning", reasons.ADOPTION_NOT_ALLOWED, message),),
+                instance_id=None, adopted=False, creation_attempt=status.creation_attempt,
+                recovery=status.recovery, shows_instance=False)
 
 
 def _owned_by_other(status: WorkerStatus, instance: CMLWorkerInstanceDto, owner: Ownership) -> Plan:
@@ -431,10 +487,9 @@ def _with_instance(
     monitoring = spec.wanted_monitoring
     if settled and monitoring is not None and instance.monitoring is not None and monitoring_on != monitoring:
         updates.append(SetMonitoring(monitoring))
-    wanted_imds = (spec.metadata_options.http_tokens, spec.metadata_options.hop_limit)
-    if settled and instance.metadata_http_tokens is not None and (
-            instance.metadata_http_tokens, instance.metadata_hop_limit) != wanted_imds:
-        updates.append(SetMetadataOptions(*wanted_imds))
+    imds = _metadata_change(spec, instance)
+    if settled and imds is not None:
+        updates.append(imds)
     if updates:
         actions.extend(updates)
         after.append((len(actions) - 1, Note("Normal", reasons.EVENT_UPDATED, _describe_updates(updates))))
@@ -444,6 +499,16 @@ def _with_instance(
         instance_id=instance_id, adopted=adopted, creation_attempt=attempt,
         recovery=step.recovery, after=tuple(after), recheck_after=step.recheck_after,
     )
+
+
+def _metadata_change(spec: WorkerSpec, instance: CMLWorkerInstanceDto) -> SetMetadataOptions | None:
+    """IMDS options towards the spec; an adopted instance keeps what the spec does not state."""
+    observed = (instance.metadata_http_tokens, instance.metadata_hop_limit)
+    if observed[0] is None or observed[1] is None:
+        return None  # EC2 did not say: nothing to compare with
+    tokens, hops = spec.metadata_options.wanted(adopted=bool(spec.instance_id))
+    wanted = (tokens or observed[0], hops or observed[1])
+    return SetMetadataOptions(*wanted) if wanted != observed else None
 
 
 def _describe_updates(actions: list[Action]) -> str:
@@ -484,11 +549,14 @@ def _stalled(status: WorkerStatus, reason: str, message: str, instance_id: str |
 
 def decide_deletion(
     deletion_policy: str, status: WorkerStatus, observation: Observation | None, ref: WorkerRef | None = None,
+    adopted_instance_id: str | None = None,
 ) -> DeletionPlan:
     """What deleting the worker takes; ``release`` says the finalizer may go.
 
     An instance of another worker or cluster is left exactly as it is: not terminated,
-    not untagged (``ref`` None skips the check: callers that pass no ref have none).
+    not untagged (``ref`` None skips the check: callers that pass no ref have none). So is
+    an instance named by ``spec.instanceId`` (``adopted_instance_id``) that carries no
+    worker's uid: this worker never claimed it (adoption refused, or deleted before the claim).
     """
     instance = observation.instance if observation else None
     if instance is None:
@@ -499,6 +567,9 @@ def decide_deletion(
     owner = ref.owner_of(instance.tags) if ref is not None else None
     if owner is not None and owner.foreign:
         message = f"Instance {instance_id} belongs to {owner.owner}; left untouched"
+        return DeletionPlan((), True, message, (Note("Normal", reasons.EVENT_RELEASED, message),))
+    if owner is not None and owner.verdict is Verdict.UNCLAIMED and instance_id == adopted_instance_id:
+        message = f"Instance {instance_id} was never claimed by this worker (no cml.dev/worker-uid tag); left untouched"
         return DeletionPlan((), True, message, (Note("Normal", reasons.EVENT_RELEASED, message),))
     missing = missing_policy_tags(ref, instance.tags) if ref is not None else {}
     if missing and instance.instance_state not in GONE_STATES:
