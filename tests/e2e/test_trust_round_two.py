@@ -212,15 +212,17 @@ def test_a_start_that_fails_after_the_type_changed_restores_the_old_type_and_sta
     kube.apply(worker_manifest("nocap", network))
     kube.wait_condition("nocap", "Ready")
     instance_id = kube.get("nocap")["status"]["instanceId"]
-    # No capacity for the new type: the first StartInstances (as m5.metal) is refused.
-    proxy.set_faults(FaultRule(action="StartInstances", code="InsufficientInstanceCapacity", times=1))
+    # No capacity for the new type: the first StartInstances (as m5.metal) is refused, botocore's own
+    # retries of it too (capacity comes as EC2's 5xx: 3 attempts in all).
+    proxy.set_faults(FaultRule(action="StartInstances", code="InsufficientInstanceCapacity", times=3))
     proxy.reset_counts()
 
     kube.patch_spec("nocap", {"instanceType": "m5.metal"})
     stalled = kube.wait_condition("nocap", "Stalled", reason="ResizeRefused", timeout=90)
-    assert "InsufficientInstanceCapacity" in stalled["message"]
+    assert "InsufficientInstanceCapacity" in stalled["message"] and "changed back to m5.large" in stalled["message"]
     wait_for(lambda: state_of(aws, instance_id) == "running", 60, what="running again")
     assert _raw(aws, instance_id)["InstanceType"] == "m5.large"  # the old type, restored
     assert proxy.count("ModifyInstanceAttribute") == 2 and proxy.count("StopInstances") == 1
-    assert proxy.count("StartInstances", "fault:InsufficientInstanceCapacity") == 1
+    assert proxy.count("StartInstances", "fault:InsufficientInstanceCapacity") == 3
+    assert proxy.count("StartInstances") == 4  # the refused start's 3 attempts, then the one as m5.large
     assert len(instances_of(aws, kube.get("nocap")["metadata"]["uid"])) == 1

@@ -280,6 +280,8 @@ async def _act(
     created: CMLWorkerInstanceDto | None = None
     instance_id = plan.instance_id
     after = dict(plan.after)
+    # The type before this pass changed it: what a refused type change goes back to.
+    type_before = observation.instance.instance_type if observation and observation.instance else None
     for index, action in enumerate(plan.actions):
         try:
             if isinstance(action, Launch):
@@ -311,7 +313,7 @@ async def _act(
                 if not spec.wants_running:
                     raise Failed(error, observation, completed=index, refused_resize=refused) from error
                 # Never leave a worker stopped that should run: start it again with its old type.
-                old_type = observation.instance.instance_type if observation and observation.instance else None
+                old_type = type_before
                 if isinstance(action, ModifyType):
                     reported = await restart_after_failed_modify(runtime, spec.region, instance_id, old_type, error)
                 else:  # the Start right after a type change that EC2 accepted
