@@ -104,7 +104,7 @@ def test_discovery_imports_each_unmanaged_instance_once_without_touching_it(kube
     assert all(len(instances_of(aws, w["metadata"]["uid"])) == 1 for w in names)
 
 
-def test_an_image_of_an_owner_not_allowed_is_never_matched(kube, network, aws, operator):
+def test_an_image_of_an_owner_not_allowed_is_never_matched(kube, network, aws, adopting_operator):
     image = amazon_image(aws)
     launch(aws, network, image["ImageId"], {"env": "lab"})
     kube.apply(discovery_manifest("amazon-name", image["Name"]))  # amiOwners defaults to [self]

@@ -226,3 +226,4 @@ def test_a_start_that_fails_after_the_type_changed_restores_the_old_type_and_sta
     assert proxy.count("StartInstances", "fault:InsufficientInstanceCapacity") == 3
     assert proxy.count("StartInstances") == 4  # the refused start's 3 attempts, then the one as m5.large
     assert len(instances_of(aws, kube.get("nocap")["metadata"]["uid"])) == 1
+
