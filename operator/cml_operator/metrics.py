@@ -14,6 +14,7 @@ Series (all prefixed ``cml_``):
     leader                                           1 while this replica reconciles (leads, or runs without election)
     ec2_batch_size{kind}                             ids per batched read (describe/status/uid/managed)
     orphan_instances{region,account}                 instances this cluster manages whose worker is gone (last scan)
+    duplicate_instances{region,account}              live instances carrying a worker's uid besides the one it tracks
     cml_api_calls_total{operation,outcome}           every CML request; outcome "ok", "HTTP503", "Timeout", ...
     cml_idle_stops_total                             instances stopped by the idle rule (spec.cml.idleStop)
     status_patches_total{state,reason}               CMLWorker status patches written, by the health they carried
@@ -69,6 +70,10 @@ class Metrics:
                                       "Instances tagged for this cluster whose CMLWorker no longer exists, by region "
                                       "and AWS account (at the last scan)", ["region", "account"],
                                       registry=self.registry)
+        self.duplicate_instances = Gauge("cml_duplicate_instances",
+                                         "Live instances tagged with a worker's uid that are not the instance it "
+                                         "tracks, by region and AWS account (at the last orphan scan)",
+                                         ["region", "account"], registry=self.registry)
         self.cml_calls = Counter("cml_api_calls", "CML controller requests by operation and outcome",
                                  ["operation", "outcome"], registry=self.registry)
         self.idle_stops = Counter("cml_idle_stops", "Instances stopped for inactivity (spec.cml.idleStop)",

@@ -53,6 +53,8 @@ class WorkerMemory:
     #: The status this process last wrote: a timer's body can predate it, and must not rewrite it.
     last_status: dict | None = None
     last_status_at: float = 0.0
+    #: The duplicates of its instance this process last reported on the worker (Warning DuplicateInstance).
+    reported_duplicates: tuple[str, ...] = ()
     #: The instance id this process last wrote into the cml.dev/instance-id annotation, and when.
     annotated_instance_id: str | None = None
     annotated_at: float = 0.0
@@ -145,6 +147,8 @@ class Runtime:
     discoveries: dict[str, DiscoveryMemory] = field(default_factory=dict)
     #: When each orphan was first seen, per region (the --orphan-grace clock).
     orphan_clocks: dict[str, OrphanClock] = field(default_factory=dict)
+    #: Duplicates (a second live instance with a worker's uid) per region: uid -> their ids, for the worker's pass.
+    duplicates: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)
     #: Operator-wide background loops (the orphan watch), cancelled at close.
     tasks: list[asyncio.Task] = field(default_factory=list)
     #: CML controllers of workers with spec.cml (None: a runtime built without it, e.g. in unit tests).
@@ -211,6 +215,12 @@ class Runtime:
         if clock is None:
             clock = self.orphan_clocks[region] = OrphanClock()
         return clock
+
+    def record_duplicates(self, region: str, by_uid: dict[str, tuple[str, ...]]) -> None:
+        self.duplicates[f"{self.account_label}/{region}"] = by_uid  # shared by every account's view
+
+    def duplicates_of(self, uid: str) -> tuple[str, ...]:
+        return tuple(i for by_uid in self.duplicates.values() for i in by_uid.get(uid, ()))
 
     def forget(self, uid: str) -> None:
         self.workers.pop(uid, None)

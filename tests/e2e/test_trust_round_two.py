@@ -227,3 +227,38 @@ def test_a_start_that_fails_after_the_type_changed_restores_the_old_type_and_sta
     assert proxy.count("StartInstances") == 4  # the refused start's 3 attempts, then the one as m5.large
     assert len(instances_of(aws, kube.get("nocap")["metadata"]["uid"])) == 1
 
+
+# ---------------------------------------------------------------- 6. one instance per worker
+
+
+def _duplicate_metric(operator) -> float | None:
+    for line in operator.metrics().splitlines():
+        if line.startswith("cml_duplicate_instances{") and 'region="us-east-1"' in line:
+            return float(line.split()[-1])
+    return None
+
+
+def test_a_second_instance_with_the_workers_uid_is_reported_within_two_resyncs_and_handled_like_an_orphan(
+        kube, network, aws, proxy, operator_factory):
+    resync, grace = 3.0, 6.0  # FAST_ARGS' --resync-interval
+    operator = operator_factory("--orphan-policy", "terminate", "--orphan-grace", str(grace))
+    kube.apply(worker_manifest("twin", network))
+    kube.wait_condition("twin", "Ready")
+    tracked = kube.get("twin")["status"]["instanceId"]
+    # A copy made by hand, with every tag of the original (the worker's uid, this cluster's id).
+    tags = tags_of(aws, tracked)
+    copy = aws.run_instances(ImageId=network["ami"], MinCount=1, MaxCount=1, InstanceType="m5.large",
+                             SubnetId=network["subnet"], SecurityGroupIds=[network["sg"]],
+                             TagSpecifications=[{"ResourceType": "instance",
+                                                 "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}],
+                             )["Instances"][0]["InstanceId"]
+
+    # Two resyncs, a poll, and the load of a shared machine: the bound the issue names, with slack.
+    wait_for(lambda: any(e["reason"] == "DuplicateInstance" and e["type"] == "Warning" and copy in e["message"]
+                         for e in kube.events("twin")), 2 * resync + 30, what="the DuplicateInstance warning")
+    assert _duplicate_metric(operator) == 1.0
+    wait_for(lambda: state_of(aws, copy) in ("shutting-down", "terminated"), grace + 60,
+             what="the duplicate terminated after --orphan-grace")
+    assert state_of(aws, tracked) == "running" and kube.get("twin")["status"]["instanceId"] == tracked
+    assert proxy.count("TerminateInstances") == 1
+    wait_for(lambda: _duplicate_metric(operator) == 0.0, 4 * resync + 30, what="the metric back to 0")

@@ -28,6 +28,7 @@ from ..reconcile.policy import classify
 from ..reconcile.actions import Note
 from ..runtime import Runtime
 from .account import account_status, bind_account, subject_of
+from .duplicates import handle_duplicates, judge_duplicates
 from .orphans import all_workers, handle_orphans, judge_orphans, managed_instances
 
 
@@ -69,6 +70,8 @@ async def discovery_pass(runtime: Runtime, body: Mapping[str, Any], *, cluster_i
         imported = await _import(kube, spec, selection.to_import, meta, notes, account_name) if allowed else []
         orphans = await judge_orphans(runtime, spec.region, managed, workers, cluster_id)
         notes.extend(await handle_orphans(runtime, spec.region, orphans))
+        await handle_duplicates(runtime, spec.region,
+                                await judge_duplicates(runtime, spec.region, managed, workers, cluster_id))
     except (IntegrationException, KubeApiError) as error:
         health, delay = _failure(runtime, error)
         notes.append(Note("Warning", health.reason, health.message))

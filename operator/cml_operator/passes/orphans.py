@@ -26,6 +26,7 @@ from ..reconcile.discovery import TAG_CLUSTER, find_orphans, orphan_action
 from ..reconcile.actions import Note
 from ..reconcile.worker import TAG_UID, TAG_WORKER
 from ..runtime import Runtime
+from .duplicates import handle_duplicates, judge_duplicates
 
 logger = logging.getLogger(__name__)
 #: Instance ids named in one orphan event at most; the rest are counted.
@@ -131,6 +132,8 @@ async def orphan_watch(runtime: Runtime, cluster_id: Callable[[], str | None], i
                     workers = await all_workers(runtime.kube, runtime.settings.namespaces)
                     orphans = await judge_orphans(scoped, region, managed, workers, ours)
                     await handle_orphans(scoped, region, orphans)
+                    duplicates = await judge_duplicates(scoped, region, managed, workers, ours)
+                    await handle_duplicates(scoped, region, duplicates)
                 except (IntegrationException, KubeApiError) as error:
                     logger.warning("Orphan scan of %s (account %s) failed (next in %.0f s): %s", region,
                                    scoped.account_label, interval, error)

@@ -142,6 +142,7 @@ async def _reconcile_in_account(
                           refused_resize=failed.refused_resize)
         return _with_cml(result, cml.status_dict() if cml else None)
 
+    notes.extend(_duplicates_news(runtime, ref, plan, memory))
     memory.hot = plan.poll_soon
     memory.clear()
     if plan.instance_id is None and created is None:
@@ -163,6 +164,23 @@ async def _reconcile_in_account(
     result = _result(runtime, ref, raw_status, status, plan, observation, image_id,
                      spec_keys=tuple(sorted(full_spec.tags)), notes=tuple(notes), shown=shown)
     return _with_cml(result, cml.status_dict() if cml else None)
+
+
+def _duplicates_news(runtime: Runtime, ref: WorkerRef, plan: Plan, memory: WorkerMemory) -> tuple[Note, ...]:
+    """A Warning the first time the orphan scan reports other live instances carrying this worker's uid."""
+    found = runtime.duplicates_of(ref.uid)
+    if found == memory.reported_duplicates:
+        return ()
+    memory.reported_duplicates = found
+    if not found:
+        return ()
+    settings = runtime.settings
+    verb = {"stop": "stopped", "terminate": "terminated"}.get(settings.orphan_policy)
+    then = f"{verb} after {settings.orphan_grace:.0f} s" if verb else "reported only"
+    message = (f"Instance(s) {', '.join(found)} carry this worker's cml.dev/worker-uid but it tracks "
+               f"{plan.instance_id}: one instance per worker; handled like orphans (--orphan-policy "
+               f"{settings.orphan_policy}: {then})")
+    return (Note("Warning", reasons.EVENT_DUPLICATE, message),)
 
 
 def _with_cml(result: PassResult, cml_status: dict[str, Any] | None) -> PassResult:
