@@ -89,14 +89,15 @@ async def reconcile_pass(
             recorded_account(raw_status, launched=status.instance_id is not None)))
     except IntegrationException as error:  # refused, or the role cannot be assumed: no EC2 call at all
         return _failure(runtime, ref, raw_status, status, spec, error, None, list(_resumed(raw_status)), retry,
-                        memory)
-    result = await _reconcile_in_account(runtime, ref, spec, raw_status, status, memory, max_age, retry, annotations)
+                        memory, shown=shown)
+    result = await _reconcile_in_account(runtime, ref, spec, raw_status, status, memory, max_age, retry, annotations,
+                                         shown)
     return with_account(result, account_status(account, runtime))
 
 
 async def _reconcile_in_account(
     runtime: Runtime, ref: WorkerRef, spec: WorkerSpec, raw_status: Mapping[str, Any] | None, status: WorkerStatus,
-    memory: WorkerMemory, max_age: float, retry: int, annotations: Mapping[str, str] | None,
+    memory: WorkerMemory, max_age: float, retry: int, annotations: Mapping[str, str] | None, shown: _Shown,
 ) -> PassResult:
     cml = CMLStep.begin(runtime, ref, spec, raw_status, annotations)
     full_spec, spec = spec, cml.ec2_spec if cml else spec  # an idle-stopped worker is held stopped
