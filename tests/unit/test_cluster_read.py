@@ -25,7 +25,7 @@ from cml_operator.settings import OperatorSettings
 from .asyncrun import virtual_time_test
 from .test_observer import REGION, FakeEC2, instance
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = pytest.mark.timeout(60)  # a hang guard (virtual time), not a bound
 
 CLUSTER = "cluster-1"
 RESYNC = 10.0

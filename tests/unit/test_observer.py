@@ -28,7 +28,8 @@ from cml_operator.reconcile.worker import MANAGED_BY, TAG_MANAGED_BY, TAG_UID, O
 
 from .asyncrun import virtual_time_test
 
-pytestmark = pytest.mark.timeout(10)
+# A hang guard, not a bound: these tests run on virtual time, but a loaded machine can take seconds for one.
+pytestmark = pytest.mark.timeout(60)
 
 REGION = "us-east-1"
 
