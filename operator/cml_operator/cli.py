@@ -152,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "report them (metric, event, log), or also stop or terminate them after --orphan-grace")
     ops.add_argument("--orphan-grace", type=float, default=_env("ORPHAN_GRACE", float, d.orphan_grace),
                      help="seconds an instance must stay an orphan before --orphan-policy stop/terminate acts")
+    ops.add_argument("--price-table", metavar="NAMESPACE/NAME", default=_env("PRICE_TABLE", str, d.price_table),
+                     help="a ConfigMap of instance type -> USD per hour: adds cml_estimated_cost_usd_total and "
+                          "status.usage.estimatedCostUSD (no prices are shipped)")
     peering = ops.add_mutually_exclusive_group()
     peering.add_argument("--peering", metavar="NAME", default=_env("PEERING", str, d.peering),
                          help="coordinate with other instances of the operator through this Kopf peering object "
@@ -222,6 +225,7 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
         api_connections=args.api_connections,
         orphan_policy=args.orphan_policy,
         orphan_grace=args.orphan_grace,
+        price_table=_price_table(args.price_table),
         cluster_id=args.cluster_id,
         max_replacements=args.max_replacements,
         require_account=args.require_account,
@@ -237,6 +241,15 @@ def settings_from_args(args: argparse.Namespace) -> OperatorSettings:
         cml=replace(_DEFAULTS.cml, interval=args.cml_interval, starting_interval=args.cml_starting_interval,
                     boot_timeout=args.cml_boot_timeout, timeout=args.cml_timeout, concurrency=args.cml_concurrency),
     )
+
+
+def _price_table(value: str | None) -> str | None:
+    if not value:
+        return None
+    namespace, _, name = value.partition("/")
+    if not namespace or not name or "/" in name:
+        raise SystemExit(f"cml-operator: --price-table {value!r} must be NAMESPACE/NAME (a ConfigMap)")
+    return value
 
 
 def run(settings: OperatorSettings) -> int:

@@ -99,6 +99,10 @@ class KubeApi:
         """One Namespace by name (its labels decide which CMLAccounts it may use)."""
         return await self._request("GET", f"/api/v1/namespaces/{quote(name)}")
 
+    async def get_configmap(self, namespace: str, name: str) -> dict[str, Any]:
+        """One ConfigMap by name (the --price-table): GET only."""
+        return await self._request("GET", f"/api/v1/namespaces/{quote(namespace)}/configmaps/{quote(name)}")
+
     async def create(self, kind: Kind, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
         return await self._request("POST", kind.path(namespace), body=body)
 

@@ -18,11 +18,14 @@ Series (all prefixed ``cml_``):
     cml_api_calls_total{operation,outcome}           every CML request; outcome "ok", "HTTP503", "Timeout", ...
     cml_idle_stops_total                             instances stopped by the idle rule (spec.cml.idleStop)
     status_patches_total{state,reason}               CMLWorker status patches written, by the health they carried
+    instance_running_seconds_total{namespace,pool,instance_type,region}  seconds instances ran (docs/schedules.md)
+    estimated_cost_usd_total{namespace,pool,instance_type,region}        the same seconds priced by --price-table
 """
 
 from __future__ import annotations
 
 import threading
+import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, start_http_server
 
@@ -82,6 +85,16 @@ class Metrics:
                                       "state and reason they carried", ["state", "reason"], registry=self.registry)
         self._placements: dict[str, Placement] = {}
         self._counts: dict[Placement, int] = {}
+        usage_labels = ["namespace", "pool", "instance_type", "region"]
+        self.running_seconds = Counter("cml_instance_running_seconds", "Seconds instances were seen running, by "
+                                       "namespace, pool (empty: none), instance type and region",
+                                       usage_labels, registry=self.registry)
+        self.estimated_cost = Counter("cml_estimated_cost_usd", "Running seconds priced by the --price-table "
+                                      "ConfigMap (instance types it lists only), in USD", usage_labels,
+                                      registry=self.registry)
+        #: Per worker uid: the wall-clock second up to which its running time is counted.
+        self._running_counted: dict[str, float] = {}
+        self._started = time.time()
         self._lock = threading.Lock()
 
     def ec2_call(self, operation: str, region: str, outcome: str, account: str = "self") -> None:
@@ -112,6 +125,31 @@ class Metrics:
             if placement is not None:
                 self._counts[placement] = self._counts.get(placement, 0) + 1
                 self.workers.labels(*placement).set(self._counts[placement])
+
+    def count_running(self, uid: str, labels: tuple[str, str, str, str], running: bool, since: float | None,
+                      now: float, price: float | None) -> None:
+        """Count a worker's running time up to ``now`` (epoch seconds); ``since``: its open (or just ended) period.
+
+        After a restart counting resumes from this process's start (a counter restarts at 0;
+        Prometheus' ``increase`` spans the reset), so nothing is counted twice.
+        """
+        with self._lock:
+            last = self._running_counted.get(uid)
+            if last is None and since is not None:
+                last = max(since, self._started)
+            if last is not None and now > last:
+                seconds = now - last
+                self.running_seconds.labels(*labels).inc(seconds)
+                if price is not None:
+                    self.estimated_cost.labels(*labels).inc(seconds / 3600.0 * price)
+            if running:
+                self._running_counted[uid] = max(now, last or now)
+            else:
+                self._running_counted.pop(uid, None)
+
+    def forget_running(self, uid: str) -> None:
+        with self._lock:
+            self._running_counted.pop(uid, None)
 
     def serve(self, port: int, address: str = "0.0.0.0") -> None:
         start_http_server(port, addr=address, registry=self.registry)

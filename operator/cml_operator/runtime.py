@@ -23,6 +23,7 @@ from .fleet.cml import CMLService
 from .fleet.gateway import EC2Api, EC2Gateway
 from .fleet.lookups import SharedLookups
 from .fleet.observer import Observers
+from .fleet.prices import PriceTable
 from .fleet.ratelimit import EC2RateLimiter
 from .identity import instance_identity
 from .kube_secrets import SecretReader
@@ -159,6 +160,8 @@ class Runtime:
     namespace_labels: dict[str, tuple[float, dict[str, str]]] = field(default_factory=dict)
     #: The fleet this runtime is bound to (``for_fleet``): its ec2, observers, lookups and orphan clocks.
     fleet: Fleet | None = None
+    #: Instance type -> USD per hour from the --price-table ConfigMap (None: no table).
+    prices: PriceTable | None = None
 
     def __post_init__(self) -> None:
         if self.lookups is None:
@@ -227,6 +230,7 @@ class Runtime:
         if self.cml is not None:
             self.cml.forget(uid)
         self.metrics.set_phase(uid, None)
+        self.metrics.forget_running(uid)
 
     @staticmethod
     def clock() -> float:
@@ -288,6 +292,8 @@ def build_runtime(settings: OperatorSettings, metrics: Metrics | None = None,
                              margin=settings.credential_refresh_margin, operator_namespace=default_namespace(),
                              session_name=session_name)
     cml = CMLService(settings.cml, SecretReader(), on_call=metrics.cml_call)
+    prices = PriceTable(settings.price_table, refresh=settings.resync_interval) if settings.price_table else None
     runtime = Runtime(settings=settings, ec2=own.ec2, observers=own.observers, metrics=metrics, cml=cml,
-                      lookups=own.lookups, accounts=accounts, fleet=own, orphan_clocks=own.orphan_clocks)
+                      lookups=own.lookups, accounts=accounts, fleet=own, orphan_clocks=own.orphan_clocks,
+                      prices=prices)
     return runtime

@@ -60,6 +60,8 @@ class OperatorSettings:
     orphan_policy: str = "report"
     #: Seconds an instance must stay an orphan before --orphan-policy stop/terminate acts on it.
     orphan_grace: float = 3600.0
+    #: ``NAMESPACE/NAME`` of a ConfigMap: instance type -> USD per hour (None: no cost estimates).
+    price_table: str | None = None
     #: Value of the ``cml.dev/cluster`` tag on every instance; None: the kube-system namespace's uid.
     cluster_id: str | None = None
     #: Refuse (Stalled AccountNotAllowed) workers whose namespace no CMLAccount selects, instead of using

@@ -52,8 +52,9 @@ async def _pass(runtime: Runtime, body: kopf.Body, patch: kopf.Patch, *, raise_e
     if body.get("metadata", {}).get("deletionTimestamp"):
         return
     assert runtime.kube is not None
+    prices = await runtime.prices.refresh_if_due(runtime.kube) if runtime.prices is not None else None
     async with runtime.object_lock(body["metadata"]["uid"]):
-        result = await pool_pass(runtime.kube, body)
+        result = await pool_pass(runtime.kube, body, prices)
     changes = status_patch(body.get("status"), result.status)
     if changes:
         patch.setdefault("status", {}).update(changes)

@@ -106,7 +106,8 @@ async def _reconcile(runtime: Runtime, body: kopf.Body, patch: kopf.Patch, retry
             max_age = 0.0  # a change or a restart: look at EC2 now (batched with the others)
         with runtime.metrics.reconcile_duration.labels(trigger).time():
             result = await reconcile_pass(runtime, ref, body.get("spec"), _freshest_status(body, memory),
-                                          max_age=max_age, retry=retry, annotations=_annotations(body))
+                                          max_age=max_age, retry=retry, annotations=_annotations(body),
+                                          labels=(body.get("metadata") or {}).get("labels") or {})
         _patch_status(body, patch, result.status, memory, runtime.metrics, result.health)
         _record_instance_id(body, patch, result.status, memory)
         if not timer:

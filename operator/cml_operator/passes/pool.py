@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 from typing import Any
 
 from ..kubeapi import CMLWORKERS, KubeApi, KubeApiError
@@ -26,6 +27,8 @@ from ..reconcile.pool import (
     plan_pool,
 )
 from ..reconcile.actions import Note
+from ..reconcile.schedule import ScheduleError
+from .pool_schedule import budget, budget_condition, budget_newly_reached, calendar
 
 logger = logging.getLogger(__name__)
 #: Names listed in one event at most; the rest are counted.
@@ -40,8 +43,10 @@ class PoolResult:
     error: KubeApiError | None = None  # set when the API server refused something
 
 
-async def pool_pass(kube: KubeApi, pool: Mapping[str, Any]) -> PoolResult:
-    """Bring the pool's children one pass closer to its spec."""
+async def pool_pass(kube: KubeApi, pool: Mapping[str, Any], prices: Mapping[str, float] | None = None,
+                    now: datetime | None = None) -> PoolResult:
+    """Bring the pool's children one pass closer to its spec (its calendar and budget included)."""
+    now = now or datetime.now(timezone.utc)
     meta = pool["metadata"]
     name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
     generation = int(meta.get("generation") or 1)
@@ -55,11 +60,27 @@ async def pool_pass(kube: KubeApi, pool: Mapping[str, Any]) -> PoolResult:
         conditions = build_conditions((pool.get("status") or {}).get("conditions"), health, generation)
         return PoolResult({"conditions": conditions}, health, (Note("Warning", health.reason, health.message),),
                           error)
-    children = [Child.from_body(body) for body in bodies if owned_by(body, uid)]
+    owned = [body for body in bodies if owned_by(body, uid)]
+    children = [Child.from_body(body) for body in owned]
     rolling = (spec.get("updateStrategy") or {}).get("type") == "RollingUpdate"
-    plan = plan_pool(name, int(spec.get("replicas", 1)), template, children, order, rolling_update=rolling)
+    previous_status = pool.get("status") or {}
+    try:
+        wanted = calendar(spec, previous_status, now)
+    except ScheduleError as error:
+        health = Health.stalled(reasons.INVALID_PARAMETER, f"Invalid {error}")
+        conditions = build_conditions(previous_status.get("conditions"), health, generation)
+        return PoolResult({"conditions": conditions, "observedGeneration": generation}, health)
+    spent = budget(spec, previous_status, owned, prices or {}, now)
+    # Over budget no worker is added, and a rolling update (delete one, add one) waits.
+    plan = plan_pool(name, wanted.replicas, template, children, order, rolling_update=rolling and not spent.reached)
+    if spent.reached and plan.create:
+        health = Health.stalled(reasons.BUDGET_REACHED, f"{plan.status.replicas - plan.create} of "
+                                f"{wanted.replicas} workers: {spent.message}")
+        plan = replace(plan, create=0, status=replace(plan.status, replicas=plan.status.replicas - plan.create,
+                                                      updated_replicas=plan.status.updated_replicas - plan.create,
+                                                      health=health))
 
-    notes: list[Note] = []
+    notes: list[Note] = list(wanted.notes)
     error: KubeApiError | None = None
     try:
         await _roll(kube, namespace, plan, notes)
@@ -72,7 +93,15 @@ async def pool_pass(kube: KubeApi, pool: Mapping[str, Any]) -> PoolResult:
         health = _failed(error)
         notes.append(Note("Warning", health.reason, health.message))
     status: dict[str, Any] = {**plan.status.as_dict(), "observedGeneration": generation}
-    status["conditions"] = build_conditions((pool.get("status") or {}).get("conditions"), health, generation)
+    status["conditions"] = build_conditions(previous_status.get("conditions"), health, generation)
+    if wanted.status is not None:
+        status["schedule"] = wanted.status
+    status["usage"] = spent.usage.to_dict()
+    limit = budget_condition(previous_status.get("conditions"), spent, generation, now)
+    if limit is not None:
+        status["conditions"].append(limit)
+        if budget_newly_reached(previous_status.get("conditions"), limit):
+            notes.append(Note("Warning", reasons.BUDGET_REACHED, limit["message"]))
     return PoolResult(status, health, tuple(notes), error)
 
 

@@ -43,6 +43,7 @@ from ..reconcile.account import Subject, recorded_account
 from .account import account_status, bind_account
 from .common import Failed, PassResult, apply_action, as_integration, capped, expected_after, with_account
 from .resize import check_new_type, restart_after_failed_modify, restore_after_failed_start
+from .schedule import ScheduleGate, usage_status, utcnow
 from .userdata import user_data_from_secret
 
 #: Failures that are not EC2 refusing a type: a resize they interrupt is tried again.
@@ -56,6 +57,7 @@ _STATE_CHANGING = (Start, Stop, ModifyType, Terminate, SetMetadataOptions)
 async def reconcile_pass(
     runtime: Runtime, ref: WorkerRef, raw_spec: Mapping[str, Any] | None, raw_status: Mapping[str, Any] | None,
     *, max_age: float, retry: int = 0, annotations: Mapping[str, str] | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> PassResult:
     """Bring one worker a step closer to its spec; ``max_age``: how stale an observation may be.
 
@@ -67,8 +69,11 @@ async def reconcile_pass(
     shown = _Shown.of(raw_spec)
     if is_paused(annotations):
         return _paused(runtime, ref, raw_status, status, memory)
+    schedule: ScheduleGate | None = None
+    started = utcnow()
     try:
         spec: WorkerSpec | SpecError = parse_spec(raw_spec)
+        schedule = ScheduleGate.begin(raw_spec, spec, raw_status, annotations, started)
     except SpecError as error:
         spec = error
     if isinstance(spec, SpecError):
@@ -91,21 +96,27 @@ async def reconcile_pass(
         return _failure(runtime, ref, raw_status, status, spec, error, None, list(_resumed(raw_status)), retry,
                         memory, shown=shown)
     result = await _reconcile_in_account(runtime, ref, spec, raw_status, status, memory, max_age, retry, annotations,
-                                         shown)
+                                         shown, schedule, labels, started)
     return with_account(result, account_status(account, runtime))
 
 
 async def _reconcile_in_account(
     runtime: Runtime, ref: WorkerRef, spec: WorkerSpec, raw_status: Mapping[str, Any] | None, status: WorkerStatus,
     memory: WorkerMemory, max_age: float, retry: int, annotations: Mapping[str, str] | None, shown: _Shown,
+    schedule: ScheduleGate | None = None, labels: Mapping[str, str] | None = None, started: datetime | None = None,
 ) -> PassResult:
+    started = started or utcnow()
+    if runtime.prices is not None:
+        await runtime.prices.refresh_if_due(runtime.kube)
+    full_spec, spec = spec, schedule.ec2_spec(spec) if schedule else spec  # held stopped outside its windows
     cml = CMLStep.begin(runtime, ref, spec, raw_status, annotations)
-    full_spec, spec = spec, cml.ec2_spec if cml else spec  # an idle-stopped worker is held stopped
+    spec = cml.ec2_spec if cml else spec  # an idle-stopped worker is held stopped
     observer = runtime.observers(spec.region)
     limits = limits_of(runtime)
     observation: Observation | None = None
     plan: Plan | None = None
-    notes: list[Note] = list(_resumed(raw_status)) + (list(cml.notes) if cml else [])
+    notes: list[Note] = (list(_resumed(raw_status)) + (list(schedule.notes) if schedule else [])
+                         + (list(cml.notes) if cml else []))
     if cml:
         cml.notes.clear()
     try:
@@ -141,6 +152,7 @@ async def _reconcile_in_account(
                           launch_attempt=failed.launch_attempt, completed=failed.completed,
                           restarted=failed.restarted, token_gone=failed.token_gone, shown=shown,
                           refused_resize=failed.refused_resize)
+        result = _with_schedule(runtime, ref, raw_status, result, schedule, labels, spec.region, started)
         return _with_cml(result, cml.status_dict() if cml else None)
 
     notes.extend(_duplicates_news(runtime, ref, plan, memory))
@@ -156,6 +168,8 @@ async def _reconcile_in_account(
         plan = await cml.finish(plan, observation, status.conditions)
         notes.extend(cml.notes)
         memory.hot = memory.hot or plan.poll_soon
+    if schedule:
+        plan = replace(plan, health=schedule.health(plan.health, full_spec.wants_running))
     previous = health_of(status.conditions)
     if plan.health.state is HealthState.READY and (previous is None or previous.state is not HealthState.READY):
         notes.append(Note("Normal", reasons.EVENT_READY, plan.health.message))
@@ -164,6 +178,7 @@ async def _reconcile_in_account(
             runtime.metrics.ready_latency.observe(latency)
     result = _result(runtime, ref, raw_status, status, plan, observation, image_id,
                      spec_keys=tuple(sorted(full_spec.tags)), notes=tuple(notes), shown=shown)
+    result = _with_schedule(runtime, ref, raw_status, result, schedule, labels, spec.region, started)
     return _with_cml(result, cml.status_dict() if cml else None)
 
 
@@ -188,6 +203,18 @@ def _with_cml(result: PassResult, cml_status: dict[str, Any] | None) -> PassResu
     """``status.cml`` for a worker with spec.cml; without it the key is dropped (and nulled by the patch)."""
     if cml_status is not None:
         result.status["cml"] = cml_status
+    return result
+
+
+def _with_schedule(runtime: Runtime, ref: WorkerRef, raw_status: Mapping[str, Any] | None, result: PassResult,
+                   schedule: ScheduleGate | None, labels: Mapping[str, str] | None, region: str,
+                   now: datetime) -> PassResult:
+    """``status.schedule`` (with spec.schedule) and ``status.usage`` (once an instance was seen)."""
+    if schedule is not None:
+        result.status["schedule"] = schedule.status_dict()
+    usage = usage_status(runtime, ref.namespace, ref.uid, labels, raw_status, result.status, region, now)
+    if usage is not None:
+        result.status["usage"] = usage
     return result
 
 

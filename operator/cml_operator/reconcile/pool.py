@@ -20,7 +20,8 @@ from .conditions import Health, HealthState, condition
 
 POOL_LABEL = "cml.dev/pool"
 #: Top-level spec fields a CMLWorker applies in place, so a template change reaches every child.
-ROLLED_FIELDS = ("tags", "instanceType", "securityGroupIds", "detailedMonitoring", "desiredState", "deletionPolicy")
+ROLLED_FIELDS = ("tags", "instanceType", "securityGroupIds", "detailedMonitoring", "desiredState", "deletionPolicy",
+                 "schedule")
 #: Nested spec fields rolled the same way (the parent object's other fields are not).
 ROLLED_NESTED = (("cml", "idleStop"),)
 #: spec.scaleDown.order when the pool does not say (the CRD default too).

@@ -118,3 +118,10 @@ def with_hint(reason: str, message: str) -> str:
     """``message`` plus what to do about ``reason``, when there is a standard answer."""
     hint = HINTS.get(reason)
     return f"{message}; {hint}" if hint else message
+
+# spec.schedule and running hours (docs/schedules.md)
+OUTSIDE_SCHEDULE = "OutsideSchedule"  # Ready=True: stopped outside every spec.schedule window, as planned
+EVENT_SCHEDULE_START = "ScheduleStart"  # a window (or its pre-warm) began: starting
+EVENT_SCHEDULE_STOP = "ScheduleStop"  # outside every window: stopping
+EVENT_SCHEDULE_SCALED = "ScheduleScaled"  # a pool's replicas in force changed with its calendar
+BUDGET_REACHED = "BudgetReached"  # a pool's spec.limits.maxRunningHoursPerMonth is used up: no new workers

@@ -131,9 +131,9 @@ def _checks(
 
 
 #: Keys a pass may drop (a stopped instance has no public IP); a merge patch must null them.
-REMOVABLE_KEYS = (*_INSTANCE_FIELDS, "instanceId", "amiId", "statusChecks", "cml", "recovery", "paused")
+REMOVABLE_KEYS = (*_INSTANCE_FIELDS, "instanceId", "amiId", "statusChecks", "cml", "recovery", "paused", "schedule")
 #: Objects whose own keys a merge patch must null when they go away (status.cml, status.recovery).
-_NESTED = ("cml", "recovery")
+_NESTED = ("cml", "recovery", "schedule", "usage")
 
 
 def status_patch(current: Mapping[str, Any] | None, rendered: Mapping[str, Any]) -> dict[str, Any]:

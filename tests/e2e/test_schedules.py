@@ -1,0 +1,245 @@
+"""Power schedules, running hours and the pool budget against the real API server, moto_server and the operator.
+
+Windows are minute-granular and the operator reads the real clock (no test clock), so
+the calendar tests use a window that opens a minute or two ahead, with one minute of
+pre-warm, and wait for it: each takes about three minutes of wall time.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from tests.support.processes import wait_for
+
+from .conftest import REGION, Kube, instances_of, state_of, worker_manifest
+from .test_cml import CML_ARGS, LICENCE_TOKEN, cml_worker, secret, sim, unique  # noqa: F401 - sim is a fixture
+from .test_observability import series
+from .test_pools import children, pool, pool_manifest
+
+pytestmark = pytest.mark.e2e
+
+ZONE = "Asia/Kolkata"  # UTC+05:30: a half-hour offset, so a wrong conversion cannot land on the right minute
+OFFSET = timedelta(hours=5, minutes=30)
+
+
+def next_minute(after_seconds: float) -> datetime:
+    """The first whole UTC minute at least ``after_seconds`` from now."""
+    soon = datetime.now(timezone.utc) + timedelta(seconds=after_seconds)
+    return soon.replace(second=0, microsecond=0) + timedelta(minutes=1)
+
+
+def local(instant: datetime) -> str:
+    return (instant + OFFSET).strftime("%H:%M")
+
+
+def day(instant: datetime) -> str:
+    return ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")[(instant + OFFSET).weekday()]
+
+
+def iso(instant: datetime) -> str:
+    return instant.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def uid_of(kube: Kube, name: str) -> str:
+    return kube.get(name)["metadata"]["uid"]
+
+
+def wait_state(aws: Any, instance_id: str, wanted: str, timeout: float) -> float:
+    """Wait until moto shows ``wanted``; returns the wall time it was first seen."""
+    wait_for(lambda: state_of(aws, instance_id) == wanted, timeout, interval=0.5,
+             what=f"instance {instance_id} {wanted}")
+    return time.time()
+
+
+def test_a_worker_stops_outside_its_window_and_starts_prewarm_minutes_before_the_next(kube, network, aws,
+                                                                                     operator):
+    prewarm_at = next_minute(70)  # the pre-warm begins here ...
+    opens, closes = prewarm_at + timedelta(minutes=1), prewarm_at + timedelta(minutes=2)  # ... the window here
+    assert day(opens) == day(closes), "the test window must not cross local midnight"
+    kube.apply(worker_manifest("sched", network, schedule={
+        "timeZone": ZONE, "prewarmMinutes": 1,
+        "windows": [{"days": day(opens), "from": local(opens), "to": local(closes)}]}))
+
+    # Outside the window: launched, then stopped, and Ready with reason OutsideSchedule.
+    ready = kube.wait_condition("sched", "Ready", reason="OutsideSchedule", timeout=60)
+    assert iso(prewarm_at) in ready["message"]
+    [instance] = instances_of(aws, uid_of(kube, "sched"))
+    instance_id = instance["InstanceId"]
+    wait_state(aws, instance_id, "stopped", 30)
+    schedule = kube.get("sched")["status"]["schedule"]
+    assert schedule == {"inWindow": False, "nextStart": iso(prewarm_at), "nextStop": iso(closes)}
+    assert time.time() < prewarm_at.timestamp(), "the machine was too slow to see the worker stopped in time"
+    assert "ScheduleStop" not in kube.event_reasons("sched")  # stopped from the start: no transition
+
+    # prewarmMinutes before the window: started, and never earlier.
+    wait_for(lambda: time.time() >= prewarm_at.timestamp() - 1 or state_of(aws, instance_id) != "stopped", 120,
+             interval=0.5, what="the pre-warm time")
+    assert state_of(aws, instance_id) == "stopped", "started before the pre-warm time"
+    started = wait_state(aws, instance_id, "running", 60)
+    assert prewarm_at.timestamp() - 1 <= started < opens.timestamp()
+    kube.wait_condition("sched", "Ready", reason="InstanceReady", timeout=60)
+    schedule = kube.get("sched")["status"]["schedule"]
+    assert schedule["inWindow"] is True and schedule["nextStop"] == iso(closes)
+    assert "ScheduleStart" in kube.event_reasons("sched")
+
+    # The window's end: stopped again, Ready OutsideSchedule.
+    stopped = wait_state(aws, instance_id, "stopped", closes.timestamp() - time.time() + 60)
+    assert stopped >= closes.timestamp() - 1
+    kube.wait_condition("sched", "Ready", reason="OutsideSchedule", timeout=60)
+    assert "ScheduleStop" in kube.event_reasons("sched")
+
+    # Running hours: the launch-to-stop run plus the window's run, about 2 minutes; metric and status agree.
+    usage = kube.get("sched")["status"]["usage"]
+    window_run = stopped - started
+    assert "runningSince" not in usage and usage["month"] == datetime.now(timezone.utc).strftime("%Y-%m")
+    assert window_run - 5 <= usage["runningSeconds"] <= window_run + 60, (usage, window_run)
+    assert usage["runningHoursThisMonth"] == round(usage["runningSeconds"] / 3600, 2)
+    counted = series(operator.metrics(), "cml_instance_running_seconds_total", namespace=kube.namespace, pool="",
+                     instance_type="m5.large", region=REGION)
+    assert counted and abs(counted[0] - usage["runningSeconds"]) <= 2, (counted, usage)
+
+
+def test_a_wake_starts_a_worker_outside_its_windows_until_the_next_window_ends(kube, network, aws, operator):
+    tomorrow = datetime.now(timezone.utc) + timedelta(days=1)
+    # A window tomorrow at this time (never "now"): the worker is outside it for the whole test.
+    window = {"days": day(tomorrow), "from": local(tomorrow - timedelta(minutes=5)),
+              "to": local(tomorrow + timedelta(minutes=55))}
+    if window["to"] <= window["from"]:
+        window["to"] = "24:00"
+    kube.apply(worker_manifest("woken", network, schedule={"timeZone": ZONE, "prewarmMinutes": 0,
+                                                           "windows": [window]}))
+    kube.wait_condition("woken", "Ready", reason="OutsideSchedule", timeout=60)
+    [instance] = instances_of(aws, uid_of(kube, "woken"))
+    wait_state(aws, instance["InstanceId"], "stopped", 30)
+    next_stop = kube.get("woken")["status"]["schedule"]["nextStop"]
+
+    kube.run("annotate", "--overwrite", "cmlworker", "woken", "cml.dev/wake=now")
+    kube.wait_condition("woken", "Ready", reason="InstanceReady", timeout=60)
+    assert state_of(aws, instance["InstanceId"]) == "running"
+    schedule = kube.get("woken")["status"]["schedule"]
+    assert schedule["wake"] == "now" and schedule["wokenUntil"] == next_stop == schedule["nextStop"]
+    assert "Woken" in kube.event_reasons("woken")
+
+    # desiredState: Stopped always wins over a wake.
+    kube.patch_spec("woken", {"desiredState": "Stopped"})
+    kube.wait_condition("woken", "Ready", reason="InstanceStopped", timeout=60)
+    wait_state(aws, instance["InstanceId"], "stopped", 30)
+
+
+def test_leaving_the_windows_releases_the_licence_before_the_stop(kube, network, aws, sim, operator_factory):
+    prefix = unique("sched-lic", kube)
+    operator_factory(*CML_ARGS)
+    secret(kube, "sched-lic-token", token=LICENCE_TOKEN)
+    always = {"timeZone": ZONE, "prewarmMinutes": 0, "windows": [{"days": "Mon-Sun", "from": "00:00", "to": "24:00"}]}
+    manifest = cml_worker(kube, "sched-lic", network, sim, prefix,
+                          license={"tokenSecretRef": {"name": "sched-lic-token", "key": "token"}})
+    manifest["spec"]["schedule"] = always
+    kube.apply(manifest)
+    kube.wait_condition("sched-lic", "Ready", reason="CMLReady", timeout=90)
+    assert kube.get("sched-lic")["status"]["schedule"]["inWindow"] is True
+
+    # The window moves to tomorrow: outside now, so the licence goes first, then the instance stops.
+    tomorrow = datetime.now(timezone.utc) + timedelta(days=1)
+    kube.patch_spec("sched-lic", {"schedule": {"windows": [
+        {"days": day(tomorrow), "from": "00:00", "to": "00:30"}]}})
+    kube.wait_condition("sched-lic", "Ready", reason="OutsideSchedule", timeout=60)
+    assert sim.worker(prefix)["calls"]["DELETE licensing/deregistration"] == 1
+    assert sim.worker(prefix)["license"]["registration"] == "NOT_REGISTERED"
+    reasons = kube.event_reasons("sched-lic")
+    assert "LicenseReleased" in reasons and "ScheduleStop" in reasons
+    [instance] = instances_of(aws, uid_of(kube, "sched-lic"))
+    wait_state(aws, instance["InstanceId"], "stopped", 30)
+
+
+def test_a_pool_scales_up_and_down_on_its_calendar(kube, network, operator):
+    prewarm_at = next_minute(50)
+    opens, closes = prewarm_at + timedelta(minutes=1), prewarm_at + timedelta(minutes=2)
+    assert day(opens) == day(closes), "the test window must not cross local midnight"
+    manifest = pool_manifest("cal", network, 0)
+    manifest["spec"]["schedule"] = {"timeZone": ZONE, "prewarmMinutes": 1, "windows": [
+        {"days": day(opens), "from": local(opens), "to": local(closes), "replicas": 2}]}
+    kube.apply(manifest)
+
+    def schedule_status() -> dict | None:
+        return (pool(kube, "cal").get("status") or {}).get("schedule")
+
+    first = wait_for(schedule_status, 30, what="the pool's status.schedule")
+    assert first == {"replicas": 0, "source": "Spec", "nextChange": iso(prewarm_at), "nextReplicas": 2,
+                     "period": iso(prewarm_at), "specReplicasAtStart": 0}
+    assert children(kube, "cal") == []
+    assert time.time() < prewarm_at.timestamp() - 1, "the machine was too slow to see the pool empty in time"
+
+    grown = wait_for(lambda: len(children(kube, "cal")) == 2 and time.time(), 150, interval=0.5,
+                     what="two workers after the pre-warm time")
+    assert grown >= prewarm_at.timestamp() - 1
+    made = children(kube, "cal")
+    assert min(datetime.fromisoformat(c["metadata"]["creationTimestamp"].replace("Z", "+00:00")) for c in made) \
+        >= prewarm_at - timedelta(seconds=1)
+    status = schedule_status()
+    assert (status["replicas"], status["source"], status["nextChange"], status["nextReplicas"]) == (
+        2, "Window", iso(closes), 0)
+    assert "ScheduleScaled" in kube.event_reasons("cal")
+
+    shrunk = wait_for(lambda: not children(kube, "cal") and time.time(), closes.timestamp() - time.time() + 60,
+                      interval=0.5, what="the pool empty after the window")
+    assert shrunk >= closes.timestamp() - 1
+    assert schedule_status()["replicas"] == 0
+
+
+def test_the_budget_stops_growth_and_never_stops_a_worker(kube, network, aws, operator):
+    manifest = pool_manifest("budget", network, 1)
+    manifest["spec"]["limits"] = {"maxRunningHoursPerMonth": 0.005}  # 18 seconds
+    kube.apply(manifest)
+
+    def budget_condition() -> dict | None:
+        conditions = (pool(kube, "budget").get("status") or {}).get("conditions") or []
+        found = {c["type"]: c for c in conditions}.get("BudgetReached")
+        return found if found and found["status"] == "True" else None
+
+    reached = wait_for(budget_condition, 90, interval=0.5, what="BudgetReached True")
+    assert "spec.limits.maxRunningHoursPerMonth" in reached["message"]
+    wait_for(lambda: "BudgetReached" in kube.event_reasons("budget", "Warning"), 15, what="the Warning event")
+    [child] = children(kube, "budget")
+    [instance] = instances_of(aws, child["metadata"]["uid"])
+
+    kube.run("scale", "cmlworkerpool/budget", "--replicas=3")
+
+    def refused() -> dict | None:
+        body = pool(kube, "budget")
+        ready = {c["type"]: c for c in body["status"]["conditions"]}.get("Stalled", {})
+        settled = body["status"].get("observedGeneration") == body["metadata"]["generation"]
+        return body if settled and ready.get("reason") == "BudgetReached" else None
+
+    body = wait_for(refused, 30, interval=0.5, what="the pool stalled on its budget")
+    assert [c["metadata"]["name"] for c in children(kube, "budget")] == [child["metadata"]["name"]]
+    assert body["status"]["replicas"] == 1
+    wait_for(lambda: pool(kube, "budget")["status"]["usage"]["runningHoursThisMonth"] >= 0.01, 60, interval=0.5,
+             what="the pool's running hours shown")
+    assert state_of(aws, instance["InstanceId"]) == "running"  # the budget stops growth, never a worker
+    listed = kube.run("get", "cmlwp", "budget").stdout
+    assert "COST" in listed.splitlines()[0]
+
+
+def test_bad_schedules_are_refused_at_apply_time_naming_the_field(kube, network):
+    cases = [({"timeZone": "Europe Berlin"}, "spec.schedule.timeZone"),
+             ({"windows": [{"days": "Monday", "from": "09:00", "to": "17:00"}]}, "spec.schedule.windows[].days"),
+             ({"windows": [{"days": "Mon", "from": "9:00", "to": "17:00"}]}, "spec.schedule.windows[].from"),
+             ({"windows": [{"days": "Mon", "from": "09:00", "to": "24:30"}]}, "spec.schedule.windows[].to"),
+             ({"exceptions": ["2026-13-01"]}, "spec.schedule.exceptions"),
+             ({"prewarmMinutes": 721}, "spec.schedule.prewarmMinutes")]
+    for schedule, field in cases:
+        refused = kube.apply(worker_manifest("bad-sched", network, schedule=schedule), check=False)
+        assert refused.returncode != 0 and field in refused.stderr, (schedule, refused.stderr)
+    in_pool = pool_manifest("bad-sched", network, 1)
+    in_pool["spec"]["schedule"] = {"windows": [{"days": "Mon", "from": "09:00", "to": "17:00"}]}
+    refused = kube.apply(in_pool, check=False)
+    assert refused.returncode != 0 and "replicas" in refused.stderr
+    in_template = pool_manifest("bad-sched", network, 1, schedule={"timeZone": "Europe Berlin"})
+    refused = kube.apply(in_template, check=False)
+    assert refused.returncode != 0 and "spec.template.spec.schedule.timeZone" in refused.stderr
+    assert json.loads(kube.run("get", "cmlw", "-o", "json").stdout)["items"] == []
