@@ -191,7 +191,10 @@ def test_a_pool_scales_up_and_down_on_its_calendar(kube, network, operator):
     assert schedule_status()["replicas"] == 0
 
 
-def test_the_budget_stops_growth_and_never_stops_a_worker(kube, network, aws, operator):
+def test_the_budget_stops_growth_and_never_stops_a_worker(kube, network, aws, operator_factory):
+    kube.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "prices"},
+                "data": {"m5.large": "0.5", "m5zn.metal": "3.9641"}})
+    operator = operator_factory("--price-table", f"{kube.namespace}/prices")
     manifest = pool_manifest("budget", network, 1)
     manifest["spec"]["limits"] = {"maxRunningHoursPerMonth": 0.005}  # 18 seconds
     kube.apply(manifest)
@@ -221,8 +224,16 @@ def test_the_budget_stops_growth_and_never_stops_a_worker(kube, network, aws, op
     wait_for(lambda: pool(kube, "budget")["status"]["usage"]["runningHoursThisMonth"] >= 0.01, 60, interval=0.5,
              what="the pool's running hours shown")
     assert state_of(aws, instance["InstanceId"]) == "running"  # the budget stops growth, never a worker
-    listed = kube.run("get", "cmlwp", "budget").stdout
-    assert "COST" in listed.splitlines()[0]
+    # The price table: the pool's estimate, its COST column and the cost metric (labelled with the pool).
+    usage = pool(kube, "budget")["status"]["usage"]
+    assert abs(usage["estimatedCostUSD"] - usage["runningHoursThisMonth"] * 0.5) <= 0.01
+    header, row = kube.run("get", "cmlwp", "budget").stdout.splitlines()[:2]
+    column = header.split().index("COST")
+    assert float(row.split()[column]) >= usage["estimatedCostUSD"]
+    labels = dict(namespace=kube.namespace, pool="budget", instance_type="m5.large", region=REGION)
+    seconds = series(operator.metrics(), "cml_instance_running_seconds_total", **labels)
+    cost = series(operator.metrics(), "cml_estimated_cost_usd_total", **labels)
+    assert seconds and seconds[0] >= 18 and cost and cost[0] > 0
 
 
 def test_bad_schedules_are_refused_at_apply_time_naming_the_field(kube, network):
