@@ -60,6 +60,7 @@ from ..reconcile.spec import SpecError, WorkerSpec, parse_spec
 from ..reconcile.actions import Note, Stop, Terminate
 from ..reconcile.worker import Observation, Plan, WorkerRef, WorkerStatus, may_touch
 from ..runtime import Runtime
+from .schedule import held_by_schedule
 
 #: A valid licence is read again every this many looks (it rarely changes; keeps a look under 3 requests).
 LICENCE_RECHECK_LOOKS = 5
@@ -501,6 +502,8 @@ async def look_ahead(runtime: Runtime, ref: WorkerRef, raw_spec: Mapping[str, An
         return
     if observation.checks is not None and not observation.checks.all_ok:
         return
+    if held_by_schedule(raw_spec, spec, raw_status, annotations, utcnow()):
+        return  # stopped by spec.schedule: a look now could register the licence its stop just released
     step = CMLStep.begin(runtime, ref, spec, raw_status, annotations)
     if step is None or step.hold:
         return

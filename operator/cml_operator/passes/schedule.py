@@ -92,6 +92,16 @@ class ScheduleGate:
         return self.verdict.status.to_dict()
 
 
+def held_by_schedule(raw_spec: Mapping[str, Any] | None, spec: WorkerSpec, raw_status: Mapping[str, Any] | None,
+                     annotations: Mapping[str, str] | None, now: datetime) -> bool:
+    """Is the worker held stopped by its calendar now (a bad schedule counts as held: it is stalled)?"""
+    try:
+        gate = ScheduleGate.begin(raw_spec, spec, raw_status, annotations, now)
+    except SpecError:
+        return True
+    return gate is not None and gate.verdict.hold
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
