@@ -35,8 +35,8 @@ from tests.cluster.controlplane import ControlPlane, ControlPlaneConfig
 from tests.cluster.stopping import StopRequested, StopSignals
 from tests.support.cmlsim import DEFAULT_PASSWORD, DEFAULT_USERNAME, CMLSimProcess
 from tests.support.motoserver import MotoServer, own_image
-from tests.support.ec2iam import DEFAULT_POLICIES
 from tests.support.processes import FAKE_AWS_ENV, FaultProxyProcess, OperatorProcess
+from tests.support.strictworld import strict_proxy
 
 REPO = Path(__file__).resolve().parents[1]
 DEV = REPO / ".dev"
@@ -87,11 +87,7 @@ DEV_EC2_TIMING = os.environ.get("CML_EC2_TIMING", "dev")
 
 def _strict_ec2(moto_url: str, plane: ControlPlane) -> FaultProxyProcess:
     """The fault proxy as EC2: its clock on, the operator's key held to the shipped IAM policies."""
-    proxy = FaultProxyProcess(moto_url).start()
-    proxy.set_timing(DEV_EC2_TIMING)
-    cluster_id = plane.kubectl("get", "namespace", "kube-system", "-o", "jsonpath={.metadata.uid}").stdout.strip()
-    proxy.set_iam(cluster_id, (*DEFAULT_POLICIES, "deploy/iam-policy-adoption.json"))
-    return proxy
+    return strict_proxy(moto_url, plane, DEV_EC2_TIMING)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,7 +31,8 @@ from tests.bench.scale import network, peak_rss_mb, runtime_python
 from tests.cluster.controlplane import ControlPlane, ControlPlaneConfig
 from tests.support.cmlsim import DEFAULT_PASSWORD, DEFAULT_USERNAME, CMLSimProcess, control_request
 from tests.support.motoserver import MotoServer
-from tests.support.processes import FaultProxyProcess, OperatorProcess, wait_for
+from tests.support.strictworld import BENCH_EC2_TIMING, strict_proxy
+from tests.support.processes import OperatorProcess, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         # Each controller lives on its instance (boots after the start); the doors follow moto every 2 s
         # (every request asks again), so N instances do not flood moto with DescribeInstances.
         sim = CMLSimProcess(ec2_endpoint=moto.url, boot_seconds=5.0, poll_seconds=2.0).start()
-        proxy = FaultProxyProcess(moto.url).start()
+        proxy = strict_proxy(moto.url, plane, BENCH_EC2_TIMING)  # EC2's clock and IAM, as in e2e
         api = k8s.CustomObjectsApi(k8s_config.new_client_from_config(config_file=str(plane.kubeconfig_path)))
         namespace = f"bench-cml-{args.n}-{int(time.time())}"
         plane.kubectl("create", "namespace", namespace)

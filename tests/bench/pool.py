@@ -32,6 +32,7 @@ from tests.bench import measure
 from tests.bench.measure import diff
 from tests.cluster.controlplane import ControlPlane, ControlPlaneConfig
 from tests.support.motoserver import MotoServer, amazon_image
+from tests.support.strictworld import BENCH_EC2_TIMING, strict_proxy
 from tests.support.processes import FAKE_AWS_ENV, FaultProxyProcess, OperatorProcess, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"machine: {os.cpu_count()} cores; pool 0 -> {args.up} -> {args.down}; poll {args.poll}s", flush=True)
     with ControlPlane(ControlPlaneConfig(rbac=False)) as plane, MotoServer() as moto:
         plane.install_crds(REPO / "crds")
-        proxy = FaultProxyProcess(moto.url).start()
+        proxy = strict_proxy(moto.url, plane, BENCH_EC2_TIMING)  # EC2's clock and IAM, as in e2e
         namespace = f"bench-pool-{int(time.time())}"
         plane.kubectl("create", "namespace", namespace)
         log = REPO / ".dev" / f"bench-operator-{namespace}.log"

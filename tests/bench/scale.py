@@ -59,6 +59,7 @@ from tests.bench.measure import diff
 from tests.bench.plots import PlotLimits, Series, write_plots
 from tests.cluster.controlplane import ControlPlane, ControlPlaneConfig
 from tests.support.motoserver import MotoServer, own_image
+from tests.support.strictworld import BENCH_EC2_TIMING, strict_proxy
 from tests.support.processes import FAKE_AWS_ENV, FaultProxyProcess, OperatorProcess, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -163,6 +164,7 @@ def count_ready(api: k8s.CustomObjectsApi, namespace: str) -> int:
 def run_workload(plane: ControlPlane, moto: MotoServer, proxy: FaultProxyProcess, api: k8s.CustomObjectsApi,
                  n: int, batching: bool, args: argparse.Namespace) -> RunResult:
     moto.reset()
+    proxy.reset_timing()  # moto forgot its instances: so does EC2's clock
     net = network(moto.url)
     namespace = f"bench-{n}-{'batched' if batching else 'unbatched'}-{int(time.time())}"
     plane.kubectl("create", "namespace", namespace)
@@ -360,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[RunResult] = []
     with ControlPlane(ControlPlaneConfig(rbac=False)) as plane, MotoServer() as moto:
         plane.install_crds(REPO / "crds")
-        proxy = FaultProxyProcess(moto.url).start()
+        proxy = strict_proxy(moto.url, plane, BENCH_EC2_TIMING)  # EC2's clock and IAM, as in e2e
         api = k8s.CustomObjectsApi(k8s_config.new_client_from_config(config_file=str(plane.kubeconfig_path)))
         try:
             for n in sizes:

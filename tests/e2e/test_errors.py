@@ -179,6 +179,13 @@ def test_a_client_token_mismatch_with_nothing_listed_retries_the_same_token_and_
     assert proxy.calls()["RunInstances"] == {"fault:IdempotentParameterMismatch": 1, "200": 1}
     live = instances_of(aws, uid)
     assert len(live) == 1 and live[0]["ClientToken"] == f"{uid}-0"
+    # The answer to the mismatch was a lookup by the token itself (EC2's client-token filter), before the
+    # next launch: the tag lookup alone misses an instance whose tags are not listed yet.
+    log = [(action, outcome, filters) for _, action, outcome, filters, _ in proxy.call_log()[0]]
+    mismatch = log.index(("RunInstances", "fault:IdempotentParameterMismatch", []))
+    launched = next(i for i, (action, outcome, _) in enumerate(log) if (action, outcome) == ("RunInstances", "200"))
+    assert any(action == "DescribeInstances" and "client-token" in filters
+               for action, _, filters in log[mismatch:launched]), log
 
 
 def test_an_adopted_instance_that_does_not_exist_stalls_instance_not_found(kube, network, proxy, adopting_operator):

@@ -72,6 +72,7 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
+from tests.support.clienttoken_filter import instance_ids_in, rewrite_client_token_filter
 from tests.support.ec2iam import IamConfig, IamEnforcer, Lookups, signer
 from tests.support.ec2timing import Ec2Timing, TimingConfig
 from tests.support.motoquery import MotoQuery
@@ -201,6 +202,11 @@ class ClientTokens:
     def remember(self, token: str, launch: _Launch) -> None:
         with self._lock:
             self._launches[token] = launch
+
+    def instance_ids(self, token: str) -> list[str]:
+        """The instances a launch with ``token`` made (none when it made none here)."""
+        launch = self.get(token)
+        return instance_ids_in(launch.payload) if launch is not None else []
 
     def clear(self) -> None:
         with self._lock:
@@ -407,6 +413,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if self._strict_answer(action, params):
             return
+        if action == "DescribeInstances":  # moto lacks the client-token filter: answer it from the tokens
+            body = rewrite_client_token_filter(body, self.server.tokens.instance_ids) or body
         token = params.get("ClientToken") if action == "RunInstances" else None
         if not token:
             self._forward(body, action, params, fault)
@@ -480,6 +488,9 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
             headers["Host"] = f"{upstream.hostname}:{upstream.port}"
+            if body:
+                headers = {k: v for k, v in headers.items() if k.lower() != "content-length"}
+                headers["Content-Length"] = str(len(body))  # a rewritten filter changes the body's length
             connection.request(self.command, self.path, body=body, headers=headers)
             response = connection.getresponse()
             payload = response.read()

@@ -178,3 +178,30 @@ def test_the_same_seed_makes_the_same_random_choices():
     assert picks(11) == picks(11)
     assert picks(11) != picks(12)
     assert FaultState(11).seed == 11 and isinstance(FaultState().seed, int)
+
+
+def test_the_client_token_filter_finds_the_instance_a_token_launched_even_without_its_tags(stack):
+    # moto ignores the filter; the proxy answers it from its token memory, as EC2 does from its own.
+    client = stack.client(1)
+    launched = stack.launch(client, "tok-1")
+    stack.launch(client, "tok-2")  # another instance of the same worker: not this token's
+    stack.moto.delete_tags(Resources=[launched])  # EC2's filter does not need the tags
+
+    found = client.find_instances_by_client_token(REGION, f"{stack.uid}-tok-1")
+
+    assert [dto.aws_instance_id for dto in found] == [launched]
+    assert client.find_instances_by_client_token(REGION, f"{stack.uid}-never-used") == []
+
+
+def test_other_filters_of_the_call_stay_as_they_were():
+    from tests.support.clienttoken_filter import NO_INSTANCE, rewrite_client_token_filter
+
+    body = ("Action=DescribeInstances&Filter.1.Name=instance-state-name&Filter.1.Value.1=running"
+            "&Filter.2.Name=client-token&Filter.2.Value.1=a&Filter.2.Value.2=b").encode()
+    rewritten = rewrite_client_token_filter(body, {"a": ["i-1"], "b": []}.get)
+
+    assert rewritten == ("Action=DescribeInstances&Filter.1.Name=instance-state-name&Filter.1.Value.1=running"
+                         "&Filter.2.Name=instance-id&Filter.2.Value.1=i-1").encode()
+    assert rewrite_client_token_filter(b"Action=DescribeInstances&Filter.1.Name=tag%3Ax", dict().get) is None
+    assert NO_INSTANCE.encode() in rewrite_client_token_filter(
+        b"Action=DescribeInstances&Filter.1.Name=client-token&Filter.1.Value.1=z", lambda token: [])

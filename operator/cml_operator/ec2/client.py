@@ -419,6 +419,19 @@ class EC2Client:
                     grouped.setdefault(dto.tags.get(key, ""), []).append(dto)
         return grouped
 
+    def find_instances_by_client_token(self, region: str, client_token: str) -> list[CMLWorkerInstanceDto]:
+        """Instances (in any state) a RunInstances with ``client_token`` launched: EC2's ``client-token``
+        filter, which finds them even before their tags are listed or after someone removed them.
+
+        Raises:
+            EC2AuthenticationException: Invalid credentials.
+            IntegrationException: Anything else.
+        """
+        response = self._call_all_pages(region, "DescribeInstances",
+                                        Filters=[{"Name": "client-token", "Values": [client_token]}], MaxResults=1000)
+        return [CMLWorkerInstanceDto.from_api(region, raw)
+                for reservation in response.get("Reservations", []) for raw in reservation.get("Instances", [])]
+
     def find_instances(self, region: str, *, image_ids: Iterable[str], states: Sequence[str],
                        tags: Mapping[str, str] | None = None) -> list[CMLWorkerInstanceDto]:
         """Instances launched from any of ``image_ids``, in one of ``states``, carrying every tag in ``tags``.

@@ -29,6 +29,7 @@ class EC2Api(Protocol):
     async def status_checks(self, region: str, ids: Sequence[str]) -> dict[str, InstanceStatusChecks]: ...
     async def find_by_tag_values(self, region: str, key: str,
                                  values: Sequence[str]) -> dict[str, list[CMLWorkerInstanceDto]]: ...
+    async def find_by_client_token(self, region: str, client_token: str) -> list[CMLWorkerInstanceDto]: ...
     async def describe_image(self, region: str, ami_id: str,
                              owners: Sequence[str] | None = None) -> ImageInfo: ...
     async def resolve_ami(self, region: str, name_or_pattern: str,
@@ -94,6 +95,9 @@ class EC2Gateway:
     async def find_by_tag_values(self, region: str, key: str,
                                  values: Sequence[str]) -> dict[str, list[CMLWorkerInstanceDto]]:
         return await self._read(region, self.client.find_instances_by_tag_values, key, list(values))
+
+    async def find_by_client_token(self, region: str, client_token: str) -> list[CMLWorkerInstanceDto]:
+        return await self._read(region, self.client.find_instances_by_client_token, client_token)
 
     async def describe_image(self, region: str, ami_id: str, owners: Sequence[str] | None = None) -> ImageInfo:
         return await self._read(region, self.client.describe_image, ami_id, owners)

@@ -28,7 +28,6 @@ from ..reconcile.worker import (
     ANNOTATION_PAUSED,
     GONE_STATES,
     LAUNCH_GRACE_SECONDS,
-    TAG_UID,
     Observation,
     Plan,
     WorkerRef,
@@ -335,7 +334,7 @@ async def _act(
                     created, image_id = await _launch(runtime, ref, spec, status, action)
                 except IntegrationException as error:
                     gone = error.code == "IdempotentParameterMismatch" and await _token_spent(
-                        runtime, memory, spec.region, ref.uid, action.client_token)
+                        runtime, memory, spec.region, action.client_token)
                     raise Failed(error, observation, launch_attempt=plan.creation_attempt, token_gone=gone) from error
                 memory.launched_instance_id = instance_id = created.aws_instance_id
                 memory.launched_attempt = plan.creation_attempt
@@ -519,18 +518,17 @@ def _result(
 TOKEN_LISTING_GRACE = LAUNCH_GRACE_SECONDS
 
 
-async def _token_spent(runtime: Runtime, memory: WorkerMemory, region: str, uid: str, token: str) -> bool:
+async def _token_spent(runtime: Runtime, memory: WorkerMemory, region: str, token: str) -> bool:
     """After IdempotentParameterMismatch: may the next launch use a new token?
 
     Yes when the instance launched with ``token`` is listed as terminated, or nothing has been listed for
     it for TOKEN_LISTING_GRACE. While EC2 may only be slow to list it, no: a new token could make a second
-    instance, and the uid-tag lookup of the next pass will find it.
+    instance, and the uid-tag lookup of the next pass (or this one's, by token) will find it.
     """
-    try:
-        found = (await runtime.ec2.find_by_tag_values(region, TAG_UID, [uid])).get(uid, [])
+    try:  # by the token itself: EC2's client-token filter finds the instance even without its tags
+        mine = await runtime.ec2.find_by_client_token(region, token)
     except IntegrationException:
-        found = []
-    mine = [dto for dto in found if dto.client_token == token]
+        mine = []
     if mine:
         memory.token_unlisted_since = None
         return all(dto.instance_state in GONE_STATES for dto in mine)
