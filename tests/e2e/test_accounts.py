@@ -113,7 +113,9 @@ def test_two_namespaces_launch_into_two_accounts_with_one_operator_and_never_cro
     net_a, net_b = network_in(ec2_a), network_in(ec2_b)
     name_a = accounts.apply("team-a", ACCOUNT_A, team_a)
     name_b = accounts.apply("team-b", ACCOUNT_B, team_b)
-    operator = operator_factory("--namespace", second_namespace, "--namespace", third, "--require-account")
+    # Team A may adopt (--adoption-namespaces), so naming B's instance meets the account boundary, not the flag.
+    operator = operator_factory("--namespace", second_namespace, "--namespace", third, "--require-account",
+                                "--adoption-namespaces", kube.namespace)
     try:
         kube.apply(worker_manifest("w-a", net_a))
         Kube(kube.plane, second_namespace).apply(worker_manifest("w-b", net_b))

@@ -143,8 +143,11 @@ def test_the_base_applies_for_real_with_the_operator_bound_to_its_role(control_p
     assert container["args"] == ["run", "--log-format", "json", "--all-namespaces"]
     # two replicas with leader election, and a budget that keeps one through drains
     assert deployment["spec"]["replicas"] == 2
-    env = {e["name"]: e.get("value") or e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
+    # An empty value is left out of what the API server returns (omitempty): no valueFrom means "".
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] if "valueFrom" in e else e.get("value", "")
+           for e in container["env"]}
     assert env["CML_LEADER_ELECTION"] == "true"
+    assert env["CML_ADOPTION_NAMESPACES"] == ""  # no namespace may adopt or import until an administrator says so
     assert (env["POD_NAME"], env["POD_NAMESPACE"]) == ("metadata.name", "metadata.namespace")
     budget = json.loads(control_plane.kubectl("get", "pdb", "cml-operator", "-n", SYSTEM_NAMESPACE,
                                               "-o", "json").stdout)
@@ -180,7 +183,10 @@ def test_the_operator_runs_on_the_deployed_rbac_alone(control_plane, sa_kubeconf
     # As the Deployment runs it: with leader election, its Lease in the operator's namespace.
     operator = run_operator(sa_kubeconfig, proxy.url, tmp_path / "operator.log",
                             env={"CML_LEADER_ELECTION": "true", "POD_NAMESPACE": SYSTEM_NAMESPACE,
-                                 "POD_NAME": "cml-operator-test-pod"})
+                                 "POD_NAME": "cml-operator-test-pod",
+                                 # the discovery below scans (its reads are what this test checks) only
+                                 # where an administrator allowed imports
+                                 "CML_ADOPTION_NAMESPACES": kube.namespace})
     try:
         lease = wait_for(lambda: json.loads(control_plane.kubectl(
             "get", "lease", "cml-operator", "-n", SYSTEM_NAMESPACE, "-o", "json", check=False).stdout or "{}"),
