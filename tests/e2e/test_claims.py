@@ -19,7 +19,7 @@ from .conftest import instances_of, state_of, tags_of, worker_manifest
 pytestmark = pytest.mark.e2e
 
 WIDE = ["NAME", "PHASE", "INSTANCE", "STATE", "READY", "REASON", "IP", "TYPE", "REGION", "PUBLIC-IP", "CML", "LABS",
-        "AGE"]  # CML and LABS: status.cml (issue 12)
+        "HOURS", "AGE"]  # CML and LABS: status.cml (issue 12); HOURS: status.usage (issue 23)
 
 
 def table(text: str) -> tuple[list[str], list[list[str]]]:
@@ -49,7 +49,7 @@ def test_wide_output_adds_type_region_and_public_ip(kube, network, operator):
     assert shown["PUBLIC-IP"] == status.get("publicIp", "<none>")
 
     narrow, _ = table(kube.run("get", "cmlw", "wide").stdout)
-    assert narrow == [c for c in WIDE if c not in ("TYPE", "REGION", "PUBLIC-IP", "CML", "LABS")]
+    assert narrow == [c for c in WIDE if c not in ("TYPE", "REGION", "PUBLIC-IP", "CML", "LABS", "HOURS")]
 
 
 def test_security_groups_changed_outside_are_put_back_and_spec_changes_applied(kube, network, aws, operator):

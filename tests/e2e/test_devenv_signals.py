@@ -90,6 +90,8 @@ class MakeRun:
         # These tests are about stopping, not EC2's clock: the test timings keep make dev's Ready quick
         # (its default, the dev timings, add about a minute of pending and initializing).
         env.setdefault("CML_EC2_TIMING", "test")
+        # The check at the end is about the kubeconfig this run writes: start without one from before.
+        (REPO / ".dev" / "kubeconfig").unlink(missing_ok=True)
         self.process = subprocess.Popen(["make", "--no-print-directory", self.target], cwd=REPO, env=env,
                                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True, start_new_session=True)

@@ -159,7 +159,10 @@ def test_an_instance_that_keeps_stopping_itself_is_started_at_most_max_starts_ti
         aws.stop_instances(InstanceIds=[instance_id])
         wait_for(lambda: proxy.count("StartInstances") == restart and state_of(aws, instance_id) == "running", 60,
                  what=f"restart {restart}")
-        kube.wait_condition("bootloop", "Ready", reason="InstanceReady")
+        # Ready again after this restart, not the Ready of the one before: the next stop must meet a running
+        # instance whose start EC2's clock has finished (pending, then initializing checks).
+        wait_for(lambda: _ready_after_restart(kube.get("bootloop"), restart), 60,
+                 what=f"Ready after restart {restart}")
 
     aws.stop_instances(InstanceIds=[instance_id])
     stalled = kube.wait_condition("bootloop", "Stalled", reason="StartLimitReached")
@@ -262,3 +265,11 @@ def test_a_second_instance_with_the_workers_uid_is_reported_within_two_resyncs_a
     assert state_of(aws, tracked) == "running" and kube.get("twin")["status"]["instanceId"] == tracked
     assert proxy.count("TerminateInstances") == 1
     wait_for(lambda: _duplicate_metric(operator) == 0.0, 4 * resync + 30, what="the metric back to 0")
+
+
+def _ready_after_restart(worker: dict, restarts: int) -> bool:
+    status = worker.get("status") or {}
+    times = (status.get("recovery") or {}).get("restartTimes") or []
+    ready = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), None)
+    return (len(times) == restarts and ready is not None and ready["status"] == "True"
+            and ready["reason"] == "InstanceReady" and ready["lastTransitionTime"] >= times[-1])
