@@ -95,7 +95,7 @@ def test_the_licence_is_released_before_an_idle_stop(kube, network, aws, sim, op
     kube.wait_condition("cml-idlelic", "Ready", reason="IdleStopped", timeout=150)
     wait_for(lambda: state_of(aws, instance_id) == "stopped", 60, what="the instance to stop")
     view = sim.worker(prefix)
-    assert view["calls"]["DELETE licensing/deregistration"] == 1 and not view["refused"]
+    assert view["calls"]["DELETE licensing/deregistration"] == 1 and not _licence_refusals(view)
     assert view["license"]["registration"] == "NOT_REGISTERED"
 
 
@@ -109,6 +109,13 @@ def test_the_licence_is_released_before_the_stop_of_a_resize(kube, network, aws,
     wait_for(lambda: _instance_type(aws, instance_id) == "m5.xlarge", 90, what="the resize")
     kube.wait_condition("cml-resizelic", "Ready", reason="CMLReady", timeout=90)
     view = sim.worker(prefix)
-    assert view["calls"]["DELETE licensing/deregistration"] == 1 and not view["refused"]
+    # No licence call met a stopped controller. A look (a read the timer sends ahead of the worker's lock)
+    # may overlap the stop and be refused; that costs nothing and is retried by the next look.
+    assert view["calls"]["DELETE licensing/deregistration"] == 1 and not _licence_refusals(view)
     assert view["calls"]["POST licensing/registration"] == 2 and view["starts"] == 2  # registered again after
     assert view["license"]["registration"] == "COMPLETED"
+
+
+def _licence_refusals(view: dict) -> dict[str, int]:
+    """Licence requests the controller refused because its instance was not running (a release too late)."""
+    return {call: n for call, n in view["refused"].items() if "licensing" in call}
