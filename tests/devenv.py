@@ -170,10 +170,12 @@ def _run(args: argparse.Namespace, stop: StopSignals) -> int:
                 operator.stop()
                 ec2.stop()
                 sim.stop()
-                for path in (kubeconfig, DEV / "env"):
-                    path.unlink(missing_ok=True)
     finally:
         sim.stop()  # also when a signal interrupts the start-up below
+        # Here, not above: a signal between writing the kubeconfig and starting the operator (while the
+        # strict proxy and the simulator start) must not leave a kubeconfig of a stopped cluster behind.
+        for path in (kubeconfig, DEV / "env"):
+            path.unlink(missing_ok=True)
     return 0
 
 
