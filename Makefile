@@ -9,6 +9,10 @@ PYTEST_ARGS ?=
 TEST_WORKERS ?= 4
 #: `make test` also lists the 30 slowest tests and writes this JUnit report.
 JUNIT_XML ?= build/junit.xml
+#: Tests that start `make dev`/`make cluster` in the repository: they pass alone (4 in 76 s) but failed
+#: beside the parallel run in two of three clean-clone runs, so make test runs them after it, one at a time.
+SERIAL_TESTS := tests/e2e/test_devenv_signals.py
+JUNIT_SERIAL_XML ?= build/junit-serial.xml
 
 .PHONY: help install control-plane tools image test-k8s test unit e2e cluster dev bench soak lock clean crds monitoring release
 
@@ -48,7 +52,8 @@ tools: ## build helm, promtool and the kstatus helper once into ~/.cache/cml-ope
 	tests/tools/build.sh >/dev/null
 
 test: install control-plane tools ## the whole suite: unit, cluster and end-to-end (what CI runs; TEST_WORKERS=4 in parallel)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --durations=30 --junitxml=$(JUNIT_XML) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --durations=30 --junitxml=$(JUNIT_XML) --ignore=$(SERIAL_TESTS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 0 --junitxml=$(JUNIT_SERIAL_XML) $(SERIAL_TESTS)
 
 unit: install ## unit tests only (no cluster)
 	$(BIN)/python -m pytest -n 2 tests/unit $(PYTEST_ARGS)

@@ -23,12 +23,15 @@ def pytest_command_of_ci_run(**env: str) -> str:
     result = subprocess.run([str(REPO / ".ci" / "run")], env={**clean, **env}, capture_output=True, text=True,
                             timeout=60, check=True)
     commands = [line for line in result.stdout.splitlines() if " -m pytest" in line]
-    assert len(commands) == 1, result.stdout
+    # The parallel run, then the make dev/make cluster signal tests on their own (SERIAL_TESTS).
+    assert len(commands) == 2, result.stdout
+    assert commands[1].split(" -m pytest")[1].strip() == SERIAL_COMMAND
     return commands[0]
 
 
 #: What `make test` always passes: parallel test workers, the 30 slowest tests, a JUnit report.
-CI_OPTIONS = "-n 4 --durations=30 --junitxml=build/junit.xml"
+CI_OPTIONS = "-n 4 --durations=30 --junitxml=build/junit.xml --ignore=tests/e2e/test_devenv_signals.py"
+SERIAL_COMMAND = "-n 0 --junitxml=build/junit-serial.xml tests/e2e/test_devenv_signals.py"
 
 
 def test_an_inherited_pytest_args_cannot_narrow_the_ci_run():
