@@ -202,6 +202,7 @@ def test_a_role_that_cannot_be_assumed_stalls_the_worker_without_any_ec2_call(
     assert "account" not in kube.get("w-denied").get("status", {})
 
 
+@pytest.mark.slow
 def test_credentials_are_renewed_before_they_expire(kube, moto, proxy, accounts, operator_factory):
     team = f"a-{accounts.tag}"
     label(kube, kube.namespace, team)

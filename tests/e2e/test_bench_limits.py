@@ -30,6 +30,7 @@ def summary(output: str) -> dict[str, str]:
     return dict(field.split("=", 1) for field in line.split()[1:])
 
 
+@pytest.mark.slow
 def test_a_figure_over_its_limit_fails_the_bench_and_is_named(control_plane_bin_dir):
     # 6 or 7 writes per worker and a handful of reads per pass cannot meet limits of 1.
     run = bench("--max-writes-per-worker", "1", "--max-reads-per-resync", "1", "--plateau", "1")
@@ -41,6 +42,7 @@ def test_a_figure_over_its_limit_fails_the_bench_and_is_named(control_plane_bin_
     assert not any("ready_s" in line or "rss_steady_mb" in line for line in failed), failed  # those were met
 
 
+@pytest.mark.slow
 def test_within_its_limits_the_bench_passes_with_every_figure_in_the_summary(control_plane_bin_dir, tmp_path):
     run = bench("--out", str(tmp_path))
 

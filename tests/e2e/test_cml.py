@@ -150,6 +150,7 @@ def test_a_ca_secret_verifies_the_controller_and_an_untrusted_one_stalls(kube, n
     assert "CertificatePinned" not in kube.event_reasons("cml-ca")
 
 
+@pytest.mark.slow
 def test_an_idle_worker_stops_itself_and_wakes_on_the_annotation(kube, network, aws, sim, operator_factory):
     prefix = unique("idle", kube)
     operator = operator_factory(*CML_ARGS)

@@ -55,6 +55,7 @@ def hung_endpoint() -> Iterator[str]:
         connection.close()
 
 
+@pytest.mark.slow
 def test_hung_controllers_never_delay_a_stop_or_a_delete_of_another_worker(
         kube, network, aws, sim, hung_endpoint, operator_factory):  # noqa: F811
     operator_factory(*ARGS)

@@ -86,6 +86,7 @@ def _licensed_worker(kube, network, sim, name: str, prefix: str, **cml) -> None:
     assert sim.worker(prefix)["license"]["registration"] == "COMPLETED"
 
 
+@pytest.mark.slow
 def test_the_licence_is_released_before_an_idle_stop(kube, network, aws, sim, operator_factory):
     prefix = unique("idlelic", kube)
     operator_factory(*CML_ARGS)

@@ -141,6 +141,7 @@ def live_instances_by_worker(kube, aws) -> tuple[dict[str, list[str]], int]:
     return live, not_ready
 
 
+@pytest.mark.slow
 def test_random_kills_while_creating_never_duplicate(kube, network, aws, proxy, operator_factory):
     seed = int(os.environ.get("CML_KILL_SEED", str(int(time.time()))))
     rng = random.Random(seed)

@@ -231,6 +231,7 @@ def _kubelet_for_test_pods(plane: ControlPlane, namespace: str, health_url: str,
         stop.wait(0.5)
 
 
+@pytest.mark.slow
 def test_helm_test_asks_the_operator_s_health_endpoint(tools_bin_dir, fresh_plane, tmp_path):
     helm = _helm_runner(tools_bin_dir, fresh_plane.kubeconfig_path, tmp_path)
     fresh_plane.kubectl("create", "namespace", "cml-system")

@@ -25,6 +25,7 @@ def _time(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
+@pytest.mark.slow
 def test_idleness_while_the_operator_was_down_does_not_count(kube, network, aws, sim, operator_factory):  # noqa: F811
     prefix = unique("gap", kube)
     operator = operator_factory(*CML_ARGS)

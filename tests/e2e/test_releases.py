@@ -115,6 +115,7 @@ def _operator_for(plane: ControlPlane, proxy_url: str, release: str, home: str, 
     return process.start()
 
 
+@pytest.mark.slow
 def test_two_releases_side_by_side_and_one_uninstalled_leaves_the_other_working(
         helm, control_plane, namespaces, network, proxy, tmp_path):
     one, two = f"cml-one-{uuid.uuid4().hex[:4]}", f"cml-two-{uuid.uuid4().hex[:4]}"

@@ -127,6 +127,7 @@ def test_deleting_a_worker_whose_instance_lost_managed_by_is_stalled_not_silent_
 # ---------------------------------------------------------------- deletion safety
 
 
+@pytest.mark.slow
 def test_deleting_many_workers_terminates_exactly_their_instances(kube, network, aws, operator_factory):
     operator_factory(*BULK)
     bystander = aws.run_instances(ImageId=network["ami"], MinCount=1, MaxCount=1,
@@ -177,6 +178,7 @@ def test_deletion_while_authentication_fails_keeps_the_finalizer_and_retries(kub
 # ---------------------------------------------------------------- API server restarts and conflicts
 
 
+@pytest.mark.slow
 def test_workers_converge_across_api_server_restarts(kube, network, aws, control_plane, operator):
     first = [f"before-{i}" for i in range(3)]
     for name in first:
@@ -242,6 +244,7 @@ def _converge(kube, network, proxy, prefix: str, count: int, faults: FaultRule |
     return names, total_calls(proxy), proxy.calls()
 
 
+@pytest.mark.slow
 def test_fault_soak_converges_without_duplicates_within_3x_calls(kube, network, aws, proxy, operator_factory):
     operator_factory("--resync-interval", "60", "--fast-interval", "1", *BULK)
     count = int(os.environ.get("CML_SOAK_WORKERS", "10"))

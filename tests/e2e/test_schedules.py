@@ -1,8 +1,8 @@
 """Power schedules, running hours and the pool budget against the real API server, moto_server and the operator.
 
 Windows are minute-granular and the operator reads the real clock (no test clock), so
-the calendar tests use a window that opens a minute or two ahead, with one minute of
-pre-warm, and wait for it: each takes about three minutes of wall time.
+each calendar test waits for one window edge, 40 to 100 s ahead: the pre-warm before a
+window opens, or a window's end. One edge per test, so the test workers wait in parallel.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ pytestmark = pytest.mark.e2e
 
 ZONE = "Asia/Kolkata"  # UTC+05:30: a half-hour offset, so a wrong conversion cannot land on the right minute
 OFFSET = timedelta(hours=5, minutes=30)
+#: How far ahead a window edge is at least: time to launch (and stop) a worker on a loaded machine first.
+LEAD_S = 40
 
 
 def next_minute(after_seconds: float) -> datetime:
@@ -56,14 +58,14 @@ def wait_state(aws: Any, instance_id: str, wanted: str, timeout: float) -> float
     return time.time()
 
 
+@pytest.mark.slow
 def test_a_worker_stops_outside_its_window_and_starts_prewarm_minutes_before_the_next(kube, network, aws,
                                                                                      operator):
-    prewarm_at = next_minute(70)  # the pre-warm begins here ...
-    opens, closes = prewarm_at + timedelta(minutes=1), prewarm_at + timedelta(minutes=2)  # ... the window here
-    assert day(opens) == day(closes), "the test window must not cross local midnight"
+    prewarm_at = next_minute(LEAD_S)  # the pre-warm begins here ...
+    opens = prewarm_at + timedelta(minutes=1)  # ... the window a minute later
     kube.apply(worker_manifest("sched", network, schedule={
         "timeZone": ZONE, "prewarmMinutes": 1,
-        "windows": [{"days": day(opens), "from": local(opens), "to": local(closes)}]}))
+        "windows": [{"days": day(opens), "from": local(opens), "to": local(opens + timedelta(minutes=1))}]}))
 
     # Outside the window: launched, then stopped, and Ready with reason OutsideSchedule.
     ready = kube.wait_condition("sched", "Ready", reason="OutsideSchedule", timeout=60)
@@ -72,7 +74,8 @@ def test_a_worker_stops_outside_its_window_and_starts_prewarm_minutes_before_the
     instance_id = instance["InstanceId"]
     wait_state(aws, instance_id, "stopped", 30)
     schedule = kube.get("sched")["status"]["schedule"]
-    assert schedule == {"inWindow": False, "nextStart": iso(prewarm_at), "nextStop": iso(closes)}
+    assert schedule == {"inWindow": False, "nextStart": iso(prewarm_at),
+                        "nextStop": iso(opens + timedelta(minutes=1))}
     assert time.time() < prewarm_at.timestamp(), "the machine was too slow to see the worker stopped in time"
     assert "ScheduleStop" not in kube.event_reasons("sched")  # stopped from the start: no transition
 
@@ -84,20 +87,38 @@ def test_a_worker_stops_outside_its_window_and_starts_prewarm_minutes_before_the
     assert prewarm_at.timestamp() - 1 <= started < opens.timestamp()
     kube.wait_condition("sched", "Ready", reason="InstanceReady", timeout=60)
     schedule = kube.get("sched")["status"]["schedule"]
-    assert schedule["inWindow"] is True and schedule["nextStop"] == iso(closes)
+    assert schedule["inWindow"] is True and schedule["nextStop"] == iso(opens + timedelta(minutes=1))
     assert "ScheduleStart" in kube.event_reasons("sched")
 
-    # The window's end: stopped again, Ready OutsideSchedule.
-    stopped = wait_state(aws, instance_id, "stopped", closes.timestamp() - time.time() + 60)
-    assert stopped >= closes.timestamp() - 1
-    kube.wait_condition("sched", "Ready", reason="OutsideSchedule", timeout=60)
-    assert "ScheduleStop" in kube.event_reasons("sched")
 
-    # Running hours: the launch-to-stop run plus the window's run, about 2 minutes; metric and status agree.
-    usage = kube.get("sched")["status"]["usage"]
-    window_run = stopped - started
+@pytest.mark.slow
+def test_a_worker_stops_at_its_window_s_end_and_counts_its_running_hours(kube, network, aws, operator):
+    closes = next_minute(LEAD_S)
+    opened = closes - timedelta(minutes=2)  # the window is open now, and closes within LEAD_S + 60 s
+    kube.apply(worker_manifest("sched-end", network, schedule={
+        "timeZone": ZONE, "prewarmMinutes": 0,
+        "windows": [{"days": day(closes), "from": local(opened), "to": local(closes)}]}))
+    kube.wait_condition("sched-end", "Ready", reason="InstanceReady", timeout=60)
+    [instance] = instances_of(aws, uid_of(kube, "sched-end"))
+    instance_id = instance["InstanceId"]
+    started = time.time()  # Ready: running since at most now (the usage check below allows for the launch)
+    schedule = kube.get("sched-end")["status"]["schedule"]
+    assert schedule["inWindow"] is True and schedule["nextStop"] == iso(closes), schedule
+    assert time.time() < closes.timestamp(), "the machine was too slow to see the worker running in time"
+
+    # The window's end: stopped, and never earlier; Ready OutsideSchedule.
+    wait_for(lambda: time.time() >= closes.timestamp() - 1 or state_of(aws, instance_id) != "running", 120,
+             interval=0.5, what="the window's end")
+    assert state_of(aws, instance_id) == "running", "stopped before the window's end"
+    stopped = wait_state(aws, instance_id, "stopped", 60)
+    kube.wait_condition("sched-end", "Ready", reason="OutsideSchedule", timeout=60)
+    assert "ScheduleStop" in kube.event_reasons("sched-end")
+
+    # Running hours: launch to stop; metric and status agree.
+    usage = kube.get("sched-end")["status"]["usage"]
+    run = stopped - started
     assert "runningSince" not in usage and usage["month"] == datetime.now(timezone.utc).strftime("%Y-%m")
-    assert window_run - 5 <= usage["runningSeconds"] <= window_run + 60, (usage, window_run)
+    assert run - 5 <= usage["runningSeconds"] <= run + 60, (usage, run)
     assert usage["runningHoursThisMonth"] == round(usage["runningSeconds"] / 3600, 2)
     counted = series(operator.metrics(), "cml_instance_running_seconds_total", namespace=kube.namespace, pool="",
                      instance_type="m5.large", region=REGION)
@@ -156,19 +177,16 @@ def test_leaving_the_windows_releases_the_licence_before_the_stop(kube, network,
     wait_state(aws, instance["InstanceId"], "stopped", 30)
 
 
-def test_a_pool_scales_up_and_down_on_its_calendar(kube, network, operator):
-    prewarm_at = next_minute(50)
+@pytest.mark.slow
+def test_a_pool_scales_up_prewarm_minutes_before_its_window(kube, network, operator):
+    prewarm_at = next_minute(LEAD_S)
     opens, closes = prewarm_at + timedelta(minutes=1), prewarm_at + timedelta(minutes=2)
-    assert day(opens) == day(closes), "the test window must not cross local midnight"
     manifest = pool_manifest("cal", network, 0)
     manifest["spec"]["schedule"] = {"timeZone": ZONE, "prewarmMinutes": 1, "windows": [
         {"days": day(opens), "from": local(opens), "to": local(closes), "replicas": 2}]}
     kube.apply(manifest)
 
-    def schedule_status() -> dict | None:
-        return (pool(kube, "cal").get("status") or {}).get("schedule")
-
-    first = wait_for(schedule_status, 30, what="the pool's status.schedule")
+    first = wait_for(lambda: pool_schedule(kube, "cal"), 30, what="the pool's status.schedule")
     assert first == {"replicas": 0, "source": "Spec", "nextChange": iso(prewarm_at), "nextReplicas": 2,
                      "period": iso(prewarm_at), "specReplicasAtStart": 0}
     assert children(kube, "cal") == []
@@ -180,17 +198,38 @@ def test_a_pool_scales_up_and_down_on_its_calendar(kube, network, operator):
     made = children(kube, "cal")
     assert min(datetime.fromisoformat(c["metadata"]["creationTimestamp"].replace("Z", "+00:00")) for c in made) \
         >= prewarm_at - timedelta(seconds=1)
-    status = schedule_status()
+    status = pool_schedule(kube, "cal")
     assert (status["replicas"], status["source"], status["nextChange"], status["nextReplicas"]) == (
         2, "Window", iso(closes), 0)
     assert "ScheduleScaled" in kube.event_reasons("cal")
 
-    shrunk = wait_for(lambda: not children(kube, "cal") and time.time(), closes.timestamp() - time.time() + 60,
+
+@pytest.mark.slow
+def test_a_pool_scales_down_at_its_window_s_end(kube, network, operator):
+    closes = next_minute(LEAD_S)
+    opened = closes - timedelta(minutes=2)
+    manifest = pool_manifest("cal-end", network, 0)
+    manifest["spec"]["schedule"] = {"timeZone": ZONE, "prewarmMinutes": 0, "windows": [
+        {"days": day(closes), "from": local(opened), "to": local(closes), "replicas": 2}]}
+    kube.apply(manifest)
+
+    wait_for(lambda: len(children(kube, "cal-end")) == 2, 60, interval=0.5, what="two workers in the window")
+    status = pool_schedule(kube, "cal-end")
+    assert (status["replicas"], status["source"], status["nextChange"], status["nextReplicas"]) == (
+        2, "Window", iso(closes), 0)
+    assert time.time() < closes.timestamp() - 1, "the machine was too slow to see the pool grown in time"
+
+    shrunk = wait_for(lambda: not children(kube, "cal-end") and time.time(), closes.timestamp() - time.time() + 60,
                       interval=0.5, what="the pool empty after the window")
     assert shrunk >= closes.timestamp() - 1
-    assert schedule_status()["replicas"] == 0
+    assert pool_schedule(kube, "cal-end")["replicas"] == 0
 
 
+def pool_schedule(kube: Kube, name: str) -> dict | None:
+    return (pool(kube, name).get("status") or {}).get("schedule")
+
+
+@pytest.mark.slow
 def test_the_budget_stops_growth_and_never_stops_a_worker(kube, network, aws, operator_factory):
     kube.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "prices"},
                 "data": {"m5.large": "0.5", "m5zn.metal": "3.9641"}})

@@ -111,6 +111,7 @@ def test_a_lost_ready_instance_is_replaced_at_most_max_replacements_times(kube, 
     assert instances_of(aws, kube.get("lost-1")["metadata"]["uid"]) == []
 
 
+@pytest.mark.slow
 def test_a_start_that_falls_back_to_stopped_backs_off_and_stalls_start_failed_after_three(
         kube, network, aws, proxy, operator_factory):
     backoff, grace = 6.0, 5.0  # --max-retry-delay caps the 15 s base; the start grace is at least 5 s
@@ -385,6 +386,7 @@ def tag_values(aws, key: str, instance_ids: list[str]) -> dict[str, str | None]:
             for page in pages for r in page["Reservations"] for i in r["Instances"]}
 
 
+@pytest.mark.slow
 def test_changing_one_tag_on_many_ready_workers_sends_one_create_tags_each(kube, network, aws, proxy,
                                                                            operator_factory):
     # A faster token bucket than AWS's: the test counts calls, the rate is not its subject.
