@@ -48,7 +48,7 @@ class Limits:
     #: running while EC2's status checks still initialize: on real EC2 every worker (checks take minutes),
     #: in the strict test world some; moto's instant world hid it, which is why the limit was 6.
     max_writes_per_worker: float | None = 7.0
-    max_rss_mb: float | None = 250.0
+    max_rss_mb: float | None = 200.0
 
     def violations(self, *, ready_s: float, reads_per_resync: float, writes_per_worker: float,
                    rss_steady_mb: float) -> list[str]:

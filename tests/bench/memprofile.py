@@ -11,20 +11,63 @@ filling once.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sys
 import tracemalloc
+from collections import Counter
 from pathlib import Path
 
 
 _previous: list[tracemalloc.Snapshot] = []
 
 
+def _census() -> list[str]:
+    """Live objects the garbage collector tracks, by type: count and shallow size (what holds memory)."""
+    counts: Counter[str] = Counter()
+    sizes: Counter[str] = Counter()
+    for obj in gc.get_objects():
+        kind = type(obj).__qualname__
+        counts[kind] += 1
+        sizes[kind] += sys.getsizeof(obj)
+    lines = [f"\n--- census: {sum(counts.values())} objects, {sum(sizes.values()) / 2**20:.1f} MiB shallow ---"]
+    lines += [f"{size / 2**20:8.2f} MiB {counts[kind]:9d}  {kind}" for kind, size in sizes.most_common(25)]
+    return lines + _holders("Element")
+
+
+def _holders(kind: str, depth: int = 8) -> list[str]:
+    """What keeps the objects of ``kind`` alive: the referrer chain of one that no other ``kind`` refers to."""
+    found = [obj for obj in gc.get_objects() if type(obj).__qualname__ == kind]
+    if not found:
+        return []
+    children = {id(child) for obj in found for child in gc.get_referents(obj)}
+    roots = [obj for obj in found if id(obj) not in children]
+    lines = [f"\n--- {len(found)} {kind} objects, {len(roots)} roots; what holds the first root ---"]
+    current: object = roots[0] if roots else found[0]
+    seen = {id(found), id(roots), id(sys._getframe())}
+    for _ in range(depth):
+        referrers = [r for r in gc.get_referrers(current) if id(r) not in seen and r is not found and r is not roots]
+        if not referrers:
+            break
+        current = referrers[0]
+        seen.add(id(current))
+        description = type(current).__qualname__
+        if hasattr(current, "f_code"):
+            description += f" {current.f_code.co_filename}:{current.f_lineno} {current.f_code.co_name}"
+        elif isinstance(current, dict):
+            description += f" keys={list(current)[:8]}"
+        lines.append(f"  held by {description}")
+    return lines
+
+
 def _dump(signum: int, frame: object) -> None:
+    out = Path(os.environ.get("CML_MEMPROFILE_OUT", "memprofile.txt"))
+    if not tracemalloc.is_tracing():
+        out.write_text("\n".join(_census()) + "\n")
+        return
     snapshot = tracemalloc.take_snapshot().filter_traces(
         (tracemalloc.Filter(False, tracemalloc.__file__), tracemalloc.Filter(False, "<frozen importlib._bootstrap>")))
-    out = Path(os.environ.get("CML_MEMPROFILE_OUT", "memprofile.txt"))
     _append_growth(snapshot, out.with_name(out.name + ".growth"))
     lines = [f"traced: {tracemalloc.get_traced_memory()[0] / 2**20:.1f} MiB (current), "
              f"{tracemalloc.get_traced_memory()[1] / 2**20:.1f} MiB (peak)"]
@@ -34,7 +77,7 @@ def _dump(signum: int, frame: object) -> None:
             lines.append(f"{stat.size / 2**20:8.2f} MiB {stat.count:8d} blocks  {stat.traceback.format()[-1].strip()}")
             if group == "traceback":
                 lines.extend("        " + line for line in stat.traceback.format()[-8:])
-    out.write_text("\n".join(lines) + "\n")
+    out.write_text("\n".join(lines + _census()) + "\n")
 
 
 def _append_growth(snapshot: tracemalloc.Snapshot, path: Path) -> None:
@@ -52,7 +95,9 @@ def _append_growth(snapshot: tracemalloc.Snapshot, path: Path) -> None:
 
 
 def main() -> int:
-    tracemalloc.start(12)
+    frames = int(os.environ.get("CML_MEMPROFILE_FRAMES", "12"))
+    if frames > 0:
+        tracemalloc.start(frames)
     signal.signal(signal.SIGUSR1, _dump)
     from cml_operator.cli import main as operator_main
 

@@ -1,6 +1,6 @@
 """Scale benchmark: N CMLWorkers against the real control plane and moto_server; prints figures, enforces targets.
 
-    python -m tests.bench.scale [--sizes 100,500,1000] [--resync 20] [--max-rss-mb 250 ...]   (make bench)
+    python -m tests.bench.scale [--sizes 100,500,1000] [--resync 20] [--max-rss-mb 200 ...]   (make bench)
 
 For each N, the same workload runs twice in this invocation: with batched reads
 (the default) and with ``--no-batching`` (every read its own call). Measured, from
@@ -23,7 +23,7 @@ outside the operator (tests/bench/measure.py):
 
 Targets (the batched run of every N is held to them; ``--max-... 0`` disables one):
 ``--max-ready-s`` 120, ``--max-reads-per-resync`` 15, ``--max-writes-per-worker`` 6,
-``--max-rss-mb`` 250 (the steady-state RSS). The exit status is 1 and a ``FAILED`` line
+``--max-rss-mb`` 200 (the steady-state RSS). The exit status is 1 and a ``FAILED`` line
 names each figure over its limit, each duplicate or missing instance, and a memory that
 never settled; 0 otherwise.
 
@@ -181,7 +181,8 @@ def run_workload(plane: ControlPlane, moto: MotoServer, proxy: FaultProxyProcess
     operator = OperatorProcess(plane.kubeconfig_path, proxy.url, namespaces=[namespace], args=operator_args,
                                log_path=log, python=args.python,
                                module="tests.bench.memprofile" if args.profile_memory else "cml_operator",
-                               env={"CML_MEMPROFILE_OUT": str(profile)}).start()
+                               env={"CML_MEMPROFILE_OUT": str(profile),
+                                    "CML_MEMPROFILE_FRAMES": os.environ.get("CML_MEMPROFILE_FRAMES", "12")}).start()
     try:
         proxy.reset_counts()
         before = apiserver_writes(plane)

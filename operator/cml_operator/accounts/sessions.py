@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import boto3
-import botocore.session
 from botocore.credentials import CredentialProvider, RefreshableCredentials
 
+from ..ec2.botodata import botocore_session
 from .sts import RoleRequest, SessionCredentials, STSClient
 
 #: Renew this long before a session ends by default (botocore's own advisory window is 15 minutes,
@@ -86,7 +86,7 @@ class RoleSession:
         # botocore renews within these windows of the expiry (advisory: try; mandatory: must).
         refreshable._advisory_refresh_timeout = self._margin()  # noqa: SLF001 - botocore has no setter
         refreshable._mandatory_refresh_timeout = self._margin() / 2  # noqa: SLF001
-        core = botocore.session.get_session()
+        core = botocore_session()
         core.get_component("credential_provider").insert_before("env", _Fixed(refreshable))
         return boto3.session.Session(botocore_session=core)
 

@@ -20,6 +20,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
+from ..ec2.botodata import boto3_session
 from .exceptions import AssumeRoleException
 
 #: STS codes that no retry can cure: the trust policy, the ARN, the ExternalId, a disabled region.
@@ -68,7 +69,7 @@ class STSClient:
     """AssumeRole with the operator's own identity (the standard boto3 chain: IRSA, env, profile)."""
 
     def __init__(self, config: Config | None = None, *,
-                 session_factory: Callable[[], boto3.session.Session] = boto3.session.Session,
+                 session_factory: Callable[[], boto3.session.Session] = boto3_session,
                  call_observer: CallObserver | None = None) -> None:
         self._config = config or Config(connect_timeout=5, read_timeout=30,
                                         retries={"mode": "standard", "total_max_attempts": 3},

@@ -25,6 +25,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from botocore.parsers import ResponseParserError
 
+from .botodata import boto3_session
 from .errors import needs_credential_refresh, parse_aws_error
 from .exceptions import (
     EC2InstanceCreationException,
@@ -111,7 +112,7 @@ class EC2Client:
         settings: EC2ClientSettings | None = None,
         *,
         endpoint_url: str | None = None,
-        session_factory: Callable[[], boto3.session.Session] = boto3.session.Session,
+        session_factory: Callable[[], boto3.session.Session] = boto3_session,
         call_observer: CallObserver | None = None,
         fence: MutationFence | None = None,
     ) -> None:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-import botocore.session
+from .botodata import botocore_session
 
 
 @lru_cache(maxsize=1)
 def known_regions() -> frozenset[str]:
-    session = botocore.session.get_session()
+    session = botocore_session()
     regions: set[str] = set()
     for partition in session.get_available_partitions():
         regions.update(session.get_available_regions("ec2", partition_name=partition))
