@@ -265,6 +265,9 @@ def run(settings: OperatorSettings) -> int:
 
     # Before any thread starts: later arenas follow the cap.
     limit_arenas(arenas_to_set(settings.malloc_arenas, os.environ))
+    from .watchtrim import install as leave_out_managed_fields
+
+    leave_out_managed_fields()  # Kopf keeps every watched body: without the field-ownership records
     configure_logging(settings.log_format, settings.log_level)
     log = logging.getLogger("cml_operator")
     metrics = Metrics()

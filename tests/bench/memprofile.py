@@ -27,11 +27,15 @@ def _census() -> list[str]:
     """Live objects the garbage collector tracks, by type: count and shallow size (what holds memory)."""
     counts: Counter[str] = Counter()
     sizes: Counter[str] = Counter()
+    metadata = 0  # Kubernetes objects' metadata dicts: how many bodies are held
     for obj in gc.get_objects():
         kind = type(obj).__qualname__
         counts[kind] += 1
         sizes[kind] += sys.getsizeof(obj)
-    lines = [f"\n--- census: {sum(counts.values())} objects, {sum(sizes.values()) / 2**20:.1f} MiB shallow ---"]
+        if kind == "dict" and "resourceVersion" in obj and "uid" in obj:
+            metadata += 1
+    lines = [f"\n--- census: {sum(counts.values())} objects, {sum(sizes.values()) / 2**20:.1f} MiB shallow; "
+             f"{metadata} Kubernetes object bodies ---"]
     lines += [f"{size / 2**20:8.2f} MiB {counts[kind]:9d}  {kind}" for kind, size in sizes.most_common(25)]
     return lines + _holders("Element")
 
