@@ -15,6 +15,7 @@ from typing import Any
 import boto3
 import pytest
 import yaml
+from kubernetes import config
 from kubernetes.client import ApiClient, CustomObjectsApi
 from kubernetes.client.rest import ApiException
 
@@ -82,11 +83,18 @@ def network(aws: Any) -> dict[str, str]:
 
 
 class Kube:
-    """kubectl against the test's namespace, with JSON results."""
+    """kubectl against the test's namespace, with JSON results; reads over one kept-alive connection.
 
-    def __init__(self, plane: ControlPlane, namespace: str) -> None:
+    What a user does (apply, patch, scale, delete, the printed tables) goes through kubectl.
+    The reads tests poll (a worker, a pool, events) go through the admin ApiClient: a kubectl
+    process per poll, five a second per waiting test, each with its own TLS handshake, was
+    most of the CPU a parallel run spent (kubectl and kube-apiserver).
+    """
+
+    def __init__(self, plane: ControlPlane, namespace: str, api: ApiClient | None = None) -> None:
         self.plane = plane
         self.namespace = namespace
+        self.api = api or config.new_client_from_config(config_file=str(plane.kubeconfig_path))
         #: Operators the test started (operator_factory adds them): waits end at once if one dies.
         self.operators: list[OperatorProcess] = []
 
@@ -102,11 +110,25 @@ class Kube:
         text = manifest if isinstance(manifest, str) else yaml.safe_dump(manifest)
         return self.run("apply", "-f", "-", input=text, check=check)
 
+    def read(self, plural: str, name: str | None = None, group: str = "cml.dev/v1alpha1", **query: str) -> dict:
+        """GET a namespaced object (or the list, with ``labelSelector=``/``fieldSelector=``) as JSON."""
+        prefix = "/api/v1" if group == "v1" else f"/apis/{group}"
+        path = f"{prefix}/namespaces/{self.namespace}/{plural}" + (f"/{name}" if name else "")
+        response = self.api.call_api(path, "GET", query_params=list(query.items()), auth_settings=["BearerToken"],
+                                     _preload_content=False, _return_http_data_only=True, _request_timeout=30)
+        return json.loads(response.data)
+
     def get(self, name: str) -> dict:
-        return json.loads(self.run("get", "cmlworker", name, "-o", "json").stdout)
+        return self.read("cmlworkers", name)
 
     def exists(self, name: str) -> bool:
-        return self.run("get", "cmlworker", name, "--ignore-not-found", "-o", "name", check=False).stdout.strip() != ""
+        try:
+            self.read("cmlworkers", name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
 
     def patch_spec(self, name: str, spec: dict) -> None:
         self.run("patch", "cmlworker", name, "--type=merge", "-p", json.dumps({"spec": spec}))
@@ -131,8 +153,7 @@ class Kube:
             raise AssertionError(f"{exc}; status now: {json.dumps(self.get(name).get('status'), indent=1)}") from exc
 
     def events(self, name: str) -> list[dict]:
-        items = json.loads(self.run("get", "events", "--field-selector",
-                                    f"involvedObject.name={name}", "-o", "json").stdout)["items"]
+        items = self.read("events", group="v1", fieldSelector=f"involvedObject.name={name}")["items"]
         return sorted(items, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
 
     def event_reasons(self, name: str, type_: str | None = None) -> list[str]:
@@ -153,8 +174,8 @@ class Kube:
 
 
 @pytest.fixture
-def kube(control_plane: ControlPlane, namespace: str) -> Kube:
-    return Kube(control_plane, namespace)
+def kube(control_plane: ControlPlane, namespace: str, api_client: ApiClient) -> Kube:
+    return Kube(control_plane, namespace, api_client)
 
 
 def namespaced_resources(crds_dir: Path = CRDS_DIR) -> list[tuple[str, str, str]]:

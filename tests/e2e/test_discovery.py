@@ -25,7 +25,7 @@ def discovery_manifest(name: str, pattern: str, **spec: Any) -> dict:
 
 
 def discovery(kube: Kube, name: str) -> dict:
-    return json.loads(kube.run("get", "cmlworkerdiscovery", name, "-o", "json").stdout)
+    return kube.read("cmlworkerdiscoveries", name)
 
 
 def launch(aws: Any, network: dict[str, str], image: str, tags: dict[str, str] | None = None,

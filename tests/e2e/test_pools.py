@@ -28,11 +28,11 @@ def pool_manifest(name: str, network: dict[str, str], replicas: int, **spec: Any
 
 
 def pool(kube: Kube, name: str) -> dict:
-    return json.loads(kube.run("get", "cmlworkerpool", name, "-o", "json").stdout)
+    return kube.read("cmlworkerpools", name)
 
 
 def children(kube: Kube, name: str, live_only: bool = True) -> list[dict]:
-    items = json.loads(kube.run("get", "cmlworkers", "-l", f"cml.dev/pool={name}", "-o", "json").stdout)["items"]
+    items = kube.read("cmlworkers", labelSelector=f"cml.dev/pool={name}")["items"]
     return [c for c in items if not (live_only and c["metadata"].get("deletionTimestamp"))]
 
 
