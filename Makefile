@@ -6,7 +6,7 @@ PIP_VERSION := 26.0
 PYTEST_ARGS ?=
 #: Test processes (pytest-xdist) for `make test`: each has its own control plane, moto_server and fault
 #: proxy. The end-to-end tests mostly wait, so more workers than the 2 cores pay (docs/testing.md).
-TEST_WORKERS ?= 4
+TEST_WORKERS ?= 6
 #: `make test` also lists the 30 slowest tests and writes this JUnit report.
 JUNIT_XML ?= build/junit.xml
 #: Tests that start `make dev`/`make cluster` in the repository: they pass alone (4 in 76 s) but failed
@@ -51,7 +51,7 @@ test-k8s: install control-plane ## control-plane tests and a lifecycle subset ag
 tools: ## build helm, promtool and the kstatus helper once into ~/.cache/cml-operator/tools (Go needed)
 	tests/tools/build.sh >/dev/null
 
-test: install control-plane tools ## the whole suite: unit, cluster and end-to-end (what CI runs; TEST_WORKERS=4 in parallel)
+test: install control-plane tools ## the whole suite: unit, cluster and end-to-end (what CI runs; TEST_WORKERS=6 in parallel)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --durations=30 --junitxml=$(JUNIT_XML) --ignore=$(SERIAL_TESTS) $(PYTEST_ARGS)
 	$(BIN)/python -m pytest -n 0 --junitxml=$(JUNIT_SERIAL_XML) $(SERIAL_TESTS)
 

@@ -17,6 +17,7 @@ longer has it fails ``tests/unit/test_watchtrim.py`` instead of silently keeping
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -37,8 +38,9 @@ def trimmed(watch: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIter
     """``watch`` (an async generator function of raw events) yielding trimmed events."""
 
     async def trimming_watch(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        async for raw_event in watch(*args, **kwargs):
-            yield trim(raw_event)
+        async with contextlib.aclosing(watch(*args, **kwargs)) as events:  # closed with this one
+            async for raw_event in events:
+                yield trim(raw_event)
 
     setattr(trimming_watch, _INSTALLED, True)
     return trimming_watch

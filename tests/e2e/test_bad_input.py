@@ -178,11 +178,11 @@ def invalid_manifest(name: str, edit: Callable[[dict], None]) -> dict:
 
 
 @pytest.fixture(scope="module")
-def shared_kube(control_plane) -> Iterator[Kube]:
+def shared_kube(control_plane, api_client) -> Iterator[Kube]:
     """One namespace for the whole rejection matrix (nothing is meant to be created in it)."""
     name = f"t-bad-input-{uuid.uuid4().hex[:6]}"
     control_plane.kubectl("create", "namespace", name)
-    yield Kube(control_plane, name)
+    yield Kube(control_plane, name, api_client)
     control_plane.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 

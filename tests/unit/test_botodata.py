@@ -79,8 +79,10 @@ def test_every_session_shares_one_loader_and_one_model():
     for _ in range(3):
         botodata.boto3_session()
     assert loader.search_paths == paths  # boto3 adds its data directory once, not once per session
-    assert sum(isinstance(key, tuple) and key[:2] == ("load_data_with_path", "endpoints")
-               for key in loader._cache) == 1
+    # One copy of the endpoints too: each session's resolver reads the same data.
+    resolvers = [botodata.botocore_session()._get_internal_component("endpoint_resolver") for _ in range(2)]
+    assert resolvers[0]._endpoint_data is resolvers[1]._endpoint_data
+    assert first.meta.service_model._service_description is lean_client().meta.service_model._service_description
 
 
 def test_the_endpoints_keep_every_region_of_ec2():

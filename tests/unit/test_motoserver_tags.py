@@ -10,16 +10,20 @@ from moto.ec2.models.core import TaggedEC2Resource
 from tests.support.motoserver import index_tag_lookups
 
 
+def scanning(resource) -> list[dict[str, str]]:
+    """moto's own answer: the scan of every tag (what TaggedEC2Resource.get_tags asks)."""
+    return resource.ec2_backend.describe_tags(filters={"resource-id": [resource.id]})
+
+
 @pytest.fixture
 def indexed_lookups():
-    scanning = TaggedEC2Resource.get_tags
+    before = TaggedEC2Resource.get_tags
     index_tag_lookups()
-    yield scanning
-    TaggedEC2Resource.get_tags = scanning
+    yield
+    TaggedEC2Resource.get_tags = before
 
 
 def test_every_resource_gets_the_same_tags_as_moto_s_scan(indexed_lookups):
-    scanning = indexed_lookups
     with mock_aws():
         ec2 = boto3.client("ec2", region_name="us-east-1")
         vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]

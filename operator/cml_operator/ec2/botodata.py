@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -106,9 +107,12 @@ class LeanLoader(botocore.loaders.Loader):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._search_paths = _SearchPaths(self._search_paths)
+        self._leaned: set[str] = set()  # names whose cached data is already the lean copy
 
     def load_data_with_path(self, name: str) -> tuple[Any, str]:
         data, path = super().load_data_with_path(name)
+        if name in self._leaned:
+            return data, path
         if _EC2_SERVICE_MODEL.search(name) and "operations" in data:
             data = lean_service_model(data, EC2_OPERATIONS)
         elif name == "endpoints" and "partitions" in data:
@@ -116,15 +120,24 @@ class LeanLoader(botocore.loaders.Loader):
         else:
             return data, path
         self._cache[("load_data_with_path", name)] = (data, path)  # the cache kept the full one
+        self._leaned.add(name)
         return data, path
 
 
-@functools.cache
+_LOADER_LOCK = threading.Lock()
+
+
 def shared_loader() -> LeanLoader:
     """The one loader of this process (botocore's loader is read-only once loaded, and thread-safe to share).
 
     Its search paths are a default session's: botocore's data, ``~/.aws/models`` and ``AWS_DATA_PATH``.
     """
+    with _LOADER_LOCK:  # EC2 threads and STS calls may ask at once at start-up: one parse, not two
+        return _shared_loader()
+
+
+@functools.cache
+def _shared_loader() -> LeanLoader:
     data_path = botocore.session.get_session().get_config_variable("data_path")
     paths = [os.path.expanduser(os.path.expandvars(p)) for p in data_path.split(os.pathsep)] if data_path else None
     return LeanLoader(extra_search_paths=paths)
