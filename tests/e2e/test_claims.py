@@ -82,7 +82,7 @@ def test_tag_limit_exceeded_stalls_without_retrying_until_the_spec_changes(kube,
     stalled = kube.wait_condition("tagged", "Stalled", reason="TagOperationFailed")
     assert "[TagLimitExceeded]" in stalled["message"]
     assert kube.condition("tagged", "Reconciling")["status"] == "False"
-    assert "TagOperationFailed" in kube.event_reasons("tagged", "Warning")
+    kube.wait_event("tagged", "TagOperationFailed", type_="Warning")  # Kopf may post it after the status
     calls = proxy.count("CreateTags")
     deadline = time.monotonic() + 6  # several polls (1 s) and a resync (3 s): permanent, so no retry
     while time.monotonic() < deadline:
