@@ -182,7 +182,8 @@ def run_workload(plane: ControlPlane, moto: MotoServer, proxy: FaultProxyProcess
                                log_path=log, python=args.python,
                                module="tests.bench.memprofile" if args.profile_memory else "cml_operator",
                                env={"CML_MEMPROFILE_OUT": str(profile),
-                                    "CML_MEMPROFILE_FRAMES": os.environ.get("CML_MEMPROFILE_FRAMES", "12")}).start()
+                                    "CML_MEMPROFILE_FRAMES": os.environ.get("CML_MEMPROFILE_FRAMES", "12"),
+                                    "CML_MEMPROFILE_HOLDERS": os.environ.get("CML_MEMPROFILE_HOLDERS", "")}).start()
     try:
         proxy.reset_counts()
         before = apiserver_writes(plane)

@@ -69,8 +69,7 @@ def lean_endpoints(endpoints: Mapping[str, Any], services: Iterable[str]) -> dic
     ``ec2/regions.py`` the regions of EC2's).
     """
     wanted = set(services)
-    lean = _copy(endpoints, keep=lambda key, path: not (path == ("partitions", "services") and key not in wanted))
-    return lean
+    return _copy(endpoints, keep=lambda key, path: not (path == ("partitions", "services") and key not in wanted))
 
 
 def _shape_refs(shape: Mapping[str, Any]) -> list[str]:
@@ -155,5 +154,5 @@ def boto3_session() -> boto3.session.Session:
     return boto3.session.Session(botocore_session=botocore_session())
 
 
-__all__ = ["EC2_OPERATIONS", "SERVICES", "LeanLoader", "lean_endpoints", "boto3_session", "botocore_session", "lean_service_model",
-           "shared_loader"]
+__all__ = ["EC2_OPERATIONS", "SERVICES", "LeanLoader", "boto3_session", "botocore_session", "lean_endpoints",
+           "lean_service_model", "shared_loader"]
